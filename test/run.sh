@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite: type-check, lint, then every *.test.ts under node's test runner, with the real
+# services the integration suites need (PostgreSQL, Ceph RGW) started here and stopped on exit.
+#   bash test/run.sh            everything
+#   bash test/run.sh --unit     no services (suites that need one skip loudly; in CI they fail)
+#   bash test/run.sh FILE...    only these test files (services still started)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NIXSTASH_TEST_TMP=${NIXSTASH_TEST_TMP:-$(mktemp -d /tmp/nixstash-test.XXXXXX)}
+
+with_services=1
+files=()
+for arg in "$@"; do
+  case "$arg" in
+    --unit) with_services=0 ;;
+    *) files+=("$arg") ;;
+  esac
+done
+
+if [ ${#files[@]} -eq 0 ]; then
+  echo "== type-check"; npx tsc --noEmit
+  echo "== lint"; npx biome check .
+  mapfile -t files < <(find nix schema server hook test -name '*.test.ts' -not -path '*/node_modules/*' | sort)
+fi
+
+cleanup() { [ "$with_services" = 1 ] && bash test/services/down.sh || true; }
+trap cleanup EXIT
+if [ "$with_services" = 1 ]; then
+  # shellcheck disable=SC1091
+  source test/services/up.sh
+fi
+
+echo "== tests (${#files[@]} files)"
+node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
