@@ -1,0 +1,44 @@
+// Composes the HTTP server from its parts. All dependencies come in through the context; nothing here
+// holds state of its own.
+import { Hono } from "hono";
+import type { Context } from "./context.ts";
+import { AppError } from "./errors.ts";
+import { apiRoutes } from "./routes/api.ts";
+import type { Env } from "./routes/http.ts";
+import { nixRoutes } from "./routes/nix.ts";
+
+export function createApp(ctx: Context) {
+  const app = new Hono<Env>();
+
+  app.onError((error, c) => {
+    const api = c.req.path.startsWith("/api/");
+    if (error instanceof AppError) {
+      if (error.status >= 500) ctx.log.warn({ err: error, path: c.req.path }, error.message);
+      else ctx.log.debug({ code: error.code, path: c.req.path }, error.message);
+      const headers: Record<string, string> = {};
+      if (error.status === 401) headers["www-authenticate"] = 'Basic realm="nixstash"';
+      if (error.code === "range_not_satisfiable") headers["content-range"] = `bytes */${error.details?.size}`;
+      if (api)
+        return c.json(
+          { error: error.code, message: error.message, ...error.details },
+          error.status as 400,
+          headers,
+        );
+      return c.text(`${error.message}\n`, error.status as 400, headers);
+    }
+    ctx.log.error({ err: error, method: c.req.method, path: c.req.path }, "unhandled error");
+    const message = "internal server error";
+    return api ? c.json({ error: "internal", message }, 500) : c.text(`${message}\n`, 500);
+  });
+
+  app.notFound((c) =>
+    c.req.path.startsWith("/api/")
+      ? c.json({ error: "not_found", message: `no route ${c.req.method} ${c.req.path}` }, 404)
+      : c.text("not found\n", 404),
+  );
+
+  app.get("/healthz", (c) => c.text("ok\n"));
+  app.route("/api/v1", apiRoutes(ctx));
+  app.route("/", nixRoutes(ctx));
+  return app;
+}

@@ -1,0 +1,154 @@
+// The server's settings, parsed once from the environment with zod. No other file reads process.env.
+// A bad value stops start-up with a message naming the variable.
+//
+//   NIXSTASH_LISTEN          host:port to listen on                 default 127.0.0.1:8080
+//   NIXSTASH_PUBLIC_URL      base URL clients use (printed in the nix.conf lines)   default http://<listen>
+//   NIXSTASH_DATA_DIR        data directory (SQLite file, local storage, secrets)   default ./data
+//   NIXSTASH_DATABASE_URL    unset = SQLite in the data dir; sqlite:/path/file.db; postgres://user:pw@host/db
+//   NIXSTASH_STORAGE         unset = <data dir>/storage; file:///path; s3://bucket[/prefix]
+//   NIXSTASH_S3_ENDPOINT     S3 endpoint URL (e.g. http://127.0.0.1:7480)  default https://s3.amazonaws.com
+//   NIXSTASH_S3_REGION       default us-east-1
+//   NIXSTASH_S3_ACCESS_KEY / NIXSTASH_S3_SECRET_KEY   credentials (required with s3://)
+//   NIXSTASH_S3_PATH_STYLE   true|false  default true (MinIO, Ceph RGW, Garage need it)
+//   NIXSTASH_S3_REDIRECT     true|false  answer NAR downloads with a 302 to a presigned URL   default true
+//   NIXSTASH_SECRET          32+ byte server secret (encrypts signing keys at rest); unset = generated file
+//                            <data dir>/server-secret (mode 0600). Replicas must share it.
+//   NIXSTASH_DEFAULT_CACHE   the cache created on first start                      default main
+//   NIXSTASH_ZSTD_LEVEL      zstd level for NARs the server compresses (1-19)       default 3
+//   NIXSTASH_LOG_LEVEL       fatal|error|warn|info|debug|trace|silent              default info
+import { resolve } from "node:path";
+import { z } from "zod";
+
+const bool = z
+  .enum(["true", "false", "1", "0", "yes", "no"], { message: "expected true or false" })
+  .transform((v) => v === "true" || v === "1" || v === "yes");
+
+const listen = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/, "expected host:port, e.g. 127.0.0.1:8080")
+  .transform((v) => {
+    const at = v.lastIndexOf(":");
+    const port = Number(v.slice(at + 1));
+    return { host: v.slice(0, at).replace(/^\[|\]$/g, ""), port };
+  })
+  .refine((v) => v.port > 0 && v.port < 65536, "port must be 1-65535");
+
+const cacheName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "expected a cache name like main");
+
+const env = z.object({
+  NIXSTASH_LISTEN: listen.default({ host: "127.0.0.1", port: 8080 }),
+  NIXSTASH_PUBLIC_URL: z.url({ message: "expected a URL such as https://cache.example.org" }).optional(),
+  NIXSTASH_DATA_DIR: z.string().min(1).default("./data"),
+  NIXSTASH_DATABASE_URL: z
+    .string()
+    .regex(/^(sqlite:|postgres(ql)?:\/\/)/, "expected sqlite:/path/file.db or postgres://…")
+    .optional(),
+  NIXSTASH_STORAGE: z
+    .string()
+    .regex(/^(file:\/\/\/|s3:\/\/[^/]+)/, "expected file:///path or s3://bucket[/prefix]")
+    .optional(),
+  NIXSTASH_S3_ENDPOINT: z
+    .url({ message: "expected a URL such as http://127.0.0.1:9000" })
+    .default("https://s3.amazonaws.com"),
+  NIXSTASH_S3_REGION: z.string().min(1).default("us-east-1"),
+  NIXSTASH_S3_ACCESS_KEY: z.string().optional(),
+  NIXSTASH_S3_SECRET_KEY: z.string().optional(),
+  NIXSTASH_S3_PATH_STYLE: bool.default(true),
+  NIXSTASH_S3_REDIRECT: bool.default(true),
+  NIXSTASH_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
+  NIXSTASH_DEFAULT_CACHE: cacheName.default("main"),
+  NIXSTASH_ZSTD_LEVEL: z.coerce.number().int().min(1).max(19).default(3),
+  NIXSTASH_LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+});
+
+export type StorageConfig =
+  | { kind: "local"; root: string }
+  | {
+      kind: "s3";
+      bucket: string;
+      prefix: string;
+      endPoint: string;
+      region: string;
+      accessKey: string;
+      secretKey: string;
+      pathStyle: boolean;
+      redirect: boolean;
+    };
+
+export interface Config {
+  listen: { host: string; port: number };
+  publicUrl: string;
+  dataDir: string;
+  databaseUrl: string;
+  storage: StorageConfig;
+  secret: string | undefined;
+  defaultCache: string;
+  zstdLevel: number;
+  logLevel: string;
+}
+
+export class ConfigError extends Error {}
+
+export function parseConfig(source: Record<string, string | undefined>): Config {
+  // Empty strings count as unset, as shells and compose files often produce them.
+  const present = Object.fromEntries(Object.entries(source).filter(([, v]) => v !== undefined && v !== ""));
+  const parsed = env.safeParse(present);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((issue) => {
+      const name = String(issue.path[0] ?? "environment");
+      return `${name}=${JSON.stringify(present[name] ?? "")}: ${issue.message}`;
+    });
+    throw new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
+  }
+  const e = parsed.data;
+  const dataDir = resolve(e.NIXSTASH_DATA_DIR);
+  const host = e.NIXSTASH_LISTEN.host.includes(":") ? `[${e.NIXSTASH_LISTEN.host}]` : e.NIXSTASH_LISTEN.host;
+  const publicHost = host === "0.0.0.0" || host === "[::]" ? "127.0.0.1" : host;
+  return {
+    listen: e.NIXSTASH_LISTEN,
+    publicUrl: (e.NIXSTASH_PUBLIC_URL ?? `http://${publicHost}:${e.NIXSTASH_LISTEN.port}`).replace(
+      /\/+$/,
+      "",
+    ),
+    dataDir,
+    databaseUrl: e.NIXSTASH_DATABASE_URL ?? `sqlite:${resolve(dataDir, "nixstash.db")}`,
+    storage: storageConfig(e, dataDir),
+    secret: e.NIXSTASH_SECRET,
+    defaultCache: e.NIXSTASH_DEFAULT_CACHE,
+    zstdLevel: e.NIXSTASH_ZSTD_LEVEL,
+    logLevel: e.NIXSTASH_LOG_LEVEL,
+  };
+}
+
+function storageConfig(e: z.infer<typeof env>, dataDir: string): StorageConfig {
+  const url = e.NIXSTASH_STORAGE;
+  if (!url) return { kind: "local", root: resolve(dataDir, "storage") };
+  if (url.startsWith("file://"))
+    return { kind: "local", root: resolve(decodeURIComponent(url.slice("file://".length))) };
+  const rest = url.slice("s3://".length);
+  const slash = rest.indexOf("/");
+  const bucket = slash < 0 ? rest : rest.slice(0, slash);
+  const prefix = slash < 0 ? "" : rest.slice(slash + 1).replace(/^\/+|\/+$/g, "");
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    throw new ConfigError(
+      `invalid configuration:\n  NIXSTASH_STORAGE=${JSON.stringify(url)}: bad bucket name "${bucket}"`,
+    );
+  }
+  const missing = ["NIXSTASH_S3_ACCESS_KEY", "NIXSTASH_S3_SECRET_KEY"].filter((n) => !e[n as keyof typeof e]);
+  if (missing.length > 0) {
+    throw new ConfigError(
+      `invalid configuration:\n  ${missing.map((n) => `${n}: required when NIXSTASH_STORAGE is s3://…`).join("\n  ")}`,
+    );
+  }
+  return {
+    kind: "s3",
+    bucket,
+    prefix,
+    endPoint: e.NIXSTASH_S3_ENDPOINT,
+    region: e.NIXSTASH_S3_REGION,
+    accessKey: e.NIXSTASH_S3_ACCESS_KEY!,
+    secretKey: e.NIXSTASH_S3_SECRET_KEY!,
+    pathStyle: e.NIXSTASH_S3_PATH_STYLE,
+    redirect: e.NIXSTASH_S3_REDIRECT,
+  };
+}

@@ -1,0 +1,27 @@
+// What every verb receives: the dependencies of the server, injected once by createApp's caller.
+import type { Logger } from "pino";
+import type { Database } from "./db/database.ts";
+import type { Repo } from "./db/repo.ts";
+import type { SecretBox } from "./secrets.ts";
+import type { Storage } from "./storage/storage.ts";
+
+export interface ServerSettings {
+  /** zstd level for NARs the server compresses itself. */
+  zstdLevel: number;
+  /** Answer NAR downloads with a 302 to a presigned URL when the storage can make one. */
+  redirectNars: boolean;
+  /** How long a presigned NAR URL stays valid. */
+  presignSeconds: number;
+  /** Base URL clients use, for the snippets the server prints. */
+  publicUrl: string;
+}
+
+export interface Context {
+  database: Database;
+  repo: Repo;
+  storage: Storage;
+  secrets: SecretBox;
+  log: Logger;
+  clock: () => number;
+  settings: ServerSettings;
+}

@@ -1,0 +1,142 @@
+// Opens the metadata database, SQLite (embedded default) or PostgreSQL, applies the migrations in
+// schema/migrations/<dialect>, and hands out one drizzle handle typed against the SQLite schema.
+//
+// Why one type for both: schema/sqlite.ts and schema/pg.ts are mirrored column for column with the same JS
+// shapes (numbers, booleans, strings), and the query builder calls the repository makes exist in both
+// dialects. Writing the repository once and running its one test suite on both databases keeps them from
+// drifting; the cast below is the single place where that promise is made.
+//
+// Transactions: better-sqlite3 is synchronous and its drizzle transactions cannot await. We keep two SQLite
+// connections in WAL mode: a reader for plain queries and a writer whose transactions are serialised by an
+// in-process mutex and opened with BEGIN IMMEDIATE. The reader never sees a transaction before COMMIT.
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import BetterSqlite3 from "better-sqlite3";
+import { sql } from "drizzle-orm";
+import { type BetterSQLite3Database, drizzle as drizzleSqlite } from "drizzle-orm/better-sqlite3";
+import { migrate as migrateSqlite } from "drizzle-orm/better-sqlite3/migrator";
+import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
+import { migrate as migratePg } from "drizzle-orm/node-postgres/migrator";
+import pg from "pg";
+import * as pgSchema from "../../schema/pg.ts";
+import * as sqliteSchema from "../../schema/sqlite.ts";
+
+export type Tables = typeof sqliteSchema;
+export type Db = BetterSQLite3Database<Tables>;
+
+export interface Database {
+  readonly dialect: "sqlite" | "postgres";
+  /** For reads. */
+  readonly db: Db;
+  readonly t: Tables;
+  /** Runs fn in one transaction: all of it commits, or none of it. */
+  transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T>;
+  /** Throws when the database cannot answer. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const migrationsRoot = join(dirname(fileURLToPath(import.meta.url)), "../../schema/migrations");
+
+export async function openDatabase(url: string): Promise<Database> {
+  if (url.startsWith("postgres://") || url.startsWith("postgresql://")) return openPostgres(url);
+  if (url.startsWith("sqlite:")) return openSqlite(url.slice("sqlite:".length));
+  throw new Error(`unsupported database URL (want sqlite:/path/file.db or postgres://…): ${redact(url)}`);
+}
+
+function redact(url: string): string {
+  return url.replace(/\/\/([^:@/]+):[^@/]*@/, "//$1:***@");
+}
+
+class Mutex {
+  #tail: Promise<void> = Promise.resolve();
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const previous = this.#tail;
+    let release!: () => void;
+    this.#tail = new Promise((resolve) => {
+      release = resolve;
+    });
+    await previous;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+function openSqliteConnection(file: string): BetterSqlite3.Database {
+  const connection = new BetterSqlite3(file);
+  connection.pragma("journal_mode = WAL");
+  connection.pragma("synchronous = NORMAL");
+  connection.pragma("busy_timeout = 10000");
+  connection.pragma("foreign_keys = ON");
+  return connection;
+}
+
+function openSqlite(file: string): Database {
+  if (file === ":memory:")
+    throw new Error("sqlite::memory: cannot be shared by a reader and a writer; use a file");
+  mkdirSync(dirname(file), { recursive: true });
+  const writerConnection = openSqliteConnection(file);
+  const writer = drizzleSqlite(writerConnection, { schema: sqliteSchema });
+  migrateSqlite(writer, { migrationsFolder: join(migrationsRoot, "sqlite") });
+  const readerConnection = openSqliteConnection(file);
+  const reader = drizzleSqlite(readerConnection, { schema: sqliteSchema });
+  const mutex = new Mutex();
+  return {
+    dialect: "sqlite",
+    db: reader,
+    t: sqliteSchema,
+    transaction: (fn) =>
+      mutex.run(async () => {
+        writerConnection.exec("BEGIN IMMEDIATE");
+        try {
+          const result = await fn(writer);
+          writerConnection.exec("COMMIT");
+          return result;
+        } catch (error) {
+          if (writerConnection.inTransaction) writerConnection.exec("ROLLBACK");
+          throw error;
+        }
+      }),
+    ping: async () => {
+      readerConnection.prepare("SELECT 1").get();
+    },
+    close: async () => {
+      await mutex.run(async () => {
+        readerConnection.close();
+        writerConnection.close();
+      });
+    },
+  };
+}
+
+async function openPostgres(url: string): Promise<Database> {
+  const pool = new pg.Pool({ connectionString: url, max: 16 });
+  pool.on("error", () => {
+    // An idle client lost its connection; the pool replaces it. Queries report their own errors.
+  });
+  const db = drizzlePg(pool, { schema: pgSchema });
+  // Replicas may start together: one migrates at a time, under a session advisory lock.
+  const client = await pool.connect();
+  try {
+    await client.query("SELECT pg_advisory_lock(727274)");
+    await migratePg(drizzlePg(client), { migrationsFolder: join(migrationsRoot, "pg") });
+  } finally {
+    await client.query("SELECT pg_advisory_unlock(727274)").catch(() => {});
+    client.release();
+  }
+  const asDb = db as unknown as Db;
+  return {
+    dialect: "postgres",
+    db: asDb,
+    t: pgSchema as unknown as Tables,
+    transaction: (fn) => db.transaction((tx) => fn(tx as unknown as Db)),
+    ping: async () => {
+      await db.execute(sql`SELECT 1`);
+    },
+    close: () => pool.end(),
+  };
+}

@@ -1,0 +1,58 @@
+// `npm start`: the server on the configuration in the environment (see config.ts for every variable).
+import process from "node:process";
+import { ConfigError, parseConfig } from "./config.ts";
+import { startServer } from "./start.ts";
+import { describeCache, findCache } from "./verbs/caches.ts";
+
+async function main(): Promise<void> {
+  let config: ReturnType<typeof parseConfig>;
+  try {
+    config = parseConfig(process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`nixstash: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const running = await startServer(config);
+  const { ctx } = running;
+  const cache = await describeCache({
+    ctx,
+    input: { cache: await findCache({ ctx, input: { name: config.defaultCache } }) },
+  });
+  const lines = [
+    `nixstash listening on ${running.url} (database: ${ctx.database.dialect}, storage: ${ctx.storage.kind})`,
+    "",
+    `Substitute from cache "${cache.name}" — add to nix.conf:`,
+    `  substituters = ${cache.url}`,
+    `  trusted-public-keys = ${cache.publicKey}`,
+  ];
+  if (running.bootstrap.adminToken) {
+    lines.push(
+      "",
+      "Admin token (shown once; also written to the file below, mode 0600):",
+      `  ${running.bootstrap.adminToken}`,
+      `  ${running.bootstrap.adminTokenFile}`,
+    );
+  }
+  process.stdout.write(`${lines.join("\n")}\n\n`);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    ctx.log.info({ signal }, "shutting down");
+    const deadline = setTimeout(() => process.exit(1), 30_000);
+    deadline.unref();
+    await running.close();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+main().catch((error) => {
+  process.stderr.write(`nixstash: cannot start: ${(error as Error).message}\n`);
+  process.exit(1);
+});

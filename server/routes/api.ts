@@ -1,0 +1,199 @@
+// The native JSON API under /api/v1: cache and token administration, the batch "what is missing" query and
+// streaming uploads. Routes validate into typed inputs (zod + nix/ parsers), authorise, call one verb.
+import { Hono } from "hono";
+import { z } from "zod";
+import { NixFormatError, normaliseHash, parseStorePath, parseStorePathBasename } from "../../nix/index.ts";
+import type { Context } from "../context.ts";
+import type { CacheRow } from "../db/repo.ts";
+import { AppError, badRequest } from "../errors.ts";
+import { authorize, authorizeAdmin, PERMISSIONS } from "../verbs/auth.ts";
+import { createCache, describeCache, findCache } from "../verbs/caches.ts";
+import { type BodyEncoding, ingestPath, type PathClaim, type UpstreamProof } from "../verbs/ingest.ts";
+import { createToken } from "../verbs/tokens.ts";
+import { findMissing, putLog, putRealisation } from "../verbs/uploads.ts";
+import { type C, caller, type Env, readJson, requestBody } from "./http.ts";
+
+/** Header carrying the JSON path info of a streaming upload. */
+export const PATH_INFO_HEADER = "x-nixstash-path-info";
+
+function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const where = issue?.path.length ? ` at ${issue.path.join(".")}` : "";
+  throw badRequest(`invalid ${what}${where}: ${issue?.message ?? "malformed"}`);
+}
+
+/** Runs a nix/ parser, turning its format errors into 400s that name the field. */
+function nixField<T>(what: string, f: () => T): T {
+  try {
+    return f();
+  } catch (error) {
+    if (error instanceof NixFormatError) throw badRequest(`invalid ${what}: ${error.message}`);
+    throw error;
+  }
+}
+
+const newCacheBody = z.object({
+  name: z.string(),
+  public: z.boolean().optional(),
+  priority: z.number().int().min(0).max(10000).optional(),
+  description: z.string().max(2000).optional(),
+  upstreamKeys: z.array(z.string()).max(32).optional(),
+});
+
+const newTokenBody = z.object({
+  name: z.string().min(1).max(100),
+  caches: z.array(z.string()).min(1).max(100),
+  permissions: z.array(z.enum(PERMISSIONS)).min(1),
+  expiresAt: z.union([z.number().int(), z.iso.datetime().transform((s) => Date.parse(s))]).nullish(),
+});
+
+const storePathText = z.string().min(1).max(400);
+const pathInfoBody = z.object({
+  storePath: storePathText,
+  narHash: z.string().min(1).max(200),
+  narSize: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
+  references: z.array(storePathText).max(100_000).default([]),
+  deriver: storePathText.nullish(),
+  system: z.string().max(100).nullish(),
+  ca: z.string().max(500).nullish(),
+  upstream: z
+    .array(
+      z.object({
+        storePath: storePathText,
+        narHash: z.string().min(1).max(200),
+        narSize: z.number().int().positive(),
+        references: z.array(storePathText).max(100_000),
+        sigs: z.array(z.string().max(500)).max(16),
+      }),
+    )
+    .max(100_000)
+    .default([]),
+});
+
+const missingBody = z.object({ paths: z.array(z.string().min(1).max(400)).max(100_000) });
+
+/** Accepts a basename or a full path in the cache's store dir; returns the basename. */
+function basenameIn(cache: CacheRow, text: string, what: string): string {
+  return nixField(what, () =>
+    text.includes("/")
+      ? parseStorePath(text, cache.storeDir).basename
+      : parseStorePathBasename(text, cache.storeDir).basename,
+  );
+}
+
+function pathClaim(
+  cache: CacheRow,
+  hash: string,
+  raw: unknown,
+): { claim: PathClaim; upstream: UpstreamProof[] } {
+  const info = parse(pathInfoBody, raw, "path info");
+  const storePath = nixField("storePath", () => parseStorePath(info.storePath, cache.storeDir));
+  if (storePath.hash !== hash)
+    throw badRequest(`storePath ${info.storePath} does not match the URL's hash ${hash}`);
+  const claim: PathClaim = {
+    storePath,
+    narHash: nixField("narHash", () => normaliseHash(info.narHash)),
+    narSize: info.narSize,
+    references: [...new Set(info.references.map((r) => basenameIn(cache, r, "reference")))].sort(),
+    deriver: info.deriver ? basenameIn(cache, info.deriver, "deriver") : null,
+    system: info.system ?? null,
+    ca: info.ca ?? null,
+  };
+  const upstream = info.upstream.map((proof) => ({
+    storePath: nixField("upstream storePath", () => parseStorePath(proof.storePath, cache.storeDir)).path,
+    narHash: nixField("upstream narHash", () => normaliseHash(proof.narHash)),
+    narSize: proof.narSize,
+    references: proof.references.map((r) => basenameIn(cache, r, "upstream reference")),
+    sigs: proof.sigs,
+  }));
+  return { claim, upstream };
+}
+
+function bodyEncoding(c: C): BodyEncoding {
+  const encoding = (c.req.header("content-encoding") ?? "identity").trim().toLowerCase();
+  if (encoding === "zstd") return "zstd";
+  if (encoding === "identity" || encoding === "") return "none";
+  throw new AppError(
+    "unsupported_media_type",
+    `Content-Encoding ${encoding} is not accepted: send the NAR plain or zstd`,
+  );
+}
+
+export function apiRoutes(ctx: Context) {
+  const app = new Hono<Env>();
+
+  const cacheFor = async (c: C, permission: "pull" | "push" | "admin") => {
+    const cache = await findCache({ ctx, input: { name: c.req.param("name") ?? "" } });
+    const principal = authorize(await caller(ctx, c), cache, permission);
+    return { cache, principal };
+  };
+
+  app.post("/caches", async (c) => {
+    authorizeAdmin(await caller(ctx, c));
+    const input = parse(newCacheBody, await readJson(c), "cache");
+    const cache = await createCache({ ctx, input });
+    return c.json(await describeCache({ ctx, input: { cache } }), 201);
+  });
+
+  app.get("/caches/:name", async (c) => {
+    const { cache } = await cacheFor(c, "pull");
+    return c.json(await describeCache({ ctx, input: { cache } }));
+  });
+
+  app.post("/tokens", async (c) => {
+    authorizeAdmin(await caller(ctx, c));
+    const input = parse(newTokenBody, await readJson(c), "token");
+    return c.json(await createToken({ ctx, input }), 201);
+  });
+
+  app.post("/caches/:name/missing", async (c) => {
+    const { cache } = await cacheFor(c, "pull");
+    const { paths } = parse(missingBody, await readJson(c), "query");
+    return c.json(await findMissing({ ctx, input: { cache, paths } }));
+  });
+
+  app.put("/caches/:name/paths/:hash", async (c) => {
+    const { cache, principal } = await cacheFor(c, "push");
+    const header = c.req.header(PATH_INFO_HEADER);
+    if (!header) throw badRequest(`missing ${PATH_INFO_HEADER} header (the path info as JSON)`);
+    let raw: unknown;
+    try {
+      raw = JSON.parse(header);
+    } catch {
+      throw badRequest(`${PATH_INFO_HEADER} is not valid JSON`);
+    }
+    const { claim, upstream } = pathClaim(cache, c.req.param("hash"), raw);
+    const result = await ingestPath({
+      ctx,
+      input: {
+        cache,
+        claim,
+        upstream,
+        body: requestBody(c),
+        encoding: bodyEncoding(c),
+        pushedBy: principal?.tokenId ?? null,
+      },
+    });
+    return c.json(result, result.status === "stored" ? 201 : 200);
+  });
+
+  app.put("/caches/:name/logs/:drv", async (c) => {
+    const { cache } = await cacheFor(c, "push");
+    const drv = basenameIn(cache, c.req.param("drv"), "derivation");
+    if (!drv.endsWith(".drv")) throw badRequest(`${drv} is not a derivation (.drv) name`);
+    await putLog({ ctx, input: { cache, drv, body: requestBody(c) } });
+    return c.json({ drv }, 201);
+  });
+
+  app.put("/caches/:name/realisations/:id", async (c) => {
+    const { cache } = await cacheFor(c, "push");
+    const outputId = c.req.param("id");
+    const content = await c.req.text();
+    await putRealisation({ ctx, input: { cache, outputId, content } });
+    return c.json({ id: outputId }, 201);
+  });
+
+  return app;
+}

@@ -1,0 +1,64 @@
+// HTTP plumbing shared by the route files: request bodies as Node streams, byte ranges, the caller.
+import { Readable } from "node:stream";
+import type { HttpBindings } from "@hono/node-server";
+import type { Context as HonoContext } from "hono";
+import type { Context } from "../context.ts";
+import { AppError, badRequest } from "../errors.ts";
+import type { ByteRange } from "../storage/storage.ts";
+import { type Caller, identify } from "../verbs/auth.ts";
+
+export type Env = { Bindings: Partial<HttpBindings>; Variables: { caller: Caller } };
+export type C = HonoContext<Env>;
+
+/** The request body as a Node stream: the socket itself under @hono/node-server, else the web stream. */
+export function requestBody(c: C): Readable {
+  const incoming = c.env?.incoming;
+  if (incoming && !incoming.readableDidRead) return incoming;
+  const body = c.req.raw.body;
+  return body ? Readable.fromWeb(body as import("node:stream/web").ReadableStream) : Readable.from([]);
+}
+
+export async function caller(ctx: Context, c: C): Promise<Caller> {
+  const known = c.get("caller");
+  if (known) return known;
+  const found = await identify({ ctx, input: { authorization: c.req.header("authorization") } });
+  c.set("caller", found);
+  return found;
+}
+
+/** A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range; undefined for none; throws 416 when unsatisfiable. */
+export function parseRange(header: string | undefined, size: number): ByteRange | undefined {
+  if (!header) return undefined;
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!match) return undefined; // multi-range or malformed: serve the whole object, as RFC 9110 allows
+  const [, a, b] = match;
+  let start: number;
+  let end: number;
+  if (a === "") {
+    const suffix = Number(b);
+    if (!b || suffix === 0) throw rangeNotSatisfiable(size);
+    start = Math.max(0, size - suffix);
+    end = size - 1;
+  } else {
+    start = Number(a);
+    end = b === "" ? size - 1 : Math.min(Number(b), size - 1);
+  }
+  if (start >= size || end < start) throw rangeNotSatisfiable(size);
+  return { start, end };
+}
+
+function rangeNotSatisfiable(size: number): AppError {
+  return new AppError("range_not_satisfiable", `range not satisfiable (object is ${size} bytes)`, { size });
+}
+
+export async function readJson(c: C, limit = 16 * 1024 * 1024): Promise<unknown> {
+  const length = Number(c.req.header("content-length") ?? 0);
+  if (length > limit) throw new AppError("payload_too_large", `JSON body larger than ${limit} bytes`);
+  const text = await c.req.text();
+  if (text.length > limit) throw new AppError("payload_too_large", `JSON body larger than ${limit} bytes`);
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw badRequest("body is not valid JSON");
+  }
+}

@@ -1,0 +1,101 @@
+// The binary cache protocol under /<cache>/…, as Nix substituters read it (see PROTOCOL.md). Routes only
+// parse, authorise and call a verb; errors become one plain-text line Nix shows to the user.
+import { Readable } from "node:stream";
+import { Hono } from "hono";
+import type { Context } from "../context.ts";
+import type { CacheRow } from "../db/repo.ts";
+import { authorize } from "../verbs/auth.ts";
+import { findCache } from "../verbs/caches.ts";
+import {
+  cacheInfoText,
+  findNar,
+  listingText,
+  narInfoText,
+  openLog,
+  openNar,
+  realisationText,
+} from "../verbs/serve.ts";
+import { type C, caller, type Env, parseRange } from "./http.ts";
+
+const HASH_FILE = /^([0-9a-df-np-sv-z]{32})\.(narinfo|ls)$/;
+
+export function nixRoutes(ctx: Context) {
+  const app = new Hono<Env>();
+
+  async function readableCache(c: C): Promise<CacheRow> {
+    const cache = await findCache({ ctx, input: { name: c.req.param("cache") ?? "" } });
+    authorize(await caller(ctx, c), cache, "pull");
+    return cache;
+  }
+
+  const text = (c: C, body: string | undefined, type: string) => {
+    if (body === undefined) return c.text("not found\n", 404);
+    const headers = { "content-type": type, "content-length": String(Buffer.byteLength(body)) };
+    return c.req.method === "HEAD" ? c.body(null, 200, headers) : c.body(body, 200, headers);
+  };
+
+  app.get("/:cache/nix-cache-info", async (c) => {
+    const cache = await readableCache(c);
+    return text(c, cacheInfoText(cache), "text/x-nix-cache-info");
+  });
+
+  app.get("/:cache/:file", async (c) => {
+    const match = HASH_FILE.exec(c.req.param("file"));
+    if (!match) return c.text("not found\n", 404);
+    const cache = await readableCache(c);
+    const input = { cache, hash: match[1]! };
+    if (match[2] === "narinfo") return text(c, await narInfoText({ ctx, input }), "text/x-nix-narinfo");
+    return text(c, await listingText({ ctx, input }), "application/json");
+  });
+
+  app.get("/:cache/nar/:file", async (c) => {
+    const cache = await readableCache(c);
+    const nar = await findNar({ ctx, input: { cache, file: c.req.param("file") } });
+    if (!nar) return c.text("not found\n", 404);
+    const headers: Record<string, string> = {
+      "content-type": "application/x-nix-nar",
+      "accept-ranges": "bytes",
+      "cache-control": "public, max-age=31536000, immutable",
+    };
+    if (c.req.method === "HEAD") {
+      return c.body(null, 200, { ...headers, "content-length": String(nar.fileSize) });
+    }
+    const range = parseRange(c.req.header("range"), nar.fileSize);
+    const opened = await openNar({ ctx, input: { nar, ...(range ? { range } : {}) } });
+    if (opened.kind === "redirect") return c.redirect(opened.url, 302);
+    headers["content-length"] = String(opened.size);
+    if (opened.range)
+      headers["content-range"] = `bytes ${opened.range.start}-${opened.range.end}/${nar.fileSize}`;
+    return c.body(Readable.toWeb(opened.body) as ReadableStream, opened.range ? 206 : 200, headers);
+  });
+
+  app.get("/:cache/log/:drv", async (c) => {
+    const cache = await readableCache(c);
+    const log = await openLog({ ctx, input: { cache, drv: c.req.param("drv") } });
+    if (!log) return c.text("not found\n", 404);
+    const headers = { "content-type": "text/plain; charset=utf-8", "content-length": String(log.size) };
+    if (c.req.method === "HEAD") {
+      log.body.destroy();
+      return c.body(null, 200, headers);
+    }
+    return c.body(Readable.toWeb(log.body) as ReadableStream, 200, headers);
+  });
+
+  app.get("/:cache/realisations/:id", async (c) => {
+    const id = c.req.param("id");
+    if (!id.endsWith(".doi")) return c.text("not found\n", 404);
+    const cache = await readableCache(c);
+    const body = await realisationText({ ctx, input: { cache, outputId: id.slice(0, -".doi".length) } });
+    return text(c, body, "application/json");
+  });
+
+  app.get("/:cache/build-trace-v2/:drv/:output", async (c) => {
+    const output = c.req.param("output");
+    if (!output.endsWith(".doi")) return c.text("not found\n", 404);
+    const cache = await readableCache(c);
+    const outputId = `${c.req.param("drv")}/${output.slice(0, -".doi".length)}`;
+    return text(c, await realisationText({ ctx, input: { cache, outputId } }), "application/json");
+  });
+
+  return app;
+}

@@ -1,0 +1,95 @@
+// Small stream stages of the ingest pipeline. Each sees every byte once, holds none of them, and keeps
+// backpressure intact, so a NAR of any size passes through in constant memory.
+import { createHash, type Hash } from "node:crypto";
+import { writeSync as __w } from "node:fs";
+import { PassThrough, Transform, type TransformCallback, type Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+
+/** Passes bytes through while hashing (sha256) and counting them; fails past `limit` bytes. */
+export class HashTap extends Transform {
+  readonly #hash: Hash = createHash("sha256");
+  #size = 0;
+  readonly #limit: number;
+  readonly #onLimit: () => Error;
+  constructor(limit = Number.POSITIVE_INFINITY, onLimit: () => Error = () => new Error("too many bytes")) {
+    super();
+    this.#limit = limit;
+    this.#onLimit = onLimit;
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    __w(2, `hashtap ${chunk.length}\n`);
+    this.#size += chunk.length;
+    if (this.#size > this.#limit) {
+      done(this.#onLimit());
+      return;
+    }
+    this.#hash.update(chunk);
+    done(null, chunk);
+  }
+  get size(): number {
+    return this.#size;
+  }
+  /** The sha256 digest; call once, after the stream finished. */
+  digest(): Buffer {
+    return this.#hash.digest();
+  }
+}
+
+/** Passes bytes through and feeds each chunk to `sink` synchronously; an exception from sink fails the stream. */
+export class FeedTap extends Transform {
+  readonly #sink: (chunk: Buffer) => void;
+  constructor(sink: (chunk: Buffer) => void) {
+    super();
+    this.#sink = sink;
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    try {
+      this.#sink(chunk);
+    } catch (error) {
+      done(error as Error);
+      return;
+    }
+    done(null, chunk);
+  }
+}
+
+/**
+ * Passes bytes through and also writes them to `side`, waiting for the side to drain (backpressure on both
+ * branches). At the end it ends the side; the caller awaits the side's own completion.
+ */
+export class TeeTap extends Transform {
+  readonly #side: Writable;
+  constructor(side: Writable) {
+    super();
+    this.#side = side;
+    side.on("error", (error) => this.destroy(error));
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    if (this.#side.write(chunk)) done(null, chunk);
+    else this.#side.once("drain", () => done(null, chunk));
+  }
+  override _flush(done: TransformCallback): void {
+    this.#side.end(() => done());
+  }
+  override _destroy(error: Error | null, done: (error: Error | null) => void): void {
+    this.#side.destroy(error ?? undefined);
+    done(error);
+  }
+}
+
+/**
+ * Runs `stages` as one pipeline whose output `consume` reads (e.g. storage.put). The consumer gets a
+ * PassThrough it may start reading whenever it likes; a failure on either side tears down both.
+ */
+export async function pipeInto<T>(
+  consume: (output: PassThrough) => Promise<T>,
+  ...stages: [NodeJS.ReadableStream, ...NodeJS.ReadWriteStream[]]
+): Promise<T> {
+  const output = new PassThrough();
+  const consuming = consume(output).catch((error) => {
+    output.destroy(error);
+    throw error;
+  });
+  const [result] = await Promise.all([consuming, pipeline([...stages, output])]);
+  return result;
+}

@@ -1,0 +1,115 @@
+// What substituters read. Every answer comes from rows written at ingest: nothing is signed, hashed or
+// compressed on the way out. NARs stream from storage as stored, or redirect to a presigned URL.
+import type { Readable } from "node:stream";
+import { decodeNix32, formatNarInfo, type NarInfo } from "../../nix/index.ts";
+import type { Context } from "../context.ts";
+import type { CacheRow, NarRow, PathRecord } from "../db/repo.ts";
+import type { ByteRange } from "../storage/storage.ts";
+
+const extensionOf: Record<string, string> = {
+  zstd: ".zst",
+  xz: ".xz",
+  bzip2: ".bz2",
+  br: ".br",
+  gzip: ".gz",
+  none: "",
+};
+
+export function narUrl(fileHash: string, compression: string): string {
+  return `nar/${fileHash.slice("sha256:".length)}.nar${extensionOf[compression] ?? ""}`;
+}
+
+export function narInfoOf(record: PathRecord): NarInfo {
+  return {
+    storePath: record.storePath,
+    url: narUrl(record.fileHash, record.compression),
+    compression: record.compression,
+    fileHash: record.fileHash,
+    fileSize: record.fileSize,
+    narHash: record.narHash,
+    narSize: record.narSize,
+    references: record.references === "" ? [] : record.references.split(" "),
+    ...(record.deriver ? { deriver: record.deriver } : {}),
+    ...(record.system ? { system: record.system } : {}),
+    sigs: record.sigs === "" ? [] : record.sigs.split("\n"),
+    ...(record.ca ? { ca: record.ca } : {}),
+  };
+}
+
+export function cacheInfoText(cache: CacheRow): string {
+  return `StoreDir: ${cache.storeDir}\nWantMassQuery: 1\nPriority: ${cache.priority}\n`;
+}
+
+export async function narInfoText({
+  ctx,
+  input,
+}: {
+  ctx: Context;
+  input: { cache: CacheRow; hash: string };
+}) {
+  const record = await ctx.repo.path(input.cache.id, input.hash);
+  return record ? formatNarInfo(narInfoOf(record)) : undefined;
+}
+
+/** The NAR behind a narinfo URL file name such as `<nix32 FileHash>.nar.zst`, if this cache serves it. */
+export async function findNar({ ctx, input }: { ctx: Context; input: { cache: CacheRow; file: string } }) {
+  const match = /^([0-9a-df-np-sv-z]{52})\.nar(\.[a-z0-9]+)?$/.exec(input.file);
+  if (!match) return undefined;
+  try {
+    decodeNix32(match[1]!);
+  } catch {
+    return undefined;
+  }
+  const nar = await ctx.repo.narByFileHash(input.cache.id, `sha256:${match[1]}`);
+  if (!nar || (match[2] ?? "") !== (extensionOf[nar.compression] ?? "")) return undefined;
+  return nar;
+}
+
+export type NarBody =
+  | { kind: "redirect"; url: string }
+  | { kind: "stream"; body: Readable; size: number; range?: { start: number; end: number } };
+
+export async function openNar({ ctx, input }: { ctx: Context; input: { nar: NarRow; range?: ByteRange } }) {
+  const { nar, range } = input;
+  if (ctx.settings.redirectNars) {
+    const url = await ctx.storage.presignGet(nar.storageKey, ctx.settings.presignSeconds);
+    if (url) return { kind: "redirect", url } satisfies NarBody;
+  }
+  const body = await ctx.storage.get(nar.storageKey, range);
+  if (!body) throw new Error(`NAR ${nar.fileHash} is recorded but missing from storage at ${nar.storageKey}`);
+  if (!range) return { kind: "stream", body, size: nar.fileSize } satisfies NarBody;
+  const end = Math.min(range.end ?? nar.fileSize - 1, nar.fileSize - 1);
+  return {
+    kind: "stream",
+    body,
+    size: end - range.start + 1,
+    range: { start: range.start, end },
+  } satisfies NarBody;
+}
+
+export async function listingText({
+  ctx,
+  input,
+}: {
+  ctx: Context;
+  input: { cache: CacheRow; hash: string };
+}) {
+  return ctx.repo.listing(input.cache.id, input.hash);
+}
+
+export async function openLog({ ctx, input }: { ctx: Context; input: { cache: CacheRow; drv: string } }) {
+  const log = await ctx.repo.log(input.cache.id, input.drv);
+  if (!log) return undefined;
+  const body = await ctx.storage.get(log.storageKey);
+  return body ? { body, size: log.size } : undefined;
+}
+
+export async function realisationText({
+  ctx,
+  input,
+}: {
+  ctx: Context;
+  input: { cache: CacheRow; outputId: string };
+}) {
+  return ctx.repo.realisation(input.cache.id, input.outputId);
+}

@@ -1,0 +1,348 @@
+// The native push API and the substituter routes, in-process (app.request), on both stacks:
+// SQLite + local directory, and PostgreSQL + Ceph RGW.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { after, before, describe, it } from "node:test";
+import { compress as zstdCompress, decompress as zstdDecompress } from "zstd-napi";
+import { parseNarInfo, parsePublicKey, verifyNarInfo } from "../../nix/index.ts";
+import { bootstrap } from "../../server/verbs/bootstrap.ts";
+import { type Harness, makeHarness } from "../support/harness.ts";
+import { fakeStorePath, hashOf, infoFor, narOf, type PathInfo } from "../support/nar.ts";
+
+const testdata = "../shared/testdata/cache.nixos.org";
+
+for (const stack of [
+  { db: "sqlite", storage: "local" },
+  { db: "postgres", storage: "s3" },
+] as const) {
+  describe(`push and serve (${stack.db} + ${stack.storage})`, () => {
+    let h: Harness | undefined;
+    let admin = "";
+    let pushToken = "";
+    let pullToken = "";
+
+    const req = (path: string, init: RequestInit & { token?: string; basic?: string } = {}) => {
+      const headers = new Headers(init.headers);
+      if (init.token) headers.set("authorization", `Bearer ${init.token}`);
+      if (init.basic)
+        headers.set("authorization", `Basic ${Buffer.from(`nix:${init.basic}`).toString("base64")}`);
+      return h!.app.request(path, { ...init, headers });
+    };
+
+    const push = (
+      info: PathInfo & { upstream?: unknown[] },
+      body: Buffer,
+      opts: { token?: string; zstd?: boolean } = {},
+    ) =>
+      req(`/api/v1/caches/main/paths/${hashOf(info.storePath)}`, {
+        method: "PUT",
+        token: opts.token ?? pushToken,
+        headers: {
+          "x-nixstash-path-info": JSON.stringify(info),
+          "content-type": "application/x-nix-nar",
+          ...(opts.zstd ? { "content-encoding": "zstd" } : {}),
+        },
+        body,
+      });
+
+    const storedObjects = async () => {
+      const keys: string[] = [];
+      for await (const o of h!.ctx.storage.list("")) keys.push(o.key);
+      return keys.sort();
+    };
+
+    const expectNothingLeft = async (before: string[], info: PathInfo) => {
+      assert.equal((await req(`/main/${hashOf(info.storePath)}.narinfo`)).status, 404);
+      assert.deepEqual(await storedObjects(), before);
+      assert.deepEqual(await h!.ctx.repo.pendingUploadsOlderThan(Date.now() + 1000), []);
+    };
+
+    before(async () => {
+      h = await makeHarness(stack);
+      if (!h) return;
+      const first = await bootstrap({ ctx: h.ctx, input: { defaultCache: "main", dataDir: h.dir } });
+      admin = first.adminToken!;
+      assert.equal(readFileSync(first.adminTokenFile!, "utf8").trim(), admin);
+      const mk = async (permissions: string[]) => {
+        const res = await req("/api/v1/tokens", {
+          method: "POST",
+          token: admin,
+          body: JSON.stringify({ name: permissions.join("+"), caches: ["main"], permissions }),
+        });
+        assert.equal(res.status, 201);
+        return ((await res.json()) as { token: string }).token;
+      };
+      pushToken = await mk(["pull", "push"]);
+      pullToken = await mk(["pull"]);
+    });
+    after(async () => h?.cleanup());
+
+    const dep = fakeStorePath("dep-1.0");
+    const depNar = narOf({
+      dir: { lib: { dir: { "libdep.so": Buffer.from(Array.from({ length: 3000 }, (_, i) => i % 251)) } } },
+    });
+    const app = fakeStorePath("app-1.0");
+    const appNar = narOf({
+      dir: {
+        bin: { dir: { app: { executable: `#!/bin/sh\necho ${dep}\n` } } },
+        share: { dir: { empty: "", link: { symlink: "../bin/app" }, nothing: { dir: {} } } },
+      },
+    });
+
+    it("serves nix-cache-info and the cache description anonymously", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const info = await req("/main/nix-cache-info");
+      assert.equal(info.status, 200);
+      assert.equal(info.headers.get("content-type"), "text/x-nix-cache-info");
+      assert.equal(await info.text(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
+      const api = await req("/api/v1/caches/main");
+      const body = (await api.json()) as Record<string, unknown>;
+      assert.equal(body.name, "main");
+      assert.match(String(body.publicKey), /^main-1:[A-Za-z0-9+/]{43}=$/);
+      assert.equal(body.public, true);
+      assert.equal(body.priority, 40);
+      assert.equal(body.storeDir, "/nix/store");
+    });
+
+    it("refuses pushes without a token (401) and with a pull-only token (403)", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const before = await storedObjects();
+      const info = infoFor(dep, depNar);
+      const anonymous = await h.app.request(`/api/v1/caches/main/paths/${hashOf(dep)}`, {
+        method: "PUT",
+        headers: { "x-nixstash-path-info": JSON.stringify(info) },
+        body: depNar,
+      });
+      assert.equal(anonymous.status, 401);
+      assert.equal((await push(info, depNar, { token: pullToken })).status, 403);
+      assert.equal((await push(info, depNar, { token: "nxs_not-a-real-token" })).status, 401);
+      await expectNothingLeft(before, info);
+    });
+
+    it("refuses a path whose references are missing, naming them", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const before = await storedObjects();
+      const info = infoFor(app, appNar, [dep, app]);
+      const res = await push(info, appNar);
+      assert.equal(res.status, 422);
+      const body = (await res.json()) as { error: string; message: string };
+      assert.equal(body.error, "missing_references");
+      assert.match(body.message, new RegExp(dep.slice("/nix/store/".length)));
+      await expectNothingLeft(before, info);
+    });
+
+    it("stores a plain NAR, then a zstd one referencing it, and serves signed narinfo, NAR and listing", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const depRes = await push(infoFor(dep, depNar), depNar);
+      assert.equal(depRes.status, 201, await depRes.clone().text());
+      assert.equal(((await depRes.json()) as { status: string }).status, "stored");
+      const appInfo = {
+        ...infoFor(app, appNar, [dep, app]),
+        deriver: fakeStorePath("app-1.0.drv"),
+        system: "x86_64-linux",
+      };
+      const appRes = await push(appInfo, zstdCompress(appNar), { zstd: true });
+      assert.equal(appRes.status, 201, await appRes.clone().text());
+
+      const key = ((await (await req("/api/v1/caches/main")).json()) as { publicKey: string }).publicKey;
+      const res = await req(`/main/${hashOf(app)}.narinfo`);
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get("content-type"), "text/x-nix-narinfo");
+      const narinfo = parseNarInfo(await res.text());
+      assert.equal(narinfo.storePath, app);
+      assert.deepEqual(narinfo.references, [dep, app].map((p) => p.slice(11)).sort());
+      assert.equal(narinfo.deriver, appInfo.deriver.slice(11));
+      assert.equal(narinfo.system, "x86_64-linux");
+      assert.equal(narinfo.narHash, appInfo.narHash);
+      assert.equal(narinfo.narSize, appNar.length);
+      assert.equal(narinfo.compression, "zstd");
+      assert.equal(verifyNarInfo(narinfo, [parsePublicKey(key)]).length, 1, "signed by the cache key");
+      const wrongKey = parsePublicKey("main-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=");
+      assert.equal(verifyNarInfo(narinfo, [wrongKey]).length, 0);
+
+      const head = await req(`/main/${hashOf(app)}.narinfo`, { method: "HEAD" });
+      assert.equal(head.status, 200);
+      assert.equal(await head.text(), "");
+
+      const nar = await req(`/main/${narinfo.url}`);
+      assert.equal(nar.status, 200);
+      const file = Buffer.from(await nar.arrayBuffer());
+      assert.equal(file.length, narinfo.fileSize);
+      assert.deepEqual(zstdDecompress(file), appNar);
+      const narHead = await req(`/main/${narinfo.url}`, { method: "HEAD" });
+      assert.equal(narHead.headers.get("content-length"), String(narinfo.fileSize));
+      const ranged = await req(`/main/${narinfo.url}`, { headers: { range: "bytes=4-9" } });
+      assert.equal(ranged.status, 206);
+      assert.equal(ranged.headers.get("content-range"), `bytes 4-9/${narinfo.fileSize}`);
+      assert.deepEqual(Buffer.from(await ranged.arrayBuffer()), file.subarray(4, 10));
+
+      const ls = (await (await req(`/main/${hashOf(app)}.ls`)).json()) as {
+        version: number;
+        root: { entries: Record<string, { entries: Record<string, unknown> }> };
+      };
+      assert.equal(ls.version, 1);
+      assert.deepEqual(ls.root.entries.share?.entries.link, { type: "symlink", target: "../bin/app" });
+      const exe = ls.root.entries.bin?.entries.app as {
+        type: string;
+        executable: boolean;
+        narOffset: number;
+        size: number;
+      };
+      assert.equal(exe.executable, true);
+      assert.equal(
+        appNar.subarray(exe.narOffset, exe.narOffset + exe.size).toString(),
+        `#!/bin/sh\necho ${dep}\n`,
+      );
+    });
+
+    it("answers pushing the same path again without storing anything", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const before = await storedObjects();
+      const res = await push(infoFor(dep, depNar), depNar);
+      assert.equal(res.status, 200);
+      assert.equal(((await res.json()) as { status: string }).status, "already-present");
+      assert.deepEqual(await storedObjects(), before);
+    });
+
+    it("stores identical NAR content once (deduplication)", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const before = await storedObjects();
+      const twin = fakeStorePath("dep-1.0");
+      const res = await push(infoFor(twin, depNar), depNar, { zstd: false });
+      assert.equal(res.status, 200);
+      assert.equal(((await res.json()) as { status: string }).status, "deduplicated");
+      assert.deepEqual(await storedObjects(), before);
+      assert.equal((await req(`/main/${hashOf(twin)}.narinfo`)).status, 200);
+    });
+
+    it("refuses tampered uploads with a 4xx and leaves nothing behind", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const before = await storedObjects();
+      const path = fakeStorePath("tampered");
+      const nar = narOf({ dir: { a: "hello world\n", b: { executable: "x" } } });
+      const good = infoFor(path, nar);
+      const cases: [string, PathInfo, Buffer, boolean, number, RegExp][] = [
+        [
+          "wrong NarHash",
+          { ...good, narHash: infoFor(path, depNar).narHash },
+          nar,
+          false,
+          422,
+          /NarHash mismatch/,
+        ],
+        [
+          "NarSize too small",
+          { ...good, narSize: nar.length - 8 },
+          nar,
+          false,
+          422,
+          /larger than the claimed NarSize/,
+        ],
+        ["NarSize too large", { ...good, narSize: nar.length + 8 }, nar, false, 422, /truncat|NarSize/i],
+        [
+          "corrupt NAR",
+          good,
+          Buffer.concat([nar.subarray(0, 40), Buffer.from("garbage!"), nar.subarray(48)]),
+          false,
+          422,
+          /invalid NAR/,
+        ],
+        ["truncated body", good, nar.subarray(0, nar.length - 16), false, 422, /invalid NAR|truncat/i],
+        [
+          "trailing data",
+          { ...good, narSize: nar.length + 8 },
+          Buffer.concat([nar, Buffer.alloc(8)]),
+          false,
+          422,
+          /invalid NAR|trailing/i,
+        ],
+        ["corrupt zstd", good, Buffer.from("this is not zstd at all"), true, 400, /not valid zstd/],
+        ["truncated zstd", good, zstdCompress(nar).subarray(0, 20), true, 400, /zstd|invalid NAR|truncat/i],
+      ];
+      for (const [name, info, body, zstd, status, message] of cases) {
+        const res = await push(info, body, { zstd });
+        const text = await res.text();
+        assert.equal(res.status, status, `${name}: ${text}`);
+        assert.match(text, message, name);
+        await expectNothingLeft(before, info);
+      }
+      const bad = await push({ ...good, storePath: "/nix/store/not-a-store-path" }, nar);
+      assert.equal(bad.status, 400);
+      const mismatch = await req(`/api/v1/caches/main/paths/${hashOf(dep)}`, {
+        method: "PUT",
+        token: pushToken,
+        headers: { "x-nixstash-path-info": JSON.stringify(good) },
+        body: nar,
+      });
+      assert.equal(mismatch.status, 400);
+      await expectNothingLeft(before, good);
+    });
+
+    it("accepts references proven by an upstream signature, and refuses forged proofs", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const upstream = parseNarInfo(
+        readFileSync(`${testdata}/gdh8165b7rg4y53v64chjys7mbbw89f9.narinfo`, "utf8"),
+      );
+      const proof = {
+        storePath: upstream.storePath,
+        narHash: upstream.narHash,
+        narSize: upstream.narSize,
+        references: upstream.references,
+        sigs: upstream.sigs,
+      };
+      const path = fakeStorePath("uses-upstream");
+      const nar = narOf(`links against ${upstream.storePath}\n`);
+      const info = infoFor(path, nar, [upstream.storePath]);
+      const forged = await push({ ...info, upstream: [{ ...proof, narSize: proof.narSize + 1 }] }, nar);
+      assert.equal(forged.status, 400);
+      assert.match(await forged.text(), /no signature by a trusted upstream key/);
+      const res = await push({ ...info, upstream: [proof] }, nar);
+      assert.equal(res.status, 201, await res.clone().text());
+    });
+
+    it("answers the batch query for thousands of paths in one request", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const unknown = Array.from({ length: 3000 }, (_, i) => fakeStorePath(`p${i}`));
+      const res = await req("/api/v1/caches/main/missing", {
+        method: "POST",
+        token: pullToken,
+        body: JSON.stringify({ paths: [dep, ...unknown, hashOf(app)] }),
+      });
+      assert.equal(res.status, 200);
+      assert.deepEqual(((await res.json()) as { missing: string[] }).missing, unknown);
+      const bad = await req("/api/v1/caches/main/missing", {
+        method: "POST",
+        body: JSON.stringify({ paths: ["nope"] }),
+      });
+      assert.equal(bad.status, 400);
+    });
+
+    it("accepts the token as the Basic-auth password (netrc) and hides private caches from anonymous callers", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const created = await req("/api/v1/caches", {
+        method: "POST",
+        token: admin,
+        body: JSON.stringify({ name: "secret", public: false }),
+      });
+      assert.equal(created.status, 201);
+      for (const path of [
+        "/secret/nix-cache-info",
+        `/secret/${hashOf(app)}.narinfo`,
+        "/api/v1/caches/secret",
+      ]) {
+        assert.equal((await req(path)).status, 401, path);
+        assert.equal(
+          (await req(path, { basic: pushToken })).status,
+          401,
+          `${path} with a token for main only`,
+        );
+        assert.notEqual((await req(path, { basic: admin })).status, 401, `${path} as admin`);
+      }
+      assert.equal(
+        (await req("/api/v1/caches", { method: "POST", basic: pushToken, body: "{}" })).status,
+        403,
+      );
+      assert.equal((await req(`/main/${hashOf(app)}.narinfo`, { basic: pullToken })).status, 200);
+    });
+  });
+}
