@@ -2,7 +2,7 @@
 // A bad value stops start-up with a message naming the variable.
 //
 //   NIXSTASH_LISTEN          host:port to listen on                 default 127.0.0.1:8080
-//   NIXSTASH_PUBLIC_URL      base URL clients use (printed in the nix.conf lines)   default http://<listen>
+//   NIXSTASH_PUBLIC_URL      base URL clients use (printed in the nix.conf lines)   default http://<listen address>
 //   NIXSTASH_DATA_DIR        data directory (SQLite file, local storage, secrets)   default ./data
 //   NIXSTASH_DATABASE_URL    unset = SQLite in the data dir; sqlite:/path/file.db; postgres://user:pw@host/db
 //   NIXSTASH_STORAGE         unset = <data dir>/storage; file:///path; s3://bucket[/prefix]
@@ -31,7 +31,7 @@ const listen = z
     const port = Number(v.slice(at + 1));
     return { host: v.slice(0, at).replace(/^\[|\]$/g, ""), port };
   })
-  .refine((v) => v.port > 0 && v.port < 65536, "port must be 1-65535");
+  .refine((v) => v.port >= 0 && v.port < 65536, "port must be 0-65535 (0 picks a free port)");
 
 const cacheName = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "expected a cache name like main");
 
@@ -77,7 +77,8 @@ export type StorageConfig =
 
 export interface Config {
   listen: { host: string; port: number };
-  publicUrl: string;
+  /** Unset: derived from the address the server listens on. */
+  publicUrl: string | undefined;
   dataDir: string;
   databaseUrl: string;
   storage: StorageConfig;
@@ -102,14 +103,9 @@ export function parseConfig(source: Record<string, string | undefined>): Config 
   }
   const e = parsed.data;
   const dataDir = resolve(e.NIXSTASH_DATA_DIR);
-  const host = e.NIXSTASH_LISTEN.host.includes(":") ? `[${e.NIXSTASH_LISTEN.host}]` : e.NIXSTASH_LISTEN.host;
-  const publicHost = host === "0.0.0.0" || host === "[::]" ? "127.0.0.1" : host;
   return {
     listen: e.NIXSTASH_LISTEN,
-    publicUrl: (e.NIXSTASH_PUBLIC_URL ?? `http://${publicHost}:${e.NIXSTASH_LISTEN.port}`).replace(
-      /\/+$/,
-      "",
-    ),
+    publicUrl: e.NIXSTASH_PUBLIC_URL?.replace(/\/+$/, ""),
     dataDir,
     databaseUrl: e.NIXSTASH_DATABASE_URL ?? `sqlite:${resolve(dataDir, "nixstash.db")}`,
     storage: storageConfig(e, dataDir),

@@ -52,7 +52,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       zstdLevel: config.zstdLevel,
       redirectNars: config.storage.kind === "s3" && config.storage.redirect,
       presignSeconds: 3600,
-      publicUrl: config.publicUrl,
+      publicUrl: config.publicUrl ?? "",
     },
   };
   const first = await bootstrap({
@@ -74,7 +74,9 @@ export async function startServer(config: Config): Promise<RunningServer> {
     s.once("error", reject);
   });
   const address = server.address() as AddressInfo;
-  const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
+  const wildcard = address.address === "0.0.0.0" || address.address === "::";
+  const host = wildcard ? "127.0.0.1" : address.family === "IPv6" ? `[${address.address}]` : address.address;
+  ctx.settings.publicUrl ||= `http://${host}:${address.port}`;
   return {
     ctx,
     url: `http://${host}:${address.port}`,

@@ -1,5 +1,5 @@
 // HTTP plumbing shared by the route files: request bodies as Node streams, byte ranges, the caller.
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import type { HttpBindings } from "@hono/node-server";
 import type { Context as HonoContext } from "hono";
 import type { Context } from "../context.ts";
@@ -10,10 +10,21 @@ import { type Caller, identify } from "../verbs/auth.ts";
 export type Env = { Bindings: Partial<HttpBindings>; Variables: { caller: Caller } };
 export type C = HonoContext<Env>;
 
-/** The request body as a Node stream: the socket itself under @hono/node-server, else the web stream. */
+/**
+ * The request body as a Node stream. Under @hono/node-server it is fed from the socket through a PassThrough
+ * the verb may destroy on a bad upload without killing the connection: the response still reaches the
+ * client, and Node discards the unread rest. A client that hangs up mid-body fails the stream.
+ */
 export function requestBody(c: C): Readable {
   const incoming = c.env?.incoming;
-  if (incoming && !incoming.readableDidRead) return incoming;
+  if (incoming && !incoming.readableDidRead) {
+    const body = new PassThrough();
+    incoming.pipe(body);
+    incoming.on("close", () => {
+      if (!incoming.complete) body.destroy(Object.assign(new Error("aborted"), { code: "ECONNRESET" }));
+    });
+    return body;
+  }
   const body = c.req.raw.body;
   return body ? Readable.fromWeb(body as import("node:stream/web").ReadableStream) : Readable.from([]);
 }

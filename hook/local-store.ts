@@ -1,0 +1,63 @@
+// What the builder side asks of the local Nix store, through the real Nix commands: path infos of a
+// closure (`nix path-info --json`, Nix >= 2.4) and a path's NAR (`nix-store --dump`), streamed.
+import { execFile, spawn } from "node:child_process";
+import type { Readable } from "node:stream";
+import { promisify } from "node:util";
+
+const run = promisify(execFile);
+
+export interface LocalPathInfo {
+  path: string;
+  narHash: string;
+  narSize: number;
+  /** Full store paths. */
+  references: string[];
+  deriver?: string;
+  ca?: string;
+  signatures?: string[];
+}
+
+/** Path infos of the given paths (and, with closure, of everything they reference), references first. */
+export async function pathInfos(
+  paths: readonly string[],
+  options: { closure?: boolean } = {},
+): Promise<LocalPathInfo[]> {
+  if (paths.length === 0) return [];
+  const args = ["--extra-experimental-features", "nix-command", "path-info", "--json"];
+  if (options.closure) args.push("--recursive");
+  const { stdout } = await run("nix", [...args, ...paths], { maxBuffer: 1 << 30 });
+  return topologicalOrder(JSON.parse(stdout) as LocalPathInfo[]);
+}
+
+/** Orders infos so that every path comes after the paths it references (self-references ignored). */
+export function topologicalOrder(infos: readonly LocalPathInfo[]): LocalPathInfo[] {
+  const byPath = new Map(infos.map((info) => [info.path, info]));
+  const done = new Set<string>();
+  const out: LocalPathInfo[] = [];
+  const visit = (info: LocalPathInfo, depth: number) => {
+    if (done.has(info.path)) return;
+    if (depth > infos.length) throw new Error(`reference cycle through ${info.path}`);
+    for (const ref of info.references) {
+      const dep = byPath.get(ref);
+      if (dep && ref !== info.path) visit(dep, depth + 1);
+    }
+    done.add(info.path);
+    out.push(info);
+  };
+  for (const info of [...infos].sort((a, b) => a.path.localeCompare(b.path))) visit(info, 0);
+  return out;
+}
+
+/** The NAR of a store path as a stream; the stream errors if nix-store fails. */
+export function dumpPath(path: string): Readable {
+  const child = spawn("nix-store", ["--dump", path], { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  child.on("close", (code) => {
+    if (code !== 0)
+      child.stdout.destroy(new Error(`nix-store --dump ${path} failed (${code}): ${stderr.trim()}`));
+  });
+  return child.stdout;
+}

@@ -1,0 +1,66 @@
+// Runs the real server as a separate process, exactly as `npm start` does, with the given environment.
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+export interface ServerProcess {
+  url: string;
+  adminToken: string;
+  publicKey: string;
+  stdout: string;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+const root = join(import.meta.dirname, "../..");
+
+export async function startServerProcess(env: Record<string, string>): Promise<ServerProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts"], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? "", NIXSTASH_LISTEN: "127.0.0.1:0", NIXSTASH_LOG_LEVEL: "warn", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Buffer) => {
+    stdout += d.toString();
+  });
+  child.stderr!.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`server did not start in 30 s:\n${stdout}\n${stderr}`)),
+      30_000,
+    );
+    const check = () => {
+      const m = /listening on (http:\/\/\S+)/.exec(stdout);
+      if (m && stdout.includes("trusted-public-keys")) {
+        clearTimeout(timer);
+        resolve(m[1]!);
+      }
+    };
+    child.stdout!.on("data", check);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before listening:\n${stdout}\n${stderr}`));
+    });
+  });
+  const publicKey = /trusted-public-keys = (\S+)/.exec(stdout)![1]!;
+  const adminToken = readFileSync(join(env.NIXSTASH_DATA_DIR!, "admin-token"), "utf8").trim();
+  return {
+    url,
+    adminToken,
+    publicKey,
+    get stdout() {
+      return stdout;
+    },
+    child,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once("exit", () => resolve());
+        child.kill("SIGTERM");
+      }),
+  };
+}
