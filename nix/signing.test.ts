@@ -19,7 +19,6 @@ import {
 } from "./signing.ts";
 import { type GoldenCache, goldenCache, realNix } from "./test-support/real-nix.ts";
 
-
 const CACHE_NIXOS_ORG = parsePublicKey("cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=");
 const TESTDATA = join(import.meta.dirname, "testdata", "cache.nixos.org");
 const golden = readdirSync(TESTDATA)

@@ -1,0 +1,217 @@
+// Storage in a directory on local disk: the embedded default (`npm start` needs nothing else to run).
+// A key is a relative path under the root, `nar/abc.nar.zst` → `<root>/nar/abc.nar.zst`.
+//
+// Atomicity: put streams into `<root>/.tmp/<uuid>.part`, fsyncs it, renames it over the final path (atomic on
+// POSIX within one file system) and fsyncs the directory, so a reader sees the old object or the complete new
+// one, never a torn file, and a stored object survives a crash. A failed put removes its temp file; after a
+// crash, anything in `.tmp/` is debris of an interrupted upload and may be deleted. Reads open the file once,
+// so a concurrent overwrite or delete never cuts a stream short.
+// Limitation of directories: an object cannot be stored at a key that another key uses as a directory
+// (`a/b` and `a/b/c`); S3 allows it, nixstash's key layout never needs it. Such a put fails with StorageError.
+import { randomUUID } from "node:crypto";
+import { constants, createWriteStream } from "node:fs";
+import { access, type FileHandle, mkdir, open, opendir, rename, stat, unlink } from "node:fs/promises";
+import path from "node:path";
+import type { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import {
+  abortedError,
+  asReadable,
+  assertKey,
+  assertPrefix,
+  assertRange,
+  assertSize,
+  type ByteRange,
+  isValidKey,
+  type PutOptions,
+  type Storage,
+  StorageError,
+  type StoredObject,
+} from "./storage.ts";
+
+export interface LocalStorageOptions {
+  /** The directory holding the objects (created when missing). */
+  root: string;
+}
+
+const TMP = ".tmp";
+
+function errnoCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Absent means: nothing there, or a directory (which is not an object) or a path through a file. */
+function isAbsent(err: unknown): boolean {
+  const code = errnoCode(err);
+  return code === "ENOENT" || code === "ENOTDIR" || code === "EISDIR";
+}
+
+async function fsyncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export function createLocalStorage(options: LocalStorageOptions): Storage {
+  const root = path.resolve(options.root);
+  const tmpDir = path.join(root, TMP);
+  const fileOf = (key: string): string => path.join(root, ...key.split("/"));
+
+  async function put(
+    key: string,
+    body: NodeJS.ReadableStream | Readable,
+    opts: PutOptions = {},
+  ): Promise<{ size: number }> {
+    assertKey(key, "put");
+    assertSize(opts.size, key);
+    const { size: expected, signal } = opts;
+    const input = asReadable(body);
+    if (signal?.aborted) {
+      input.destroy();
+      throw abortedError("put", key, signal);
+    }
+    const tmp = path.join(tmpDir, `${randomUUID()}.part`);
+    let written = 0;
+    try {
+      await mkdir(tmpDir, { recursive: true });
+      const countBytes = async function* (source: AsyncIterable<Buffer | string>) {
+        for await (const chunk of source) {
+          const bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+          written += bytes.length;
+          if (expected !== undefined && written > expected) {
+            throw new StorageError("put", key, `body is longer than the declared size ${expected}`);
+          }
+          yield bytes;
+        }
+      };
+      // flush: fsync before the stream closes its file, which pipeline waits for.
+      const file = createWriteStream(tmp, { flags: "wx", mode: 0o644, flush: true });
+      await pipeline(input, countBytes, file, { signal });
+      if (expected !== undefined && written !== expected) {
+        throw new StorageError("put", key, `body has ${written} bytes, declared size is ${expected}`);
+      }
+      const dest = fileOf(key);
+      await mkdir(path.dirname(dest), { recursive: true });
+      await rename(tmp, dest);
+      await fsyncDirectory(path.dirname(dest));
+      return { size: written };
+    } catch (err) {
+      await unlink(tmp).catch(() => {});
+      input.destroy();
+      if (err instanceof StorageError) throw err;
+      if (signal?.aborted) throw abortedError("put", key, signal);
+      const code = errnoCode(err);
+      const hint =
+        code === "EISDIR" || code === "ENOTDIR" || code === "EEXIST"
+          ? " (another key uses this path as a directory, or a file as one of its directories)"
+          : "";
+      throw new StorageError("put", key, `${messageOf(err)}${hint}`, { cause: err });
+    }
+  }
+
+  async function get(key: string, range?: ByteRange): Promise<Readable | null> {
+    assertKey(key, "get");
+    if (range) assertRange(range, key);
+    let handle: FileHandle;
+    try {
+      handle = await open(fileOf(key), "r");
+    } catch (err) {
+      if (isAbsent(err)) return null;
+      throw new StorageError("get", key, messageOf(err), { cause: err });
+    }
+    try {
+      if (!(await handle.stat()).isFile()) {
+        await handle.close();
+        return null;
+      }
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw new StorageError("get", key, messageOf(err), { cause: err });
+    }
+    // The stream owns the handle from here on and closes it when it ends or is destroyed.
+    return handle.createReadStream(range ? { start: range.start, end: range.end } : {});
+  }
+
+  async function statKey(key: string): Promise<{ size: number; modified: Date } | null> {
+    assertKey(key, "stat");
+    try {
+      const info = await stat(fileOf(key));
+      return info.isFile() ? { size: info.size, modified: info.mtime } : null;
+    } catch (err) {
+      if (isAbsent(err)) return null;
+      throw new StorageError("stat", key, messageOf(err), { cause: err });
+    }
+  }
+
+  async function deleteKey(key: string): Promise<void> {
+    assertKey(key, "delete");
+    try {
+      await unlink(fileOf(key));
+    } catch (err) {
+      if (isAbsent(err)) return;
+      throw new StorageError("delete", key, messageOf(err), { cause: err });
+    }
+  }
+
+  // Walks only the directories that can hold keys with this prefix; `.tmp` at the top is not an object.
+  async function* walk(dir: string, dirKey: string, prefix: string): AsyncGenerator<StoredObject> {
+    let entries: AsyncIterable<import("node:fs").Dirent>;
+    try {
+      entries = await opendir(dir);
+    } catch (err) {
+      if (isAbsent(err)) return;
+      throw new StorageError("list", prefix, messageOf(err), { cause: err });
+    }
+    for await (const entry of entries) {
+      if (dirKey === "" && entry.name === TMP) continue;
+      const key = dirKey === "" ? entry.name : `${dirKey}/${entry.name}`;
+      if (entry.isDirectory()) {
+        const asPrefix = `${key}/`;
+        if (asPrefix.startsWith(prefix) || prefix.startsWith(asPrefix)) {
+          yield* walk(path.join(dir, entry.name), key, prefix);
+        }
+      } else if (entry.isFile() && key.startsWith(prefix) && isValidKey(key)) {
+        try {
+          const info = await stat(path.join(dir, entry.name));
+          yield { key, size: info.size, modified: info.mtime };
+        } catch (err) {
+          if (!isAbsent(err)) throw new StorageError("list", prefix, messageOf(err), { cause: err });
+          // deleted while we were listing: not there any more
+        }
+      }
+    }
+  }
+
+  async function* list(prefix: string): AsyncGenerator<StoredObject> {
+    assertPrefix(prefix, "list");
+    const cut = prefix.lastIndexOf("/");
+    const dirKey = cut === -1 ? "" : prefix.slice(0, cut);
+    yield* walk(dirKey === "" ? root : fileOf(dirKey), dirKey, prefix);
+  }
+
+  async function presignGet(key: string, _expiresSeconds: number): Promise<string | null> {
+    assertKey(key, "presignGet");
+    return null;
+  }
+
+  async function check(): Promise<void> {
+    try {
+      await mkdir(root, { recursive: true });
+      if (!(await stat(root)).isDirectory()) throw new Error("not a directory");
+      await access(root, constants.R_OK | constants.W_OK);
+    } catch (err) {
+      throw new StorageError("check", undefined, `root ${root} is not usable: ${messageOf(err)}`, {
+        cause: err,
+      });
+    }
+  }
+
+  return { kind: "local", put, get, stat: statKey, delete: deleteKey, list, presignGet, check };
+}

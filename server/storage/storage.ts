@@ -1,0 +1,136 @@
+// The one small interface every storage driver implements (local directory, S3 bucket), and the rules they
+// share: what a key may look like, what a byte range means, and the single error type they throw. Domain
+// verbs only ever see `Storage`; test/storage/conformance.ts holds every driver to this contract.
+//
+// Keys are `/`-separated relative paths such as `nar/1b9p…q.nar.zst`. They are validated identically for
+// every driver, so a key that works on local disk also works on S3 and the other way round: no empty key,
+// no leading or trailing `/`, no empty, `.` or `..` segment, no backslash or control character, at most
+// 1024 bytes of UTF-8, and not under `.tmp/` (reserved: the local driver keeps its in-flight uploads there).
+import { Readable } from "node:stream";
+
+export interface StoredObject {
+  key: string;
+  size: number;
+  modified: Date;
+}
+
+/** Bytes start..end, both inclusive (as in HTTP `Range: bytes=start-end`); no end = to the end of the object. */
+export interface ByteRange {
+  start: number;
+  end?: number;
+}
+
+export interface PutOptions {
+  /** The declared length: a body that turns out longer or shorter fails the put and stores nothing. */
+  size?: number;
+  contentType?: string;
+  /** Aborting fails the put and stores nothing. */
+  signal?: AbortSignal;
+}
+
+export interface Storage {
+  readonly kind: "local" | "s3";
+  /**
+   * Atomically stores the stream at key: the object appears only complete; a failing/aborted body or a size
+   * mismatch leaves nothing at key (an object already there stays as it was) and no temporary debris that
+   * cleanup could not find. Overwrites. Memory stays bounded whatever the size.
+   */
+  put(key: string, body: NodeJS.ReadableStream | Readable, opts?: PutOptions): Promise<{ size: number }>;
+  /**
+   * The object's bytes, or null when absent. With a range: the bytes of the range that exist (an end past
+   * the object is clamped; a start at or past the end gives an empty stream, as an HTTP layer answering 416
+   * would check with `stat` first).
+   */
+  get(key: string, range?: ByteRange): Promise<Readable | null>;
+  stat(key: string): Promise<{ size: number; modified: Date } | null>;
+  /** Idempotent: deleting an absent key succeeds. */
+  delete(key: string): Promise<void>;
+  /** Every object whose key starts with prefix (a plain string prefix, not only whole segments), in no particular order. */
+  list(prefix: string): AsyncIterable<StoredObject>;
+  /** A URL a client can GET directly (presigned), or null if this driver cannot redirect. */
+  presignGet(key: string, expiresSeconds: number): Promise<string | null>;
+  /** Throws when the backend is unreachable or unusable (used by readiness checks). */
+  check(): Promise<void>;
+}
+
+/** Every failure of a storage operation; the message names the driver, operation and key. */
+export class StorageError extends Error {
+  override readonly name = "StorageError";
+  readonly operation: string;
+  readonly key: string | undefined;
+
+  constructor(operation: string, key: string | undefined, message: string, options?: { cause?: unknown }) {
+    super(`storage ${operation}${key === undefined ? "" : ` ${JSON.stringify(key)}`}: ${message}`, options);
+    this.operation = operation;
+    this.key = key;
+  }
+}
+
+const MAX_KEY_BYTES = 1024;
+const RESERVED_TOP = ".tmp";
+
+function badCharacters(text: string): boolean {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
+  return /[\u0000-\u001f\u007f\\]/.test(text);
+}
+
+/** Whether key is a valid object key (see the header for the rules). */
+export function isValidKey(key: string): boolean {
+  return keyProblem(key) === undefined;
+}
+
+/** Throws StorageError unless key is a valid object key (see the header for the rules). */
+export function assertKey(key: string, operation: string): void {
+  const why = keyProblem(key);
+  if (why) throw new StorageError(operation, key, `invalid key: ${why}`);
+}
+
+function keyProblem(key: unknown): string | undefined {
+  if (typeof key !== "string" || key.length === 0) return "empty";
+  if (Buffer.byteLength(key) > MAX_KEY_BYTES) return `longer than ${MAX_KEY_BYTES} bytes`;
+  if (badCharacters(key)) return "contains a backslash or control character";
+  if (key.startsWith("/")) return "starts with /";
+  const segments = key.split("/");
+  if (segments.some((s) => s === "")) return "has an empty segment";
+  if (segments.some((s) => s === "." || s === "..")) return "has a . or .. segment";
+  if (segments[0] === RESERVED_TOP) return `${RESERVED_TOP}/ is reserved`;
+  return undefined;
+}
+
+/**
+ * Throws StorageError unless prefix can start a valid key: empty, or a key (trailing `/` allowed, and the
+ * last segment may be partial).
+ */
+export function assertPrefix(prefix: string, operation: string): void {
+  if (prefix === "") return;
+  const trimmed = prefix.endsWith("/") ? prefix.slice(0, -1) : prefix;
+  const why = trimmed === "" ? "starts with /" : keyProblem(trimmed);
+  if (why) throw new StorageError(operation, prefix, `invalid prefix: ${why}`);
+}
+
+/** Throws StorageError unless range is a valid ByteRange. */
+export function assertRange(range: ByteRange, key: string): void {
+  const { start, end } = range;
+  const ok =
+    Number.isSafeInteger(start) &&
+    start >= 0 &&
+    (end === undefined || (Number.isSafeInteger(end) && end >= start));
+  if (!ok) throw new StorageError("get", key, `invalid range ${JSON.stringify(range)}`);
+}
+
+/** Throws StorageError unless size is a valid declared size (a non-negative safe integer) or absent. */
+export function assertSize(size: number | undefined, key: string): void {
+  if (size !== undefined && !(Number.isSafeInteger(size) && size >= 0)) {
+    throw new StorageError("put", key, `invalid declared size ${size}`);
+  }
+}
+
+/** The body as a Readable (old-style streams are wrapped), so drivers can pipe, iterate and destroy it. */
+export function asReadable(body: NodeJS.ReadableStream | Readable): Readable {
+  return body instanceof Readable ? body : new Readable().wrap(body);
+}
+
+/** An error raised because the caller's signal was aborted, naming the operation. */
+export function abortedError(operation: string, key: string, signal: AbortSignal): StorageError {
+  return new StorageError(operation, key, "aborted", { cause: signal.reason });
+}
