@@ -164,8 +164,9 @@ export function goldenCache(nix: RealNix, tree: TreeSpec, keyName = "nixstash-te
   const treeDir = join(work, "tree");
   writeTree(treeDir, tree);
   const treePath = addPath(nix, storeRoot, treeDir, "golden-tree");
-  const expr =
-    'let dep = builtins.toFile "golden-dep" "hi"; in builtins.toFile "golden-user" "uses ${dep}\n"';
+  // A Nix antiquotation (not a JS template): the user file refers to dep's store path.
+  const antiquote = (name: string) => `\${${name}}`;
+  const expr = `let dep = builtins.toFile "golden-dep" "hi"; in builtins.toFile "golden-user" "uses ${antiquote("dep")}\n"`;
   const userPath = nix.run("nix", ["eval", "--raw", "--store", storeRoot, "--expr", expr]).toString().trim();
   const cache = copyToFileCache(nix, storeRoot, treePath, sk);
   nix.run("nix", [
