@@ -13,6 +13,9 @@ import { createLocalStorage } from "./storage/local.ts";
 import { createS3Storage } from "./storage/s3.ts";
 import type { Storage } from "./storage/storage.ts";
 import { type BootstrapResult, bootstrap } from "./verbs/bootstrap.ts";
+import { removeAbandonedUploads } from "./verbs/cleanup.ts";
+
+const CLEANUP_INTERVAL_MS = 60 * 60 * 1000;
 
 export async function openStorage(config: StorageConfig): Promise<Storage> {
   if (config.kind === "local") return createLocalStorage({ root: config.root });
@@ -59,6 +62,11 @@ export async function startServer(config: Config): Promise<RunningServer> {
     ctx,
     input: { defaultCache: config.defaultCache, dataDir: config.dataDir },
   });
+  const cleanup = () =>
+    removeAbandonedUploads({ ctx, input: {} }).catch((error) => log.warn({ err: error }, "cleanup failed"));
+  void cleanup();
+  const cleanupTimer = setInterval(cleanup, CLEANUP_INTERVAL_MS);
+  cleanupTimer.unref();
   const app = createApp(ctx);
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve(
@@ -82,6 +90,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     url: `http://${host}:${address.port}`,
     bootstrap: first,
     close: async () => {
+      clearInterval(cleanupTimer);
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await database.close();
     },

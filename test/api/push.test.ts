@@ -2,10 +2,12 @@
 // SQLite + local directory, and PostgreSQL + Ceph RGW.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { compress as zstdCompress, decompress as zstdDecompress } from "zstd-napi";
 import { parseNarInfo, parsePublicKey, verifyNarInfo } from "../../nix/index.ts";
 import { bootstrap } from "../../server/verbs/bootstrap.ts";
+import { removeAbandonedUploads } from "../../server/verbs/cleanup.ts";
 import { type Harness, makeHarness } from "../support/harness.ts";
 import { fakeStorePath, hashOf, infoFor, narOf, type PathInfo } from "../support/nar.ts";
 
@@ -315,6 +317,91 @@ for (const stack of [
         body: JSON.stringify({ paths: ["nope"] }),
       });
       assert.equal(bad.status, 400);
+    });
+
+    it("stores build logs and realisations (both layouts) and serves them", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const drv = fakeStorePath("app-1.0.drv").slice(11);
+      const log = "building app\nline two ✓\n";
+      const put = await req(`/api/v1/caches/main/logs/${drv}`, {
+        method: "PUT",
+        token: pushToken,
+        body: log,
+      });
+      assert.equal(put.status, 201);
+      const got = await req(`/main/log/${drv}`);
+      assert.equal(got.status, 200);
+      assert.equal(got.headers.get("content-type"), "text/plain; charset=utf-8");
+      assert.equal(await got.text(), log);
+      assert.equal(
+        (await req(`/api/v1/caches/main/logs/${drv}`, { method: "PUT", token: pullToken, body: "x" })).status,
+        403,
+      );
+      assert.equal(
+        (await req(`/api/v1/caches/main/logs/not-a-drv`, { method: "PUT", token: pushToken, body: "x" }))
+          .status,
+        400,
+      );
+      assert.equal((await req(`/main/log/${fakeStorePath("other.drv").slice(11)}`)).status, 404);
+
+      const v1 = `sha256:${"ab".repeat(32)}!out`;
+      const realisation = JSON.stringify({
+        id: v1,
+        outPath: app.slice(11),
+        signatures: [],
+        dependentRealisations: {},
+      });
+      assert.equal(
+        (
+          await req(`/api/v1/caches/main/realisations/${v1}`, {
+            method: "PUT",
+            token: pushToken,
+            body: realisation,
+          })
+        ).status,
+        201,
+      );
+      const r1 = await req(`/main/realisations/${v1}.doi`);
+      assert.equal(r1.status, 200);
+      assert.equal(r1.headers.get("content-type"), "application/json");
+      assert.equal(await r1.text(), realisation);
+      const v2 = `${drv}/out`;
+      const trace = JSON.stringify({ outPath: app.slice(11), signatures: [] });
+      assert.equal(
+        (
+          await req(`/api/v1/caches/main/realisations/${encodeURIComponent(v2)}`, {
+            method: "PUT",
+            token: pushToken,
+            body: trace,
+          })
+        ).status,
+        201,
+      );
+      assert.equal(await (await req(`/main/build-trace-v2/${drv}/out.doi`)).text(), trace);
+      assert.equal((await req(`/main/build-trace-v2/${drv}/dev.doi`)).status, 404);
+      const bad = await req(`/api/v1/caches/main/realisations/${v1}`, {
+        method: "PUT",
+        token: pushToken,
+        body: "{}",
+      });
+      assert.equal(bad.status, 400);
+    });
+
+    it("removes uploads abandoned by a crash, and only those", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const before = await storedObjects();
+      const key = "nar/abandoned-by-a-crash.nar.zst";
+      await h.ctx.repo.addPendingUpload(key);
+      await h.ctx.storage.put(key, Readable.from([Buffer.from("half an upload")]));
+      const young = await removeAbandonedUploads({ ctx: h.ctx, input: {} });
+      assert.deepEqual(young.removed, [], "a recent upload may still be running");
+      const old = await removeAbandonedUploads({
+        ctx: { ...h.ctx, clock: () => Date.now() + 7 * 3600_000 },
+        input: {},
+      });
+      assert.deepEqual(old.removed, [key]);
+      assert.deepEqual(await storedObjects(), before);
+      assert.equal((await req(`/main/${hashOf(app)}.narinfo`)).status, 200, "committed paths untouched");
     });
 
     it("accepts the token as the Basic-auth password (netrc) and hides private caches from anonymous callers", async (t) => {

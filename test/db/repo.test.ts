@@ -1,0 +1,220 @@
+// The repository, one suite, run against both databases: SQLite (embedded) and PostgreSQL (real server).
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { encodeNix32 } from "../../nix/index.ts";
+import { type Database, openDatabase } from "../../server/db/database.ts";
+import { type CacheRow, createRepo, type NewNar, type NewPath, type Repo } from "../../server/db/repo.ts";
+import { freshPostgres } from "../support/harness.ts";
+import { testTmp } from "../support/services.ts";
+
+const hash32 = () => encodeNix32(randomBytes(20));
+const sha = () => `sha256:${encodeNix32(randomBytes(32))}`;
+
+function narRow(overrides: Partial<NewNar> = {}): NewNar {
+  return {
+    narHash: sha(),
+    narSize: 3 * 1024 ** 3, // above 2^31: sizes must survive as exact integers
+    compression: "zstd",
+    fileHash: sha(),
+    fileSize: 1234,
+    storageKey: `nar/${hash32()}.nar.zst`,
+    listing: '{"version":1,"root":{"type":"regular","size":1,"narOffset":96}}',
+    ...overrides,
+  };
+}
+
+for (const dialect of ["sqlite", "postgres"] as const) {
+  describe(`repository (${dialect})`, () => {
+    let database: Database | undefined;
+    let repo: Repo;
+    let cache: CacheRow;
+    let other: CacheRow;
+    let drop: (() => Promise<void>) | undefined;
+
+    const pathRow = (name: string, overrides: Partial<NewPath> = {}): NewPath => {
+      const hash = hash32();
+      return {
+        cacheId: cache.id,
+        hash,
+        storePath: `/nix/store/${hash}-${name}`,
+        references: [],
+        requiredHashes: [],
+        deriver: null,
+        system: null,
+        ca: null,
+        sigs: ["main-1:sig"],
+        pushedBy: null,
+        ...overrides,
+      };
+    };
+
+    before(async () => {
+      let url = `sqlite:${join(mkdtempSync(join(testTmp(), "repo-")), "db.sqlite")}`;
+      if (dialect === "postgres") {
+        const fresh = await freshPostgres();
+        if (!fresh) return;
+        url = fresh.url;
+        drop = fresh.drop;
+      }
+      database = await openDatabase(url);
+      // Opening again applies no migration twice.
+      await (await openDatabase(url)).close();
+      repo = createRepo(database);
+      const key = { name: "k-1", publicKey: "k-1:pub", secretEncrypted: "v1:x" };
+      const base = { public: true, priority: 40, storeDir: "/nix/store", description: "", upstreamKeys: "" };
+      cache = (await repo.createCache({ name: "main", ...base }, key))!;
+      other = (await repo.createCache({ name: "other", ...base, public: false }, key))!;
+    });
+    after(async () => {
+      await database?.close();
+      await drop?.();
+    });
+
+    it("creates caches once, with their signing key", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const key = { name: "k-1", publicKey: "k-1:pub", secretEncrypted: "v1:x" };
+      const again = await repo.createCache(
+        {
+          name: "main",
+          public: true,
+          priority: 1,
+          storeDir: "/nix/store",
+          description: "",
+          upstreamKeys: "",
+        },
+        key,
+      );
+      assert.equal(again, undefined);
+      assert.deepEqual(
+        (await repo.listCaches()).map((c) => c.name),
+        ["main", "other"],
+      );
+      assert.equal((await repo.cacheByName("other"))?.public, false);
+      assert.equal((await repo.signingKeys(cache.id)).length, 1);
+      assert.equal(await repo.countCaches(), 2);
+    });
+
+    it("commits a path with its NAR and listing, exact sizes included", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const nar = narRow();
+      await repo.addPendingUpload(nar.storageKey);
+      const path = pathRow("a", { deriver: "x.drv", system: "x86_64-linux", ca: "fixed:r:sha256:abc" });
+      const outcome = await repo.commitPath(path, nar);
+      assert.equal(outcome.kind, "committed");
+      const record = await repo.path(cache.id, path.hash);
+      assert.equal(record?.narSize, 3 * 1024 ** 3);
+      assert.equal(record?.storageKey, nar.storageKey);
+      assert.equal(record?.deriver, "x.drv");
+      assert.equal(record?.ca, "fixed:r:sha256:abc");
+      assert.equal(await repo.listing(cache.id, path.hash), nar.listing);
+      assert.equal((await repo.narByFileHash(cache.id, nar.fileHash))?.id, record?.narId);
+      assert.equal(
+        await repo.narByFileHash(other.id, nar.fileHash),
+        undefined,
+        "other caches do not serve it",
+      );
+      assert.deepEqual(await repo.pendingUploadsOlderThan(Date.now() + 60_000), [], "pending upload cleared");
+    });
+
+    it("refuses a path whose required references are absent, and commits nothing", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const missing = hash32();
+      const nar = narRow();
+      const path = pathRow("b", { requiredHashes: [missing], references: [`${missing}-dep`] });
+      assert.deepEqual(await repo.commitPath(path, nar), { kind: "missing-references", missing: [missing] });
+      assert.equal(await repo.path(cache.id, path.hash), undefined);
+      assert.equal(await repo.narByNarHash(nar.narHash), undefined);
+    });
+
+    it("deduplicates NARs by NarHash across paths and caches, and reports already-present paths", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const nar = narRow();
+      const first = pathRow("c");
+      assert.equal((await repo.commitPath(first, nar)).kind, "committed");
+      const twin = await repo.commitPath(
+        { ...pathRow("d"), cacheId: other.id },
+        { ...nar, storageKey: "nar/other.nar.zst" },
+      );
+      assert.equal(twin.kind, "committed");
+      assert.ok(twin.kind === "committed" && twin.deduplicated);
+      assert.deepEqual(await repo.commitPath(first, narRow()), {
+        kind: "already-present",
+        narHash: nar.narHash,
+      });
+    });
+
+    it("keeps one NAR row when the same content is committed concurrently", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const nar = narRow();
+      const outcomes = await Promise.all(
+        Array.from({ length: 8 }, (_, i) =>
+          repo.commitPath(pathRow(`e${i}`), { ...nar, storageKey: `nar/c${i}.nar.zst` }),
+        ),
+      );
+      assert.ok(outcomes.every((o) => o.kind === "committed"));
+      assert.equal(outcomes.filter((o) => o.kind === "committed" && !o.deduplicated).length, 1);
+    });
+
+    it("answers presence for thousands of hashes", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const present = pathRow("f");
+      await repo.commitPath(present, narRow());
+      const query = [...Array.from({ length: 2500 }, hash32), present.hash];
+      const found = await repo.presentHashes(cache.id, query);
+      assert.deepEqual([...found], [present.hash]);
+      assert.equal((await repo.presentHashes(other.id, [present.hash])).size, 0);
+    });
+
+    it("stores tokens by hash and records their use", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const row = await repo.createToken({
+        name: "t",
+        secretHash: "ab".repeat(32),
+        prefix: "nxs_abc",
+        caches: "main",
+        permissions: "pull",
+        expiresAt: null,
+      });
+      assert.equal((await repo.tokenBySecretHash("ab".repeat(32)))?.id, row.id);
+      assert.equal(await repo.tokenBySecretHash("cd".repeat(32)), undefined);
+      await repo.touchToken(row.id, 1234);
+      assert.equal((await repo.tokenBySecretHash("ab".repeat(32)))?.lastUsedAt, 1234);
+    });
+
+    it("replaces build logs and returns the previous object to delete", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      assert.equal(await repo.putLog(cache.id, "x.drv", "log/1", 10), undefined);
+      assert.equal(await repo.putLog(cache.id, "x.drv", "log/2", 20), "log/1");
+      assert.deepEqual(await repo.log(cache.id, "x.drv"), { storageKey: "log/2", size: 20 });
+      assert.equal(await repo.log(other.id, "x.drv"), undefined);
+    });
+
+    it("stores realisations per cache", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      await repo.putRealisation(cache.id, "sha256:00!out", '{"outPath":"a"}');
+      await repo.putRealisation(cache.id, "sha256:00!out", '{"outPath":"b"}');
+      assert.equal(await repo.realisation(cache.id, "sha256:00!out"), '{"outPath":"b"}');
+      assert.equal(await repo.realisation(other.id, "sha256:00!out"), undefined);
+    });
+
+    it("rolls a failed transaction back entirely", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      await assert.rejects(
+        database.transaction(async (tx) => {
+          await tx.insert(database!.t.pendingUploads).values({ storageKey: "rollback/me" });
+          throw new Error("boom");
+        }),
+        /boom/,
+      );
+      assert.deepEqual(
+        (await repo.pendingUploadsOlderThan(Date.now() + 60_000)).filter(
+          (p) => p.storageKey === "rollback/me",
+        ),
+        [],
+      );
+    });
+  });
+}
