@@ -1,7 +1,6 @@
 // Small stream stages of the ingest pipeline. Each sees every byte once, holds none of them, and keeps
 // backpressure intact, so a NAR of any size passes through in constant memory.
 import { createHash, type Hash } from "node:crypto";
-import { writeSync as __w } from "node:fs";
 import { PassThrough, Transform, type TransformCallback, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
@@ -17,7 +16,6 @@ export class HashTap extends Transform {
     this.#onLimit = onLimit;
   }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    __w(2, `hashtap ${chunk.length}\n`);
     this.#size += chunk.length;
     if (this.#size > this.#limit) {
       done(this.#onLimit());

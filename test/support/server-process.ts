@@ -8,6 +8,8 @@ export interface ServerProcess {
   adminToken: string;
   publicKey: string;
   stdout: string;
+  /** What the server logged (JSON lines). */
+  stderr: string;
   child: ChildProcess;
   stop(): Promise<void>;
 }
@@ -54,6 +56,9 @@ export async function startServerProcess(env: Record<string, string>): Promise<S
     publicKey,
     get stdout() {
       return stdout;
+    },
+    get stderr() {
+      return stderr;
     },
     child,
     stop: () =>

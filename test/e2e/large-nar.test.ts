@@ -1,0 +1,132 @@
+// Memory stays flat: a 2 GiB NAR goes into the server process and back out while its peak RSS stays far
+// below the NAR's size, on both stacks (S3 with redirects off, so the bytes do flow through the server).
+import assert from "node:assert/strict";
+import { createCipheriv, createHash } from "node:crypto";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { after, before, describe, it } from "node:test";
+import { DecompressStream } from "zstd-napi";
+import { createClient } from "../../hook/client.ts";
+import { encodeNix32, formatHash } from "../../nix/index.ts";
+import { freshPostgres, freshS3 } from "../support/harness.ts";
+import { type ServerProcess, startServerProcess } from "../support/server-process.ts";
+import { testTmp } from "../support/services.ts";
+
+const SIZE = 2 * 1024 ** 3;
+/** How much the server's peak RSS may grow over its RSS at rest while 2 GiB pass through it. */
+const GROWTH_LIMIT = 128 * 1024 ** 2;
+
+function str(s: string): Buffer {
+  const body = Buffer.from(s);
+  const out = Buffer.alloc(8 + Math.ceil(body.length / 8) * 8);
+  out.writeBigUInt64LE(BigInt(body.length));
+  body.copy(out, 8);
+  return out;
+}
+
+/** A NAR of one regular file of `size` pseudo-random (AES-CTR keystream, incompressible) bytes, made on the fly. */
+async function* syntheticNar(size: number): AsyncGenerator<Buffer> {
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(size));
+  yield Buffer.concat([str("nix-archive-1"), str("("), str("type"), str("regular"), str("contents"), length]);
+  const cipher = createCipheriv("aes-128-ctr", Buffer.alloc(16, 7), Buffer.alloc(16));
+  const zeros = Buffer.alloc(1024 * 1024);
+  for (let left = size; left > 0; left -= zeros.length)
+    yield cipher.update(left >= zeros.length ? zeros : zeros.subarray(0, left));
+  yield Buffer.concat([Buffer.alloc((8 - (size % 8)) % 8), str(")")]);
+}
+
+function memory(pid: number, field: "VmHWM" | "VmRSS"): number {
+  const kb = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
+  return Number(kb) * 1024;
+}
+
+for (const stack of ["sqlite+local", "postgres+s3"] as const) {
+  describe(`a 2 GiB NAR through the server process (${stack})`, () => {
+    let server: ServerProcess | undefined;
+    const cleanups: (() => Promise<void>)[] = [];
+
+    before(async () => {
+      const env: Record<string, string> = { NIXSTASH_DATA_DIR: mkdtempSync(join(testTmp(), "large-")) };
+      if (stack === "postgres+s3") {
+        const pg = await freshPostgres();
+        const s3 = await freshS3();
+        if (!pg || !s3) return;
+        cleanups.push(pg.drop);
+        Object.assign(env, s3.env, { NIXSTASH_DATABASE_URL: pg.url, NIXSTASH_S3_REDIRECT: "false" });
+      }
+      server = await startServerProcess(env);
+    });
+    after(async () => {
+      await server?.stop();
+      for (const f of cleanups) await f();
+    });
+
+    it("goes in and out with the server's peak RSS far below the NAR size", {
+      timeout: 600_000,
+    }, async (t) => {
+      if (!server) return t.skip("backend unavailable");
+      const hash = createHash("sha256");
+      let narSize = 0;
+      for await (const chunk of syntheticNar(SIZE)) {
+        hash.update(chunk);
+        narSize += chunk.length;
+      }
+      const narHash = formatHash(hash.digest());
+      const storePath = `/nix/store/${encodeNix32(createHash("sha1").update(narHash).digest())}-big`;
+      const res = await fetch(`${server.url}/api/v1/tokens`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${server.adminToken}` },
+        body: JSON.stringify({ name: "push", caches: ["main"], permissions: ["push"] }),
+      });
+      const { token } = (await res.json()) as { token: string };
+
+      const atRest = memory(server.child.pid!, "VmRSS");
+      const started = Date.now();
+      t.after(() => {
+        if (server?.stderr) t.diagnostic(`server log:\n${server.stderr.slice(-3000)}`);
+      });
+      const result = await createClient({ server: server.url, cache: "main", token }).upload(
+        { storePath, narHash, narSize, references: [] },
+        Readable.from(syntheticNar(SIZE)),
+        { zstdLevel: 1 },
+      );
+      const upSeconds = (Date.now() - started) / 1000;
+      assert.equal(result.status, "stored");
+      assert.equal(result.narSize, narSize);
+
+      const narinfo = await (await fetch(`${server.url}/main/${storePath.slice(11, 43)}.narinfo`)).text();
+      const url = /^URL: (.*)$/m.exec(narinfo)![1]!;
+      const down = createHash("sha256");
+      let downSize = 0;
+      const t0 = Date.now();
+      const nar = await fetch(`${server.url}/main/${url}`);
+      assert.equal(nar.status, 200);
+      await pipeline(
+        Readable.fromWeb(nar.body as import("node:stream/web").ReadableStream),
+        new DecompressStream(),
+        async (source) => {
+          for await (const chunk of source as AsyncIterable<Buffer>) {
+            down.update(chunk);
+            downSize += chunk.length;
+          }
+        },
+      );
+      const downSeconds = (Date.now() - t0) / 1000;
+      assert.equal(downSize, narSize);
+      assert.equal(formatHash(down.digest()), narHash);
+
+      const peak = memory(server.child.pid!, "VmHWM");
+      const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
+      t.diagnostic(
+        `up ${mib(narSize / upSeconds)}/s, down ${mib(narSize / downSeconds)}/s, server RSS at rest ${mib(atRest)}, peak ${mib(peak)}`,
+      );
+      assert.ok(
+        peak - atRest < GROWTH_LIMIT,
+        `server RSS grew by ${mib(peak - atRest)} (from ${mib(atRest)})`,
+      );
+    });
+  });
+}
