@@ -132,3 +132,31 @@ export const realisations = pgTable(
   },
   (t) => [uniqueIndex("realisations_cache_output").on(t.cacheId, t.outputId)],
 );
+
+export const stagedNars = pgTable(
+  "staged_nars",
+  {
+    id: serial("id").primaryKey(),
+    cacheId: integer("cache_id")
+      .notNull()
+      .references(() => caches.id, { onDelete: "cascade" }),
+    file: text("file").notNull(),
+    storageKey: text("storage_key").notNull(),
+    /** What the client sent: its compression, and the hash and size of its bytes. */
+    receivedCompression: text("received_compression").notNull(),
+    receivedFileHash: text("received_file_hash").notNull(),
+    receivedFileSize: bigint("received_file_size", { mode: "number" }).notNull(),
+    /** What is stored (the same bytes, or zstd of an uncompressed upload). */
+    compression: text("compression").notNull(),
+    fileHash: text("file_hash").notNull(),
+    fileSize: bigint("file_size", { mode: "number" }).notNull(),
+    narHash: text("nar_hash").notNull(),
+    narSize: bigint("nar_size", { mode: "number" }).notNull(),
+    listing: text("listing").notNull(),
+    createdAt: millis("created_at").notNull().default(now),
+  },
+  (t) => [
+    uniqueIndex("staged_nars_cache_file").on(t.cacheId, t.file),
+    uniqueIndex("staged_nars_storage_key").on(t.storageKey),
+  ],
+);

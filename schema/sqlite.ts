@@ -143,3 +143,35 @@ export const realisations = sqliteTable(
   },
   (t) => [uniqueIndex("realisations_cache_output").on(t.cacheId, t.outputId)],
 );
+
+/**
+ * NARs uploaded by a stock Nix client (`nix copy --to http://…`, PUT nar/<file>) and already verified as NARs,
+ * waiting for the narinfo that claims them. `file` is the name the client chose (`<FileHash>.nar.<ext>`).
+ */
+export const stagedNars = sqliteTable(
+  "staged_nars",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    cacheId: integer("cache_id")
+      .notNull()
+      .references(() => caches.id, { onDelete: "cascade" }),
+    file: text("file").notNull(),
+    storageKey: text("storage_key").notNull(),
+    /** What the client sent: its compression, and the hash and size of its bytes. */
+    receivedCompression: text("received_compression").notNull(),
+    receivedFileHash: text("received_file_hash").notNull(),
+    receivedFileSize: integer("received_file_size").notNull(),
+    /** What is stored (the same bytes, or zstd of an uncompressed upload). */
+    compression: text("compression").notNull(),
+    fileHash: text("file_hash").notNull(),
+    fileSize: integer("file_size").notNull(),
+    narHash: text("nar_hash").notNull(),
+    narSize: integer("nar_size").notNull(),
+    listing: text("listing").notNull(),
+    createdAt: integer("created_at").notNull().default(now),
+  },
+  (t) => [
+    uniqueIndex("staged_nars_cache_file").on(t.cacheId, t.file),
+    uniqueIndex("staged_nars_storage_key").on(t.storageKey),
+  ],
+);

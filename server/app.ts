@@ -12,6 +12,10 @@ export function createApp(ctx: Context) {
 
   app.onError((error, c) => {
     const api = c.req.path.startsWith("/api/");
+    // Nix 2.8 retries a PUT that failed with 5xx/408/429 without resending its body, hanging up to 300 s
+    // each time. A write that fails on our side (storage or database down) therefore answers 424 Failed
+    // Dependency: Nix stops at once and shows the message; nothing was stored, and the push can be rerun.
+    const nixWrite = !api && c.req.method === "PUT";
     if (error instanceof AppError) {
       if (error.status >= 500) ctx.log.warn({ err: error, path: c.req.path }, error.message);
       else ctx.log.debug({ code: error.code, path: c.req.path }, error.message);
@@ -27,6 +31,12 @@ export function createApp(ctx: Context) {
       return c.text(`${error.message}\n`, error.status as 400, headers);
     }
     ctx.log.error({ err: error, method: c.req.method, path: c.req.path }, "unhandled error");
+    if (nixWrite) {
+      return c.text(
+        `nixstash could not store this (storage or database unavailable); nothing was stored, try again\n`,
+        424,
+      );
+    }
     const message = "internal server error";
     return api ? c.json({ error: "internal", message }, 500) : c.text(`${message}\n`, 500);
   });

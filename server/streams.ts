@@ -70,7 +70,9 @@ export class TeeTap extends Transform {
     this.#side.end(() => done());
   }
   override _destroy(error: Error | null, done: (error: Error | null) => void): void {
-    this.#side.destroy(error ?? undefined);
+    // Torn down by a failure: take the side with us. After a normal end the side finishes on its own
+    // (destroying it then would cut off output it has not delivered yet).
+    if (error) this.#side.destroy(error);
     done(error);
   }
 }

@@ -7,6 +7,8 @@ export type CacheRow = Tables["caches"]["$inferSelect"];
 export type SigningKeyRow = Tables["signingKeys"]["$inferSelect"];
 export type TokenRow = Tables["tokens"]["$inferSelect"];
 export type NarRow = Tables["nars"]["$inferSelect"];
+export type StagedNarRow = Tables["stagedNars"]["$inferSelect"];
+export type NewStagedNar = Omit<StagedNarRow, "id" | "createdAt">;
 
 export interface PathRecord {
   pathId: number;
@@ -47,6 +49,8 @@ export interface NewPath {
   ca: string | null;
   sigs: readonly string[];
   pushedBy: number | null;
+  /** The staged NAR (nix copy) this commit consumes, if any. */
+  stagedNarId?: number | undefined;
 }
 
 export type CommitOutcome =
@@ -227,6 +231,8 @@ export function createRepo(database: Database) {
           await tx.insert(t.narListings).values({ narId, listing });
           await tx.delete(t.pendingUploads).where(eq(t.pendingUploads.storageKey, nar.storageKey));
         }
+        if (path.stagedNarId !== undefined)
+          await tx.delete(t.stagedNars).where(eq(t.stagedNars.id, path.stagedNarId));
         await tx.insert(t.paths).values({
           cacheId: path.cacheId,
           hash: path.hash,
@@ -249,10 +255,36 @@ export function createRepo(database: Database) {
         await tx.insert(t.pendingUploads).values({ storageKey });
       });
     },
+    /** Forgets an object that was deleted from storage (and any staged NAR it was). */
     async removePendingUpload(storageKey: string): Promise<void> {
       await database.transaction(async (tx) => {
+        await tx.delete(t.stagedNars).where(eq(t.stagedNars.storageKey, storageKey));
         await tx.delete(t.pendingUploads).where(eq(t.pendingUploads.storageKey, storageKey));
       });
+    },
+
+    // ---- staged NARs (nix copy: NAR first, narinfo later)
+    /** Records a verified staged NAR under its file name; returns the storage key it replaced, if any. */
+    async stageNar(staged: NewStagedNar): Promise<string | undefined> {
+      return database.transaction(async (tx) => {
+        const where = and(eq(t.stagedNars.cacheId, staged.cacheId), eq(t.stagedNars.file, staged.file));
+        const previous = await tx
+          .select({ storageKey: t.stagedNars.storageKey })
+          .from(t.stagedNars)
+          .where(where)
+          .limit(1);
+        if (previous[0]) await tx.delete(t.stagedNars).where(where);
+        await tx.insert(t.stagedNars).values(staged);
+        return previous[0]?.storageKey;
+      });
+    },
+    async stagedNar(cacheId: number, file: string): Promise<StagedNarRow | undefined> {
+      const rows = await db
+        .select()
+        .from(t.stagedNars)
+        .where(and(eq(t.stagedNars.cacheId, cacheId), eq(t.stagedNars.file, file)))
+        .limit(1);
+      return rows[0];
     },
     async pendingUploadsOlderThan(cutoff: number): Promise<{ storageKey: string }[]> {
       return db

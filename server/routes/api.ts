@@ -5,7 +5,7 @@ import { z } from "zod";
 import { NixFormatError, normaliseHash, parseStorePath, parseStorePathBasename } from "../../nix/index.ts";
 import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
-import { AppError, badRequest } from "../errors.ts";
+import { AppError, badRequest, unauthorized } from "../errors.ts";
 import { authorize, authorizeAdmin, PERMISSIONS } from "../verbs/auth.ts";
 import { createCache, describeCache, findCache } from "../verbs/caches.ts";
 import { type BodyEncoding, ingestPath, type PathClaim, type UpstreamProof } from "../verbs/ingest.ts";
@@ -126,7 +126,12 @@ export function apiRoutes(ctx: Context) {
 
   const cacheFor = async (c: C, permission: "pull" | "push" | "admin") => {
     const cache = await findCache({ ctx, input: { name: c.req.param("name") ?? "" } });
-    const principal = authorize(await caller(ctx, c), cache, permission);
+    const who = await caller(ctx, c);
+    // Nix routes read a public cache whatever credentials come along (netrc sends them everywhere); the API
+    // tells a client with a bad token so, before it relies on what it was shown.
+    if (!who.principal && "problem" in who && who.problem)
+      throw unauthorized(`${who.problem}: check the token`);
+    const principal = authorize(who, cache, permission);
     return { cache, principal };
   };
 

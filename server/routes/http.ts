@@ -1,7 +1,9 @@
 // HTTP plumbing shared by the route files: request bodies as Node streams, byte ranges, the caller.
 import { PassThrough, Readable } from "node:stream";
+import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import type { HttpBindings } from "@hono/node-server";
 import type { Context as HonoContext } from "hono";
+import { decompress as zstdDecompress } from "zstd-napi";
 import type { Context } from "../context.ts";
 import { AppError, badRequest } from "../errors.ts";
 import type { ByteRange } from "../storage/storage.ts";
@@ -72,4 +74,36 @@ export async function readJson(c: C, limit = 16 * 1024 * 1024): Promise<unknown>
   } catch {
     throw badRequest("body is not valid JSON");
   }
+}
+
+/**
+ * A small text body (narinfo, listing, log, realisation, cache info), decoded from the Content-Encoding
+ * newer Nix clients may use (gzip, br, zstd). Refused past `limit` bytes, before and after decoding.
+ */
+export async function readTextBody(c: C, limit: number): Promise<string> {
+  const declared = Number(c.req.header("content-length") ?? 0);
+  if (declared > limit) throw new AppError("payload_too_large", `body larger than ${limit} bytes`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of requestBody(c) as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new AppError("payload_too_large", `body larger than ${limit} bytes`);
+    chunks.push(chunk);
+  }
+  const raw = Buffer.concat(chunks);
+  const encoding = (c.req.header("content-encoding") ?? "identity").trim().toLowerCase();
+  let decoded: Buffer;
+  try {
+    if (encoding === "identity" || encoding === "") decoded = raw;
+    else if (encoding === "gzip" || encoding === "x-gzip")
+      decoded = gunzipSync(raw, { maxOutputLength: limit });
+    else if (encoding === "br") decoded = brotliDecompressSync(raw, { maxOutputLength: limit });
+    else if (encoding === "zstd") decoded = zstdDecompress(raw);
+    else throw new AppError("unsupported_media_type", `Content-Encoding ${encoding} is not supported`);
+  } catch (error) {
+    if (error instanceof AppError) throw error;
+    throw badRequest(`body is not valid ${encoding}: ${(error as Error).message}`);
+  }
+  if (decoded.length > limit) throw new AppError("payload_too_large", `body larger than ${limit} bytes`);
+  return decoded.toString("utf8");
 }

@@ -4,8 +4,9 @@ import { Readable } from "node:stream";
 import { Hono } from "hono";
 import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
-import { authorize } from "../verbs/auth.ts";
+import { allows, authorize } from "../verbs/auth.ts";
 import { findCache } from "../verbs/caches.ts";
+import { checkCacheInfo, narKnown, putNarInfo, stageNarUpload } from "../verbs/nix-push.ts";
 import {
   cacheInfoText,
   findNar,
@@ -15,7 +16,8 @@ import {
   openNar,
   realisationText,
 } from "../verbs/serve.ts";
-import { type C, caller, type Env, parseRange } from "./http.ts";
+import { putLog, putRealisation } from "../verbs/uploads.ts";
+import { type C, caller, type Env, parseRange, readTextBody, requestBody } from "./http.ts";
 
 const HASH_FILE = /^([0-9a-df-np-sv-z]{32})\.(narinfo|ls)$/;
 
@@ -26,6 +28,12 @@ export function nixRoutes(ctx: Context) {
     const cache = await findCache({ ctx, input: { name: c.req.param("cache") ?? "" } });
     authorize(await caller(ctx, c), cache, "pull");
     return cache;
+  }
+
+  async function writableCache(c: C) {
+    const cache = await findCache({ ctx, input: { name: c.req.param("cache") ?? "" } });
+    const principal = authorize(await caller(ctx, c), cache, "push");
+    return { cache, pushedBy: principal?.tokenId ?? null };
   }
 
   const text = (c: C, body: string | undefined, type: string) => {
@@ -50,6 +58,18 @@ export function nixRoutes(ctx: Context) {
 
   app.get("/:cache/nar/:file", async (c) => {
     const cache = await readableCache(c);
+    if (c.req.method === "HEAD") {
+      // A pusher's HEAD (before its PUT) also sees NARs staged in this cache, so Nix does not upload twice.
+      const who = await caller(ctx, c);
+      if (who.principal && allows(who.principal, cache.name, "push")) {
+        const known = await narKnown({ ctx, input: { cache, file: c.req.param("file") } });
+        if (!known) return c.text("not found\n", 404);
+        return c.body(null, 200, {
+          "content-type": "application/x-nix-nar",
+          "content-length": String(known.size),
+        });
+      }
+    }
     const nar = await findNar({ ctx, input: { cache, file: c.req.param("file") } });
     if (!nar) return c.text("not found\n", 404);
     const headers: Record<string, string> = {
@@ -95,6 +115,64 @@ export function nixRoutes(ctx: Context) {
     const cache = await readableCache(c);
     const outputId = `${c.req.param("drv")}/${output.slice(0, -".doi".length)}`;
     return text(c, await realisationText({ ctx, input: { cache, outputId } }), "application/json");
+  });
+
+  // ---- writes, as `nix copy --to`, `nix store copy-log --to` and `nix store sign --store` make them
+  const ok = (c: C) => c.body(null, 200);
+
+  app.put("/:cache/nix-cache-info", async (c) => {
+    const { cache } = await writableCache(c);
+    checkCacheInfo(cache, await readTextBody(c, 64 * 1024));
+    return ok(c);
+  });
+
+  app.put("/:cache/nar/:file", async (c) => {
+    const { cache } = await writableCache(c);
+    await stageNarUpload({ ctx, input: { cache, file: c.req.param("file"), body: requestBody(c) } });
+    return ok(c);
+  });
+
+  app.put("/:cache/:file", async (c) => {
+    const match = HASH_FILE.exec(c.req.param("file"));
+    if (!match) return c.text("not found\n", 404);
+    const { cache, pushedBy } = await writableCache(c);
+    const text = await readTextBody(c, 16 * 1024 * 1024);
+    // .ls listings are computed from the NAR itself; the client's copy is not needed.
+    if (match[2] === "narinfo") await putNarInfo({ ctx, input: { cache, hash: match[1]!, text, pushedBy } });
+    return ok(c);
+  });
+
+  app.put("/:cache/log/:drv", async (c) => {
+    const { cache } = await writableCache(c);
+    const drv = c.req.param("drv");
+    if (!/^[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+\.drv$/.test(drv))
+      return c.text(`${drv} is not a derivation name\n`, 400);
+    const encoding = c.req.header("content-encoding");
+    const body =
+      encoding && encoding !== "identity"
+        ? Readable.from([await readTextBody(c, 256 * 1024 * 1024)])
+        : requestBody(c);
+    await putLog({ ctx, input: { cache, drv, body } });
+    return ok(c);
+  });
+
+  app.put("/:cache/realisations/:id", async (c) => {
+    const id = c.req.param("id");
+    if (!id.endsWith(".doi")) return c.text("not found\n", 404);
+    const { cache } = await writableCache(c);
+    const content = await readTextBody(c, 1024 * 1024);
+    await putRealisation({ ctx, input: { cache, outputId: id.slice(0, -".doi".length), content } });
+    return ok(c);
+  });
+
+  app.put("/:cache/build-trace-v2/:drv/:output", async (c) => {
+    const output = c.req.param("output");
+    if (!output.endsWith(".doi")) return c.text("not found\n", 404);
+    const { cache } = await writableCache(c);
+    const content = await readTextBody(c, 1024 * 1024);
+    const outputId = `${c.req.param("drv")}/${output.slice(0, -".doi".length)}`;
+    await putRealisation({ ctx, input: { cache, outputId, content } });
+    return ok(c);
   });
 
   return app;

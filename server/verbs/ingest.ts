@@ -8,23 +8,17 @@
 // Anything else deletes what was written and answers a 4xx that names the problem.
 import { randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
-import { CompressStream, DecompressStream } from "zstd-napi";
 import {
   encodeNix32,
   fingerprint,
-  formatHash,
-  formatListing,
-  NarReader,
-  NixFormatError,
   parseStorePathBasename,
   type StorePath,
   verifySignature,
 } from "../../nix/index.ts";
 import type { Context } from "../context.ts";
-import type { CacheRow } from "../db/repo.ts";
+import type { CacheRow, NewNar } from "../db/repo.ts";
 import { AppError, badRequest, conflict } from "../errors.ts";
-import { FeedTap, HashTap, pipeInto, TeeTap } from "../streams.ts";
+import { type ReceivedNar, receiveNar } from "./receive.ts";
 import { signWithCacheKeys, upstreamKeys } from "./signing.ts";
 
 export interface PathClaim {
@@ -67,15 +61,17 @@ export interface IngestResult {
   fileSize: number;
 }
 
-const missingReferences = (cache: CacheRow, missing: string[]) =>
-  new AppError(
+const missingReferences = (cache: CacheRow, claim: PathClaim, missingHashes: string[]) => {
+  const missing = claim.references.filter((r) => missingHashes.some((h) => r.startsWith(h)));
+  return new AppError(
     "missing_references",
     `references not in cache ${cache.name} (push them first, or send an upstream proof): ${missing.join(" ")}`,
     { missing },
   );
+};
 
 /** Which references must be present in the cache: all but the path itself and those proven upstream. */
-function requiredReferences(cache: CacheRow, claim: PathClaim, upstream: UpstreamProof[]): string[] {
+export function requiredReferences(cache: CacheRow, claim: PathClaim, upstream: UpstreamProof[]): string[] {
   const keys = upstreamKeys(cache);
   const proven = new Set<string>();
   for (const proof of upstream) {
@@ -106,79 +102,134 @@ export async function ingestPath({
   // Cheap refusals before reading a byte of the body.
   const existing = await ctx.repo.path(cache.id, claim.storePath.hash);
   if (existing) {
-    if (existing.narHash !== claim.narHash) {
-      throw conflict(
-        `${claim.storePath.path} is already in cache ${cache.name} with a different NarHash (${existing.narHash})`,
-      );
-    }
+    if (existing.narHash !== claim.narHash) throw differentNarHash(cache, claim, existing.narHash);
     input.body.resume();
-    return {
-      storePath: claim.storePath.path,
-      status: "already-present",
-      narHash: existing.narHash,
-      narSize: existing.narSize,
-      fileHash: existing.fileHash,
-      fileSize: existing.fileSize,
-    };
+    return { storePath: claim.storePath.path, status: "already-present", ...pick(existing) };
   }
-  const present = await ctx.repo.presentHashes(cache.id, required);
-  const absent = required.filter((h) => !present.has(h));
-  if (absent.length > 0)
-    throw missingReferences(
-      cache,
-      claim.references.filter((r) => absent.some((h) => r.startsWith(h))),
-    );
+  await checkReferencesPresent(ctx, cache, claim, required);
 
   const storageKey = `nar/${encodeNix32(randomBytes(20))}.nar.zst`;
   await ctx.repo.addPendingUpload(storageKey);
-  let committed = false;
+  let owned = false;
   try {
-    const verified = await receiveNar(ctx, input, storageKey);
-    const fp = fingerprint({ ...claim, storePath: claim.storePath.path }, cache.storeDir);
-    const sigs = await signWithCacheKeys(ctx, cache.id, fp);
-    const outcome = await ctx.repo.commitPath(
-      {
-        cacheId: cache.id,
-        hash: claim.storePath.hash,
-        storePath: claim.storePath.path,
-        references: claim.references,
-        requiredHashes: required,
-        deriver: claim.deriver,
-        system: claim.system,
-        ca: claim.ca,
-        sigs,
+    const received = await receiveNar({
+      ctx,
+      input: {
+        body: input.body,
+        compression: input.encoding,
+        storageKey,
+        narSizeLimit: claim.narSize,
+        what: claim.storePath.path,
+      },
+    });
+    checkClaim(claim, received);
+    const result = await commitClaim({
+      ctx,
+      input: {
+        cache,
+        claim,
+        required,
+        nar: {
+          ...received.stored,
+          narHash: received.narHash,
+          narSize: received.narSize,
+          listing: received.listing,
+          storageKey,
+        },
+        extraSigs: [],
         pushedBy: input.pushedBy,
       },
-      { ...verified, compression: "zstd", storageKey },
-    );
-    if (outcome.kind === "missing-references") {
-      throw missingReferences(
-        cache,
-        claim.references.filter((r) => outcome.missing.some((h) => r.startsWith(h))),
-      );
-    }
-    if (outcome.kind === "already-present" && outcome.narHash !== claim.narHash) {
-      throw conflict(
-        `${claim.storePath.path} is already in cache ${cache.name} with a different NarHash (${outcome.narHash})`,
-      );
-    }
-    committed = outcome.kind === "committed" && !outcome.deduplicated;
-    const kept = committed ? verified : await ctx.repo.path(cache.id, claim.storePath.hash);
-    return {
-      storePath: claim.storePath.path,
-      status: committed ? "stored" : outcome.kind === "committed" ? "deduplicated" : "already-present",
-      narHash: claim.narHash,
-      narSize: claim.narSize,
-      fileHash: kept?.fileHash ?? verified.fileHash,
-      fileSize: kept?.fileSize ?? verified.fileSize,
-    };
+    });
+    owned = result.status === "stored";
+    return result;
   } finally {
-    if (!committed) await discard(ctx, storageKey);
+    if (!owned) await discard(ctx, storageKey);
   }
 }
 
+export interface CommitInput {
+  cache: CacheRow;
+  claim: PathClaim;
+  /** Reference hashes that must be present (see requiredReferences). */
+  required: string[];
+  /** The verified NAR, as stored. */
+  nar: NewNar;
+  /** Sig lines to keep beside the cache's own (already verified by the caller). */
+  extraSigs: string[];
+  pushedBy: number | null;
+  stagedNarId?: number | undefined;
+}
+
+/**
+ * Signs a verified claim with the cache's keys and commits it with its NAR in one transaction. "stored" means
+ * the NAR object now belongs to the path; otherwise the caller still owns (and should discard) it.
+ */
+export async function commitClaim({
+  ctx,
+  input,
+}: {
+  ctx: Context;
+  input: CommitInput;
+}): Promise<IngestResult> {
+  const { cache, claim } = input;
+  const fp = fingerprint({ ...claim, storePath: claim.storePath.path }, cache.storeDir);
+  const sigs = [...new Set([...(await signWithCacheKeys(ctx, cache.id, fp)), ...input.extraSigs])];
+  const outcome = await ctx.repo.commitPath(
+    {
+      cacheId: cache.id,
+      hash: claim.storePath.hash,
+      storePath: claim.storePath.path,
+      references: claim.references,
+      requiredHashes: input.required,
+      deriver: claim.deriver,
+      system: claim.system,
+      ca: claim.ca,
+      sigs,
+      pushedBy: input.pushedBy,
+      stagedNarId: input.stagedNarId,
+    },
+    input.nar,
+  );
+  if (outcome.kind === "missing-references") throw missingReferences(cache, claim, outcome.missing);
+  if (outcome.kind === "already-present" && outcome.narHash !== claim.narHash) {
+    throw differentNarHash(cache, claim, outcome.narHash);
+  }
+  const stored = outcome.kind === "committed" && !outcome.deduplicated;
+  const kept = stored ? input.nar : await ctx.repo.path(cache.id, claim.storePath.hash);
+  return {
+    storePath: claim.storePath.path,
+    status: stored ? "stored" : outcome.kind === "committed" ? "deduplicated" : "already-present",
+    narHash: claim.narHash,
+    narSize: claim.narSize,
+    fileHash: kept?.fileHash ?? input.nar.fileHash,
+    fileSize: kept?.fileSize ?? input.nar.fileSize,
+  };
+}
+
+export async function checkReferencesPresent(
+  ctx: Context,
+  cache: CacheRow,
+  claim: PathClaim,
+  required: string[],
+) {
+  const present = await ctx.repo.presentHashes(cache.id, required);
+  const absent = required.filter((h) => !present.has(h));
+  if (absent.length > 0) throw missingReferences(cache, claim, absent);
+}
+
+function pick(record: { narHash: string; narSize: number; fileHash: string; fileSize: number }) {
+  const { narHash, narSize, fileHash, fileSize } = record;
+  return { narHash, narSize, fileHash, fileSize };
+}
+
+export function differentNarHash(cache: CacheRow, claim: PathClaim, stored: string): AppError {
+  return conflict(
+    `${claim.storePath.path} is already in cache ${cache.name} with a different NarHash (${stored})`,
+  );
+}
+
 /** Deletes an object no row will own, then forgets it; if either step fails, cleanup finds it later. */
-async function discard(ctx: Context, storageKey: string): Promise<void> {
+export async function discard(ctx: Context, storageKey: string): Promise<void> {
   try {
     await ctx.storage.delete(storageKey);
     await ctx.repo.removePendingUpload(storageKey);
@@ -187,81 +238,18 @@ async function discard(ctx: Context, storageKey: string): Promise<void> {
   }
 }
 
-interface VerifiedNar {
-  narHash: string;
-  narSize: number;
-  fileHash: string;
-  fileSize: number;
-  listing: string;
-}
-
-/** Streams the body into storage while validating it; resolves only if it matches the claim. */
-async function receiveNar(ctx: Context, input: IngestInput, storageKey: string): Promise<VerifiedNar> {
-  const { claim } = input;
-  const reader = new NarReader();
-  const tooLong = () =>
-    new AppError(
-      "size_mismatch",
-      `NAR is larger than the claimed NarSize ${claim.narSize} of ${claim.storePath.path}`,
-    );
-  const narTap = new HashTap(claim.narSize, tooLong);
-  const feed = new FeedTap((chunk) => reader.update(chunk));
-  const fileTap = new HashTap();
-  // pipeInto owns every stream: a failure anywhere (client gone, bad NAR, storage down) tears all of them
-  // down, and storage.put discards its partial object.
-  const store = (output: Readable) => ctx.storage.put(storageKey, output);
-  try {
-    if (input.encoding === "zstd") {
-      // Stored as sent; a decompressed copy feeds the validator on the side.
-      const verify = new DecompressStream();
-      const verifying = pipeline(verify, narTap, feed, async (source: AsyncIterable<Buffer>) => {
-        for await (const _ of source);
-      });
-      await Promise.all([pipeInto(store, input.body, fileTap, new TeeTap(verify)), verifying]);
-    } else {
-      const compress = new CompressStream({ compressionLevel: ctx.settings.zstdLevel });
-      await pipeInto(store, input.body, narTap, feed, compress, fileTap);
-    }
-  } catch (error) {
-    throw asIngestError(error, claim);
-  }
-  let summary: ReturnType<NarReader["finish"]>;
-  try {
-    summary = reader.finish();
-  } catch (error) {
-    throw asIngestError(error, claim);
-  }
-  if (summary.narSize !== claim.narSize) {
+function checkClaim(claim: PathClaim, nar: ReceivedNar): void {
+  const path = claim.storePath.path;
+  if (nar.narSize !== claim.narSize) {
     throw new AppError(
       "size_mismatch",
-      `NarSize mismatch for ${claim.storePath.path}: claimed ${claim.narSize}, got ${summary.narSize}`,
+      `NarSize mismatch for ${path}: claimed ${claim.narSize}, got ${nar.narSize}`,
     );
   }
-  if (summary.narHash !== claim.narHash) {
+  if (nar.narHash !== claim.narHash) {
     throw new AppError(
       "hash_mismatch",
-      `NarHash mismatch for ${claim.storePath.path}: claimed ${claim.narHash}, got ${summary.narHash}`,
+      `NarHash mismatch for ${path}: claimed ${claim.narHash}, got ${nar.narHash}`,
     );
   }
-  return {
-    narHash: summary.narHash,
-    narSize: summary.narSize,
-    fileHash: formatHash(fileTap.digest()),
-    fileSize: fileTap.size,
-    listing: formatListing(summary.listing),
-  };
-}
-
-function asIngestError(error: unknown, claim: PathClaim): Error {
-  if (error instanceof AppError) return error;
-  if (error instanceof NixFormatError)
-    return new AppError("invalid_nar", `invalid NAR for ${claim.storePath.path}: ${error.message}`);
-  const { code, message } = error as { code?: string; message?: string };
-  if (code === "ECONNRESET" || code === "ERR_STREAM_PREMATURE_CLOSE" || message === "aborted") {
-    return badRequest(`upload of ${claim.storePath.path} was cut off before the end of its body`);
-  }
-  if (code?.startsWith("ZSTD") || /zstd|frame|corrupt|unknown header/i.test(message ?? "")) {
-    return badRequest(`body of ${claim.storePath.path} is not valid zstd: ${message}`);
-  }
-  return error as Error;
 }

@@ -13,20 +13,24 @@ export interface NixEnv {
   dir: string;
 }
 
-export function nixEnv(): NixEnv {
+/** A hermetic client; with a token, a netrc that hands it to 127.0.0.1 as Nix users do. */
+export function nixEnv(options: { token?: string } = {}): NixEnv {
   const dir = mkdtempSync(join(testTmp(), "nix-"));
   mkdirSync(join(dir, "conf"));
-  writeFileSync(
-    join(dir, "conf/nix.conf"),
-    [
-      "sandbox = false",
-      "build-users-group =",
-      "experimental-features = nix-command",
-      "substituters =",
-      "narinfo-cache-negative-ttl = 0",
-      "",
-    ].join("\n"),
-  );
+  const conf = [
+    "sandbox = false",
+    "build-users-group =",
+    "experimental-features = nix-command ca-derivations",
+    "substituters =",
+    "narinfo-cache-negative-ttl = 0",
+  ];
+  if (options.token) {
+    writeFileSync(join(dir, "netrc"), `machine 127.0.0.1\nlogin nix\npassword ${options.token}\n`, {
+      mode: 0o600,
+    });
+    conf.push(`netrc-file = ${join(dir, "netrc")}`);
+  }
+  writeFileSync(join(dir, "conf/nix.conf"), `${conf.join("\n")}\n`);
   return {
     dir,
     env: {
@@ -76,6 +80,7 @@ export async function buildClosure(env: NixEnv, nonce = randomBytes(6).toString(
     nonce = "${nonce}";
   };
   dep = mk "e2e-dep" ''
+    echo "building dep ${nonce}" >&2
     /bin/mkdir -p $out/bin $out/share/empty-dir $out/deep/a/b/c/d/e/f
     echo "dep ${nonce}" > $out/share/data.txt
     /bin/dd if=/dev/urandom of=$out/share/random.bin bs=1024 count=300 2>/dev/null
@@ -94,11 +99,20 @@ export async function buildClosure(env: NixEnv, nonce = randomBytes(6).toString(
     echo "${"$"}{mid} ${"$"}{dep}" > $out/refs
     /bin/ln -s ${"$"}{dep}/bin/hello $out/bin/hello
   '';
-in { inherit dep mid top; }
+  ca = builtins.derivation {
+    name = "e2e-ca";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo ca ${nonce} > $out" ];
+    __contentAddressed = true;
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+  };
+in { inherit dep mid top ca; }
 `,
   );
   const result = await nix(env, "nix-build", [expr, "--no-out-link", "-A", "dep", "-A", "mid", "-A", "top"]);
   if (result.code !== 0) throw new Error(`nix-build failed: ${result.stderr}`);
   const [dep, mid, top] = result.stdout.trim().split("\n");
-  return { dep: dep!, mid: mid!, top: top!, nonce };
+  return { dep: dep!, mid: mid!, top: top!, nonce, expr };
 }

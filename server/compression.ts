@@ -1,0 +1,85 @@
+// The compressions Nix writes NARs in (narinfo `Compression:`, `?compression=` on a store URL), their file
+// extensions, and streaming decoders for each. The server verifies every upload by decoding it; it stores the
+// client's bytes as sent, except uncompressed uploads, which it stores as zstd.
+import { type Duplex, Transform, type TransformCallback } from "node:stream";
+import { createBrotliDecompress, createGunzip } from "node:zlib";
+import lzma from "lzma-native";
+import unbzip2Stream from "unbzip2-stream";
+import { DecompressStream } from "zstd-napi";
+
+export const COMPRESSIONS = ["none", "zstd", "xz", "bzip2", "br", "gzip"] as const;
+export type Compression = (typeof COMPRESSIONS)[number];
+
+export const EXTENSION: Record<Compression, string> = {
+  none: "",
+  zstd: ".zst",
+  xz: ".xz",
+  bzip2: ".bz2",
+  br: ".br",
+  gzip: ".gz",
+};
+
+export function isCompression(name: string): name is Compression {
+  return (COMPRESSIONS as readonly string[]).includes(name);
+}
+
+/** The compression a NAR file name such as `x.nar.xz` implies, or undefined for an unknown extension. */
+export function compressionOfFile(file: string): Compression | undefined {
+  const match = /\.nar(\.[a-z0-9]+)?$/.exec(file);
+  if (!match) return undefined;
+  const ext = match[1] ?? "";
+  return COMPRESSIONS.find((c) => EXTENSION[c] === ext);
+}
+
+/** Memory a decoder may use: bounds what a hostile upload (say, a huge xz dictionary) can make us allocate. */
+const DECODER_MEMORY = 512 * 1024 * 1024;
+
+export function decompressor(compression: Exclude<Compression, "none">): Duplex {
+  switch (compression) {
+    case "zstd":
+      return new DecompressStream();
+    case "xz":
+      return lzma.createDecompressor({ memlimit: DECODER_MEMORY });
+    case "bzip2":
+      return new Bunzip2();
+    case "br":
+      return createBrotliDecompress();
+    case "gzip":
+      return createGunzip();
+  }
+}
+
+/**
+ * unbzip2-stream is an old-style "through" stream that node:stream's pipeline cannot track (it reports a
+ * premature close); this wraps it in a real Transform and names its errors.
+ */
+class Bunzip2 extends Transform {
+  readonly #inner = unbzip2Stream();
+  constructor() {
+    super();
+    this.#inner.on("data", (data: Buffer) => this.push(data));
+    this.#inner.on("error", (error: Error) => this.destroy(bzip2Error(error)));
+  }
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    try {
+      this.#inner.write(chunk);
+      done();
+    } catch (error) {
+      done(bzip2Error(error as Error));
+    }
+  }
+  override _flush(done: TransformCallback): void {
+    this.#inner.once("end", () => done());
+    try {
+      this.#inner.end();
+    } catch (error) {
+      done(bzip2Error(error as Error));
+    }
+  }
+}
+
+function bzip2Error(cause: Error): Error {
+  return Object.assign(new Error(`corrupt or truncated bzip2 data (${cause.message})`, { cause }), {
+    code: "BZIP2_ERROR",
+  });
+}
