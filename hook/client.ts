@@ -1,5 +1,6 @@
-// The native push API of a nixstash server, as the builder side speaks it: the batch "which are missing"
-// query and streaming uploads (NAR body through zstd, path info in a header). Talks only HTTP.
+// The native push API of a nixstash server, as the builder side speaks it: the cache's description (public
+// and upstream keys), the batch "which are missing" query and streaming uploads (NAR body through zstd, path
+// info in a header). Talks only HTTP.
 import { Readable } from "node:stream";
 import { CompressStream } from "zstd-napi";
 
@@ -23,6 +24,18 @@ export interface UploadResult {
   fileSize: number;
 }
 
+/** What GET /api/v1/caches/{name} answers. */
+export interface CacheDescription {
+  name: string;
+  url: string;
+  publicKey: string;
+  publicKeys: string[];
+  public: boolean;
+  priority: number;
+  storeDir: string;
+  upstreamKeys: string[];
+}
+
 export class PushError extends Error {
   readonly status: number;
   readonly code: string;
@@ -35,6 +48,12 @@ export class PushError extends Error {
   get retryable(): boolean {
     return this.status === 0 || this.status >= 500 || this.status === 408 || this.status === 429;
   }
+}
+
+/** fetch's "fetch failed" hides the useful part (ECONNREFUSED, a DNS error) in its cause. */
+function describeCause(error: Error): string {
+  const cause = error.cause as { message?: string; code?: string } | undefined;
+  return cause?.message || cause?.code || error.message;
 }
 
 export interface ClientOptions {
@@ -53,10 +72,11 @@ export function createClient(options: ClientOptions) {
     try {
       res = await fetch(url, init);
     } catch (error) {
+      if (init.signal?.aborted) throw new PushError(0, "aborted", "request aborted");
       throw new PushError(
         0,
         "unreachable",
-        `cannot reach ${options.server}: ${(error as Error).cause ?? (error as Error).message}`,
+        `cannot reach ${options.server}: ${describeCause(error as Error)}`,
       );
     }
     if (res.ok) return res;
@@ -71,6 +91,12 @@ export function createClient(options: ClientOptions) {
   }
 
   return {
+    /** The cache's description: its public keys (for nix.conf) and the upstream keys it accepts as proof. */
+    async describe(): Promise<CacheDescription> {
+      const res = await call(base, { headers: auth });
+      return (await res.json()) as CacheDescription;
+    },
+
     /** The given paths (as given) that the cache lacks. */
     async missing(paths: readonly string[]): Promise<string[]> {
       const res = await call(`${base}/missing`, {
@@ -85,7 +111,7 @@ export function createClient(options: ClientOptions) {
     async upload(
       info: PushPathInfo,
       nar: Readable,
-      opts: { zstdLevel?: number } = {},
+      opts: { zstdLevel?: number; signal?: AbortSignal } = {},
     ): Promise<UploadResult> {
       const hash = info.storePath.slice(
         info.storePath.lastIndexOf("/") + 1,
@@ -103,6 +129,7 @@ export function createClient(options: ClientOptions) {
         },
         body: Readable.toWeb(body) as ReadableStream,
         duplex: "half",
+        signal: opts.signal ?? null,
       });
       return (await res.json()) as UploadResult;
     },

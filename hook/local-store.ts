@@ -48,6 +48,30 @@ export function topologicalOrder(infos: readonly LocalPathInfo[]): LocalPathInfo
   return out;
 }
 
+/** Those of the given store paths that are not valid in the local store (never built, or collected). */
+export async function invalidPaths(paths: readonly string[]): Promise<string[]> {
+  if (paths.length === 0) return [];
+  const { stdout } = await run("nix-store", ["--check-validity", "--print-invalid", ...paths], {
+    maxBuffer: 1 << 26,
+  });
+  return stdout.split("\n").filter(Boolean);
+}
+
+/**
+ * The output paths of derivations (`nix-store --query --outputs`), and those derivations that are not in
+ * the store any more (their outputs cannot be known).
+ */
+export async function derivationOutputs(
+  drvs: readonly string[],
+): Promise<{ outputs: string[]; missing: string[] }> {
+  if (drvs.length === 0) return { outputs: [], missing: [] };
+  const missing = await invalidPaths(drvs);
+  const valid = drvs.filter((d) => !missing.includes(d));
+  if (valid.length === 0) return { outputs: [], missing };
+  const { stdout } = await run("nix-store", ["--query", "--outputs", ...valid], { maxBuffer: 1 << 26 });
+  return { outputs: stdout.split("\n").filter(Boolean), missing };
+}
+
 /** The NAR of a store path as a stream; the stream errors if nix-store fails. */
 export function dumpPath(path: string): Readable {
   const child = spawn("nix-store", ["--dump", path], { stdio: ["ignore", "pipe", "pipe"] });

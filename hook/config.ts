@@ -1,0 +1,165 @@
+// Settings of the builder-side commands, parsed once: command-line flags first, then NIXSTASH_* environment
+// variables, then defaults. The only file of hook/ that reads the environment (cli.ts hands it in). A bad
+// value stops the command with a message naming the flag and the variable.
+//
+// State and spool locations follow the post-build hook's rules (hook/post-build-hook.sh) exactly, because
+// the hook (run by Nix, often as root under the nix-daemon) and the daemon must agree without talking:
+//   state dir = $NIXSTASH_STATE_DIR, else /var/lib/nixstash for root, else ${XDG_STATE_HOME:-~/.local/state}/nixstash
+//   spool dir = $NIXSTASH_SPOOL, else <state dir>/spool
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { z } from "zod";
+
+export interface HookPaths {
+  stateDir: string;
+  spoolDir: string;
+}
+
+export interface ServerSettings {
+  /** e.g. http://127.0.0.1:8080 (no cache name) */
+  server: string;
+  cache: string;
+  token: string;
+}
+
+export interface PushSettings extends ServerSettings {
+  concurrency: number;
+  /** Upstream public keys; undefined = ask the server which it accepts (GET /api/v1/caches/{name}). */
+  upstreamKeys: string[] | undefined;
+  zstdLevel: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+}
+
+export interface DaemonSettings extends PushSettings, HookPaths {
+  pollMs: number;
+  /** Done entries older than this are forgotten by the queue. */
+  keepDoneMs: number;
+}
+
+export interface LogSettings {
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  logFormat: "text" | "json";
+}
+
+export type Flags = Record<string, string | boolean | string[] | undefined>;
+
+export class ConfigError extends Error {}
+
+/** Flag name → environment variable. */
+const ENV: Record<string, string> = {
+  server: "NIXSTASH_SERVER",
+  cache: "NIXSTASH_CACHE",
+  token: "NIXSTASH_TOKEN",
+  "token-file": "NIXSTASH_TOKEN_FILE",
+  "state-dir": "NIXSTASH_STATE_DIR",
+  spool: "NIXSTASH_SPOOL",
+  jobs: "NIXSTASH_JOBS",
+  "upstream-keys": "NIXSTASH_UPSTREAM_KEYS",
+  "zstd-level": "NIXSTASH_ZSTD_LEVEL",
+  "retry-base": "NIXSTASH_RETRY_BASE",
+  "retry-max": "NIXSTASH_RETRY_MAX",
+  poll: "NIXSTASH_POLL",
+  "keep-done": "NIXSTASH_KEEP_DONE",
+  "log-level": "NIXSTASH_LOG_LEVEL",
+  "log-format": "NIXSTASH_LOG_FORMAT",
+};
+
+export function defaultPaths(env: NodeJS.ProcessEnv, uid: number): HookPaths {
+  const home = env.HOME || "/nonexistent";
+  const stateDir =
+    env.NIXSTASH_STATE_DIR ||
+    (uid === 0 ? "/var/lib/nixstash" : join(env.XDG_STATE_HOME || join(home, ".local/state"), "nixstash"));
+  return { stateDir, spoolDir: env.NIXSTASH_SPOOL || join(stateDir, "spool") };
+}
+
+function createReader(flags: Flags, env: NodeJS.ProcessEnv) {
+  const raw = (name: string): string | undefined => {
+    const flag = flags[name];
+    if (typeof flag === "string") return flag;
+    const variable = ENV[name];
+    const value = variable ? env[variable] : undefined;
+    return value === "" ? undefined : value;
+  };
+  const where = (name: string) => `--${name}${ENV[name] ? ` (${ENV[name]})` : ""}`;
+  function read<T>(name: string, schema: z.ZodType<T>, fallback: T): T {
+    const value = raw(name);
+    if (value === undefined) return fallback;
+    const result = schema.safeParse(value);
+    if (!result.success)
+      throw new ConfigError(
+        `invalid ${where(name)}: ${JSON.stringify(value)}: ${result.error.issues[0]?.message}`,
+      );
+    return result.data;
+  }
+  return { raw, read, where };
+}
+
+const seconds = z.coerce.number().positive().finite();
+const url = z
+  .string()
+  .url()
+  .refine((u) => /^https?:\/\//.test(u), "must be an http:// or https:// URL")
+  .transform((u) => u.replace(/\/+$/, ""));
+
+export function loadServerSettings(flags: Flags, env: NodeJS.ProcessEnv): ServerSettings {
+  const { raw, read, where } = createReader(flags, env);
+  const server = read("server", url, "");
+  if (!server) throw new ConfigError(`no server: give ${where("server")}, e.g. http://cache.example.org`);
+  const cache = read("cache", z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "not a cache name"), "main");
+  let token = raw("token");
+  const tokenFile = raw("token-file");
+  if (!token && tokenFile) {
+    try {
+      token = readFileSync(tokenFile, "utf8").trim();
+    } catch (error) {
+      throw new ConfigError(`cannot read ${where("token-file")} ${tokenFile}: ${(error as Error).message}`);
+    }
+  }
+  if (!token) throw new ConfigError(`no token: give ${where("token")} or ${where("token-file")}`);
+  return { server, cache, token };
+}
+
+export function loadPushSettings(flags: Flags, env: NodeJS.ProcessEnv): PushSettings {
+  const { read } = createReader(flags, env);
+  const keys = read("upstream-keys", z.string(), "");
+  return {
+    ...loadServerSettings(flags, env),
+    concurrency: read("jobs", z.coerce.number().int().min(1).max(64), 4),
+    upstreamKeys: keys === "" ? undefined : keys === "none" ? [] : keys.split(/[\s,]+/).filter(Boolean),
+    zstdLevel: read("zstd-level", z.coerce.number().int().min(1).max(19), 3),
+    retryBaseMs: read("retry-base", seconds, 2) * 1000,
+    retryMaxMs: read("retry-max", seconds, 300) * 1000,
+  };
+}
+
+export function loadPaths(flags: Flags, env: NodeJS.ProcessEnv, uid: number): HookPaths {
+  const { raw } = createReader(flags, env);
+  const defaults = defaultPaths(
+    { ...env, NIXSTASH_STATE_DIR: raw("state-dir"), NIXSTASH_SPOOL: raw("spool") },
+    uid,
+  );
+  return defaults;
+}
+
+export function loadDaemonSettings(flags: Flags, env: NodeJS.ProcessEnv, uid: number): DaemonSettings {
+  const { read } = createReader(flags, env);
+  return {
+    ...loadPushSettings(flags, env),
+    ...loadPaths(flags, env, uid),
+    pollMs: read("poll", seconds, 5) * 1000,
+    keepDoneMs: read("keep-done", seconds, 7 * 24 * 3600) * 1000,
+  };
+}
+
+export function loadLogSettings(flags: Flags, env: NodeJS.ProcessEnv): LogSettings {
+  const { read } = createReader(flags, env);
+  return {
+    logLevel: read(
+      "log-level",
+      z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
+      "info",
+    ),
+    logFormat: read("log-format", z.enum(["text", "json"]), "text"),
+  };
+}

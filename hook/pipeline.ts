@@ -1,0 +1,402 @@
+// The push pipeline shared by `nixstash daemon` and `nixstash push`: from a few store paths (roots) to a
+// cache that holds their closures.
+//
+//   1. expand the roots' closures in the local store (`nix path-info --json --recursive`, references first);
+//   2. set aside paths signed by an upstream key the cache accepts (cache.nixos.org-1 by default): upstream
+//      serves them, and their infos go along as proofs with the paths that reference them;
+//   3. ask the cache which of the rest it lacks, in batches (one POST /missing per `missingChunk` paths);
+//   4. upload what is missing, `concurrency` at a time, each path only after the uploads of its references
+//      succeeded (the server refuses a path whose references it lacks: closure completeness);
+//   5. report per path (stored, deduplicated, already there, upstream, failed, retry) and per root (done,
+//      failed, retry) with the reason.
+//
+// "failed" means the server (or the local store) refused this path for good, e.g. a NarHash mismatch; paths
+// that reference it fail with "reference … was not pushed". "retry" means nothing is wrong with the path
+// (server down, 5xx, bad token): the caller tries again later. A pusher is reused across batches; a path
+// being uploaded for one batch is awaited, not uploaded again, by another.
+import { type Readable, Transform } from "node:stream";
+import {
+  DEFAULT_STORE_DIR,
+  fingerprint,
+  type PublicKey,
+  parseStorePath,
+  verifySignature,
+} from "../nix/index.ts";
+import { type Client, PushError, type PushPathInfo } from "./client.ts";
+import {
+  dumpPath as dumpLocalPath,
+  type LocalPathInfo,
+  derivationOutputs as localDerivationOutputs,
+  invalidPaths as localInvalidPaths,
+  pathInfos as localPathInfos,
+} from "./local-store.ts";
+
+export type PathOutcomeKind =
+  | "stored"
+  | "deduplicated"
+  | "already-present"
+  | "present"
+  | "upstream"
+  | "failed"
+  | "retry";
+
+export interface PathOutcome {
+  path: string;
+  kind: PathOutcomeKind;
+  narSize: number;
+  /** failed/retry: the server's error code (or a local one) */
+  code?: string;
+  /** failed/retry: the server's message (or a local one) */
+  reason?: string;
+}
+
+export interface RootOutcome {
+  path: string;
+  kind: "done" | "failed" | "retry";
+  /** done: how the root itself got there */
+  how?: PathOutcomeKind;
+  code?: string;
+  reason?: string;
+}
+
+export interface BatchPlan {
+  roots: readonly string[];
+  closure: number;
+  upstream: number;
+  present: number;
+  upload: { path: string; narSize: number }[];
+}
+
+export interface BatchReport {
+  roots: RootOutcome[];
+  /** Every closure path this batch dealt with. */
+  paths: PathOutcome[];
+}
+
+export interface PushEvents {
+  planned?(plan: BatchPlan): void;
+  started?(path: string, narSize: number): void;
+  /** `bytes` more of the NAR of `path` went out. */
+  progress?(path: string, bytes: number): void;
+  /** An upload this pusher ran has finished, well or not. */
+  finished?(outcome: PathOutcome, ms: number): void;
+}
+
+/** What the pipeline needs of the local Nix store (the real one by default). */
+export interface LocalStore {
+  pathInfos(paths: readonly string[], options: { closure: boolean }): Promise<LocalPathInfo[]>;
+  invalidPaths(paths: readonly string[]): Promise<string[]>;
+  derivationOutputs(drvs: readonly string[]): Promise<{ outputs: string[]; missing: string[] }>;
+  dumpPath(path: string): Readable;
+}
+
+export const nixStore: LocalStore = {
+  pathInfos: localPathInfos,
+  invalidPaths: localInvalidPaths,
+  derivationOutputs: localDerivationOutputs,
+  dumpPath: dumpLocalPath,
+};
+
+export interface PusherOptions {
+  client: Client;
+  concurrency: number;
+  /** The upstream keys whose signatures mark a path as served upstream (asked for once per batch). */
+  upstreamKeys: () => Promise<PublicKey[]>;
+  zstdLevel?: number;
+  store?: LocalStore;
+  storeDir?: string;
+  /** Aborting stops new uploads and cuts running ones (they come back as "retry"). */
+  signal?: AbortSignal;
+  missingChunk?: number;
+  events?: PushEvents;
+}
+
+const SUCCESS = new Set<PathOutcomeKind>([
+  "stored",
+  "deduplicated",
+  "already-present",
+  "present",
+  "upstream",
+]);
+export const isSuccess = (outcome: { kind: string }) => SUCCESS.has(outcome.kind as PathOutcomeKind);
+
+/** Errors that say nothing about the path itself: the server is away, overloaded, or refuses the token. */
+function isTransient(error: PushError): boolean {
+  return error.retryable || error.status === 401 || error.status === 403;
+}
+
+function describeError(error: unknown): { code: string; reason: string; transient: boolean } {
+  if (error instanceof PushError)
+    return { code: error.code, reason: error.message, transient: isTransient(error) };
+  return { code: "local_error", reason: (error as Error).message ?? String(error), transient: true };
+}
+
+function createSemaphore(limit: number) {
+  let active = 0;
+  const waiters: (() => void)[] = [];
+  return async (): Promise<() => void> => {
+    if (active >= limit) await new Promise<void>((resolve) => waiters.push(resolve));
+    else active++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = waiters.shift();
+      if (next) next();
+      else active--;
+    };
+  };
+}
+
+export function createPusher(options: PusherOptions) {
+  const store = options.store ?? nixStore;
+  const storeDir = options.storeDir ?? DEFAULT_STORE_DIR;
+  const events = options.events ?? {};
+  const acquire = createSemaphore(options.concurrency);
+  const missingChunk = options.missingChunk ?? 2000;
+  /** Uploads running for any batch, so that two batches never upload the same path at once. */
+  const running = new Map<string, Promise<PathOutcome>>();
+
+  const baseName = (path: string) => path.slice(path.lastIndexOf("/") + 1);
+
+  function signedUpstream(info: LocalPathInfo, keys: readonly PublicKey[]): boolean {
+    if (keys.length === 0 || !info.signatures?.length) return false;
+    let fp: string;
+    try {
+      fp = fingerprint(
+        {
+          storePath: info.path,
+          narHash: info.narHash,
+          narSize: info.narSize,
+          references: info.references.map(baseName),
+        },
+        storeDir,
+      );
+    } catch {
+      return false;
+    }
+    return info.signatures.some((sig) => verifySignature(keys, fp, sig));
+  }
+
+  async function uploadOne(
+    info: LocalPathInfo,
+    proofs: PushPathInfo["upstream"],
+    isHalted: () => string | undefined,
+  ): Promise<PathOutcome> {
+    const release = await acquire();
+    const base = { path: info.path, narSize: info.narSize };
+    try {
+      const halted = isHalted();
+      if (halted) return { ...base, kind: "retry", code: "halted", reason: halted };
+      if (options.signal?.aborted) return { ...base, kind: "retry", code: "aborted", reason: "stopped" };
+      events.started?.(info.path, info.narSize);
+      const began = Date.now();
+      let dumpError: Error | undefined;
+      const nar = store.dumpPath(info.path);
+      const counted = new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          events.progress?.(info.path, chunk.length);
+          callback(null, chunk);
+        },
+      });
+      nar.on("error", (error) => {
+        dumpError = error;
+        counted.destroy(error);
+      });
+      nar.pipe(counted);
+      let outcome: PathOutcome;
+      try {
+        const result = await options.client.upload(
+          {
+            storePath: info.path,
+            narHash: info.narHash,
+            narSize: info.narSize,
+            references: info.references,
+            deriver: info.deriver,
+            ca: info.ca,
+            upstream: proofs?.length ? proofs : undefined,
+          },
+          counted,
+          { zstdLevel: options.zstdLevel ?? 3, signal: options.signal },
+        );
+        outcome = { ...base, kind: result.status };
+      } catch (error) {
+        nar.destroy();
+        if (dumpError && !options.signal?.aborted) {
+          const gone = await store.invalidPaths([info.path]).catch(() => []);
+          outcome = gone.length
+            ? { ...base, kind: "failed", code: "not_in_store", reason: `${info.path} left the local store` }
+            : { ...base, kind: "retry", code: "dump_failed", reason: dumpError.message };
+        } else {
+          const { code, reason, transient } = describeError(error);
+          outcome = { ...base, kind: transient ? "retry" : "failed", code, reason };
+        }
+      }
+      events.finished?.(outcome, Date.now() - began);
+      return outcome;
+    } finally {
+      release();
+    }
+  }
+
+  /** Pushes the closures of `roots`; never throws for a problem with a path, the server or the store. */
+  async function push(roots: readonly string[]): Promise<BatchReport> {
+    const rootOutcomes = new Map<string, RootOutcome>();
+    const pathOutcomes = new Map<string, PathOutcome>();
+    const report = (): BatchReport => ({
+      roots: roots.map((r) => rootOutcomes.get(r)!),
+      paths: [...pathOutcomes.values()],
+    });
+    const settleAll = (kind: "retry" | "failed", code: string, reason: string) => {
+      for (const r of roots) if (!rootOutcomes.has(r)) rootOutcomes.set(r, { path: r, kind, code, reason });
+    };
+
+    const valid: string[] = [];
+    for (const root of new Set(roots)) {
+      try {
+        parseStorePath(root, storeDir);
+        valid.push(root);
+      } catch (error) {
+        rootOutcomes.set(root, {
+          path: root,
+          kind: "failed",
+          code: "invalid_path",
+          reason: (error as Error).message,
+        });
+      }
+    }
+
+    let infos: LocalPathInfo[];
+    try {
+      const invalid = new Set(await store.invalidPaths(valid));
+      for (const root of invalid)
+        rootOutcomes.set(root, {
+          path: root,
+          kind: "failed",
+          code: "not_in_store",
+          reason: `${root} is not a valid path in the local store (never built here, or garbage-collected)`,
+        });
+      infos = await store.pathInfos(
+        valid.filter((r) => !invalid.has(r)),
+        { closure: true },
+      );
+    } catch (error) {
+      settleAll("retry", "local_error", `cannot query the local store: ${(error as Error).message}`);
+      return report();
+    }
+    if (infos.length === 0) return report();
+
+    let keys: PublicKey[];
+    const byPath = new Map(infos.map((info) => [info.path, info]));
+    const upstream = new Set<string>();
+    let missing: Set<string>;
+    try {
+      keys = await options.upstreamKeys();
+      for (const info of infos) if (signedUpstream(info, keys)) upstream.add(info.path);
+      const candidates = infos.filter((info) => !upstream.has(info.path)).map((info) => info.path);
+      missing = new Set();
+      for (let i = 0; i < candidates.length; i += missingChunk)
+        for (const path of await options.client.missing(candidates.slice(i, i + missingChunk)))
+          missing.add(path);
+    } catch (error) {
+      const { code, reason } = describeError(error);
+      settleAll("retry", code, reason);
+      return report();
+    }
+
+    const toUpload = infos.filter((info) => missing.has(info.path));
+    for (const info of infos) {
+      if (upstream.has(info.path))
+        pathOutcomes.set(info.path, { path: info.path, kind: "upstream", narSize: info.narSize });
+      else if (!missing.has(info.path))
+        pathOutcomes.set(info.path, { path: info.path, kind: "present", narSize: info.narSize });
+    }
+    events.planned?.({
+      roots,
+      closure: infos.length,
+      upstream: upstream.size,
+      present: infos.length - upstream.size - toUpload.length,
+      upload: toUpload.map((info) => ({ path: info.path, narSize: info.narSize })),
+    });
+
+    // A failure that is not the path's fault (server gone) stops this batch from starting more uploads.
+    let halted: string | undefined;
+    const tasks = new Map<string, Promise<PathOutcome>>();
+    const task = (info: LocalPathInfo): Promise<PathOutcome> => {
+      let promise = tasks.get(info.path);
+      if (promise) return promise;
+      promise = (async (): Promise<PathOutcome> => {
+        for (const ref of info.references) {
+          if (ref === info.path || !missing.has(ref)) continue;
+          const dep = await task(byPath.get(ref)!);
+          if (!isSuccess(dep))
+            return {
+              path: info.path,
+              kind: dep.kind === "failed" ? "failed" : "retry",
+              narSize: info.narSize,
+              code: "reference_failed",
+              reason: `reference ${ref} was not pushed: ${dep.reason}`,
+            };
+        }
+        let upload = running.get(info.path);
+        if (!upload) {
+          const proofs = info.references
+            .filter((ref) => upstream.has(ref) && ref !== info.path)
+            .map((ref) => {
+              const proof = byPath.get(ref)!;
+              return {
+                storePath: proof.path,
+                narHash: proof.narHash,
+                narSize: proof.narSize,
+                references: proof.references,
+                sigs: proof.signatures ?? [],
+              };
+            });
+          upload = uploadOne(info, proofs, () => halted).finally(() => running.delete(info.path));
+          running.set(info.path, upload);
+        }
+        const outcome = await upload;
+        if (outcome.kind === "retry" && !halted) halted = outcome.reason;
+        return outcome;
+      })();
+      tasks.set(info.path, promise);
+      return promise;
+    };
+    for (const outcome of await Promise.all(toUpload.map(task))) pathOutcomes.set(outcome.path, outcome);
+
+    // A root is done when its whole closure is; otherwise it takes the worst outcome within (failed > retry).
+    const worst = new Map<string, PathOutcome | undefined>();
+    const worstIn = (path: string): PathOutcome | undefined => {
+      if (worst.has(path)) return worst.get(path);
+      worst.set(path, undefined); // cycle guard (self-references)
+      const own = pathOutcomes.get(path);
+      let result = own && !isSuccess(own) ? own : undefined;
+      if (own?.kind !== "upstream")
+        for (const ref of byPath.get(path)?.references ?? []) {
+          if (result?.kind === "failed") break;
+          const dep = ref === path ? undefined : worstIn(ref);
+          if (dep && (!result || dep.kind === "failed")) result = dep;
+        }
+      worst.set(path, result);
+      return result;
+    };
+    for (const root of valid) {
+      if (rootOutcomes.has(root)) continue;
+      const bad = worstIn(root);
+      const own = pathOutcomes.get(root);
+      if (!bad) rootOutcomes.set(root, { path: root, kind: "done", how: own?.kind ?? "present" });
+      else
+        rootOutcomes.set(root, {
+          path: root,
+          kind: bad.kind === "failed" ? "failed" : "retry",
+          code: bad.code ?? "error",
+          reason: bad.path === root ? (bad.reason ?? "") : `${bad.path}: ${bad.reason}`,
+        });
+    }
+    return report();
+  }
+
+  return { push };
+}
+
+export type Pusher = ReturnType<typeof createPusher>;

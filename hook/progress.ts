@@ -1,0 +1,99 @@
+// What `nixstash push` shows while it works: on a terminal, one line redrawn in place (paths and bytes done,
+// rate, ETA); elsewhere (CI logs, pipes), one plain line per finished path, which is what a log wants.
+import { type BatchPlan, isSuccess, type PathOutcome } from "./pipeline.ts";
+import { formatBytes, formatDuration } from "./units.ts";
+
+export interface ProgressView {
+  planned(plan: BatchPlan): void;
+  progress(path: string, bytes: number): void;
+  finished(outcome: PathOutcome): void;
+  /** Stops redrawing and clears the line. */
+  end(): void;
+}
+
+export function createProgress(
+  out: { write(text: string): unknown; columns?: number },
+  tty: boolean,
+  clock: () => number = Date.now,
+): ProgressView {
+  let totalPaths = 0;
+  let totalBytes = 0;
+  let donePaths = 0;
+  let doneBytes = 0;
+  const partial = new Map<string, number>();
+  let startedAt: number | undefined;
+  let lastDraw = 0;
+  let drawn = false;
+
+  const sentBytes = () => doneBytes + [...partial.values()].reduce((a, b) => a + b, 0);
+
+  function line(): string {
+    const sent = sentBytes();
+    const seconds = startedAt === undefined ? 0 : (clock() - startedAt) / 1000;
+    const rate = seconds > 0 ? sent / seconds : 0;
+    const eta = rate > 0 ? (totalBytes - sent) / rate : Number.POSITIVE_INFINITY;
+    const fraction = totalBytes > 0 ? Math.min(1, sent / totalBytes) : 0;
+    const width = 20;
+    const filled = Math.round(fraction * width);
+    const bar = `[${"#".repeat(filled)}${".".repeat(width - filled)}]`;
+    return (
+      `${bar} ${donePaths}/${totalPaths} paths  ${formatBytes(sent)}/${formatBytes(totalBytes)}  ` +
+      `${formatBytes(rate)}/s  ETA ${formatDuration(eta)}`
+    );
+  }
+
+  function draw(force = false) {
+    if (!tty) return;
+    const now = clock();
+    if (!force && now - lastDraw < 100) return;
+    lastDraw = now;
+    // A terminal that reports no width (0) gets a generous one.
+    const columns = out.columns && out.columns >= 40 ? out.columns : 160;
+    const text = line().slice(0, columns - 1);
+    out.write(`\r\x1b[K${text}`);
+    drawn = true;
+  }
+
+  /** Prints a whole line above the bar (or just the line, without a terminal). */
+  function say(text: string) {
+    if (tty && drawn) out.write("\r\x1b[K");
+    out.write(`${text}\n`);
+    if (tty) draw(true);
+  }
+
+  return {
+    planned(plan) {
+      totalPaths += plan.upload.length;
+      totalBytes += plan.upload.reduce((sum, p) => sum + p.narSize, 0);
+      if (!tty)
+        say(
+          `${plan.closure} paths in the closure: ${plan.upload.length} to push ` +
+            `(${formatBytes(plan.upload.reduce((s, p) => s + p.narSize, 0))}), ${plan.present} already there, ` +
+            `${plan.upstream} served upstream`,
+        );
+      draw(true);
+    },
+    progress(path, bytes) {
+      startedAt ??= clock();
+      partial.set(path, (partial.get(path) ?? 0) + bytes);
+      draw();
+    },
+    finished(outcome) {
+      partial.delete(outcome.path);
+      if (isSuccess(outcome)) {
+        donePaths++;
+        doneBytes += outcome.narSize;
+        if (!tty) say(`pushed ${outcome.path} (${formatBytes(outcome.narSize)}, ${outcome.kind})`);
+        else draw(true);
+      } else {
+        totalPaths--;
+        totalBytes -= outcome.narSize;
+        say(`${outcome.kind === "failed" ? "failed" : "not pushed"} ${outcome.path}: ${outcome.reason}`);
+      }
+    },
+    end() {
+      if (tty && drawn) out.write("\r\x1b[K");
+      drawn = false;
+    },
+  };
+}

@@ -1,0 +1,69 @@
+// The spool: records written the hook's way are read back in order; a writer's temporary file is left
+// alone while it may still be written, and read once stale; lines that are not store paths are set aside.
+import assert from "node:assert/strict";
+import { mkdtempSync, utimesSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { defaultPaths } from "./config.ts";
+import { listSpool, parseRecord, readRecord, removeRecord, writeRecord } from "./spool.ts";
+
+const A = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a";
+const B = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b";
+
+describe("spool", () => {
+  it("reads back records oldest first and removes them", () => {
+    const dir = mkdtempSync(join(tmpdir(), "nixstash-spool-"));
+    const first = writeRecord(dir, [A], "drv x");
+    const second = writeRecord(dir, [B, A]);
+    utimesSync(first, new Date(1000_000), new Date(1000_000));
+    const records = listSpool(dir);
+    assert.deepEqual(
+      records.map((r) => r.file),
+      [first, second],
+    );
+    assert.deepEqual(readRecord(records[0]!), { paths: [A], derivations: [], invalid: [] });
+    assert.deepEqual(readRecord(records[1]!), { paths: [B, A], derivations: [], invalid: [] });
+    for (const r of records) removeRecord(r);
+    removeRecord(records[0]!); // already gone: fine
+    assert.deepEqual(listSpool(dir), []);
+    assert.deepEqual(listSpool(join(dir, "missing")), []);
+  });
+
+  it("leaves a writer's temporary file alone until it is stale", () => {
+    const dir = mkdtempSync(join(tmpdir(), "nixstash-spool-"));
+    const tmp = join(dir, ".new-123");
+    writeFileSync(tmp, `${A}\n/nix/store/bbbb`);
+    assert.deepEqual(listSpool(dir), []);
+    const later = Date.now() + 11 * 60_000;
+    const stale = listSpool(dir, later);
+    assert.deepEqual(
+      stale.map((r) => r.file),
+      [tmp],
+    );
+    assert.deepEqual(readRecord(stale[0]!), { paths: [A], derivations: [], invalid: ["/nix/store/bbbb"] });
+  });
+
+  it("parses comments, blank lines and junk", () => {
+    const drv = "/nix/store/dddddddddddddddddddddddddddddddd-d.drv";
+    assert.deepEqual(parseRecord(`# drv /nix/store/x.drv\n\n  ${A}  \nhello\n${B}\ndrv ${drv}\ndrv ${A}\n`), {
+      paths: [A, B],
+      derivations: [drv],
+      invalid: ["hello", `drv ${A}`],
+    });
+  });
+
+  it("puts state and spool where the post-build hook does", () => {
+    assert.deepEqual(defaultPaths({}, 0), {
+      stateDir: "/var/lib/nixstash",
+      spoolDir: "/var/lib/nixstash/spool",
+    });
+    assert.deepEqual(defaultPaths({ HOME: "/home/u" }, 1000), {
+      stateDir: "/home/u/.local/state/nixstash",
+      spoolDir: "/home/u/.local/state/nixstash/spool",
+    });
+    assert.equal(defaultPaths({ XDG_STATE_HOME: "/s" }, 1000).spoolDir, "/s/nixstash/spool");
+    assert.equal(defaultPaths({ NIXSTASH_STATE_DIR: "/d" }, 0).spoolDir, "/d/spool");
+    assert.equal(defaultPaths({ NIXSTASH_STATE_DIR: "/d", NIXSTASH_SPOOL: "/q" }, 0).spoolDir, "/q");
+  });
+});
