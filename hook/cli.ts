@@ -65,7 +65,7 @@ Daemon and queue:
   --spool DIR         NIXSTASH_SPOOL         default <state dir>/spool
   --log-format F      NIXSTASH_LOG_FORMAT    text (default) or json
   --log-level L       NIXSTASH_LOG_LEVEL     info (default), debug, warn, …
-See hook/USAGE.md.
+See README.md, "Pushing builds".
 `;
 
 const CONNECTION = {
@@ -178,7 +178,7 @@ async function useCommand(args: string[], io: Io): Promise<number> {
   }
   if (hook)
     out.write(
-      `\n# Builds are queued by the hook; run the daemon to upload them (see hook/USAGE.md):\n` +
+      `\n# Builds are queued by the hook; run the daemon to upload them (see README.md, "Pushing builds"):\n` +
         `#   nixstash daemon --server ${target.server} --cache ${target.cache} --token-file <file with a push token>\n`,
     );
   return 0;
