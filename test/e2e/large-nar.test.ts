@@ -2,17 +2,15 @@
 // below the NAR's size, on both stacks (S3 with redirects off, so the bytes do flow through the server).
 import assert from "node:assert/strict";
 import { createCipheriv, createHash } from "node:crypto";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { after, before, describe, it } from "node:test";
 import { DecompressStream } from "zstd-napi";
 import { createClient } from "../../hook/client.ts";
 import { encodeNix32, formatHash } from "../../nix/index.ts";
-import { freshPostgres, freshS3 } from "../support/harness.ts";
-import { type ServerProcess, startServerProcess } from "../support/server-process.ts";
-import { testTmp } from "../support/services.ts";
+import type { ServerProcess } from "../support/server-process.ts";
+import { type RunningStack, STACKS, startStack } from "../support/stack.ts";
 
 const SIZE = 2 * 1024 ** 3;
 /** How much the server's peak RSS may grow over its RSS at rest while 2 GiB pass through it. */
@@ -43,26 +41,16 @@ function memory(pid: number, field: "VmHWM" | "VmRSS"): number {
   return Number(kb) * 1024;
 }
 
-for (const stack of ["sqlite+local", "postgres+s3"] as const) {
+for (const stack of STACKS) {
   describe(`a 2 GiB NAR through the server process (${stack})`, () => {
+    let s: RunningStack | undefined;
     let server: ServerProcess | undefined;
-    const cleanups: (() => Promise<void>)[] = [];
 
     before(async () => {
-      const env: Record<string, string> = { NIXSTASH_DATA_DIR: mkdtempSync(join(testTmp(), "large-")) };
-      if (stack === "postgres+s3") {
-        const pg = await freshPostgres();
-        const s3 = await freshS3();
-        if (!pg || !s3) return;
-        cleanups.push(pg.drop);
-        Object.assign(env, s3.env, { NIXSTASH_DATABASE_URL: pg.url, NIXSTASH_S3_REDIRECT: "false" });
-      }
-      server = await startServerProcess(env);
+      s = await startStack(stack, { NIXSTASH_S3_REDIRECT: "false" });
+      server = s?.server;
     });
-    after(async () => {
-      await server?.stop();
-      for (const f of cleanups) await f();
-    });
+    after(async () => s?.stop());
 
     it("goes in and out with the server's peak RSS far below the NAR size", {
       timeout: 600_000,
@@ -76,12 +64,7 @@ for (const stack of ["sqlite+local", "postgres+s3"] as const) {
       }
       const narHash = formatHash(hash.digest());
       const storePath = `/nix/store/${encodeNix32(createHash("sha1").update(narHash).digest())}-big`;
-      const res = await fetch(`${server.url}/api/v1/tokens`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${server.adminToken}` },
-        body: JSON.stringify({ name: "push", caches: ["main"], permissions: ["push"] }),
-      });
-      const { token } = (await res.json()) as { token: string };
+      const token = await s!.token(["push"]);
 
       const atRest = memory(server.child.pid!, "VmRSS");
       const started = Date.now();

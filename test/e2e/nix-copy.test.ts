@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { connect } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { formatNarInfo, type NarInfo, parseNarInfo } from "../../nix/index.ts";
-import { buildClosure, type NixEnv, nix, nixEnv } from "../support/nix-client.ts";
+import { buildClosure, type NixEnv, nix, nixEnv, substitute } from "../support/nix-client.ts";
 import { type RunningStack, STACKS, startStack } from "../support/stack.ts";
 
 const COMPRESSIONS = ["zstd", "xz", "none", "bzip2", "br"] as const;
@@ -58,18 +58,12 @@ for (const stack of STACKS) {
         assert.equal(ls.status, 200);
 
         const store = `${reader.dir}/store-${compression}`;
-        const got = await nix(reader, "nix-store", [
-          "--store",
+        const got = await substitute(reader, {
           store,
-          "--realise",
-          c.top,
-          "--option",
-          "substituters",
-          cacheUrl(),
-          "--option",
-          "trusted-public-keys",
-          s.server.publicKey,
-        ]);
+          path: c.top,
+          cache: cacheUrl(),
+          key: s.server.publicKey,
+        });
         assert.equal(got.code, 0, got.stderr);
         const verify = await nix(reader, "nix", [
           "store",

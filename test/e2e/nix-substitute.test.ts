@@ -12,14 +12,10 @@ import { after, before, describe, it } from "node:test";
 import { createClient, type PushError } from "../../hook/client.ts";
 import { dumpPath, type LocalPathInfo, pathInfos } from "../../hook/local-store.ts";
 import { formatHash } from "../../nix/index.ts";
-import { openDatabase } from "../../server/db/database.ts";
-import { createRepo } from "../../server/db/repo.ts";
-import { createLocalStorage } from "../../server/storage/local.ts";
-import type { Storage } from "../../server/storage/storage.ts";
-import { freshPostgres, freshS3 } from "../support/harness.ts";
-import { buildClosure, type NixEnv, nix, nixEnv } from "../support/nix-client.ts";
-import { type ServerProcess, startServerProcess } from "../support/server-process.ts";
+import { buildClosure, type NixEnv, nix, nixEnv, substitute } from "../support/nix-client.ts";
+import type { ServerProcess } from "../support/server-process.ts";
 import { testTmp } from "../support/services.ts";
+import { type RunningStack, STACKS, startStack } from "../support/stack.ts";
 
 const toPushInfo = (info: LocalPathInfo) => ({
   storePath: info.path,
@@ -29,67 +25,25 @@ const toPushInfo = (info: LocalPathInfo) => ({
   deriver: info.deriver,
 });
 
-for (const stack of ["sqlite+local", "postgres+s3"] as const) {
+for (const stack of STACKS) {
   describe(`real Nix client against the server process (${stack})`, () => {
+    let s: RunningStack | undefined;
     let server: ServerProcess | undefined;
-    let storage: Storage;
-    let databaseUrl = "";
-    const cleanups: (() => Promise<void>)[] = [];
     let client: NixEnv;
     let closure: Awaited<ReturnType<typeof buildClosure>>;
     let pushToken = "";
     let pullToken = "";
 
     before(async () => {
-      const dataDir = mkdtempSync(join(testTmp(), `e2e-${stack}-`));
-      const env: Record<string, string> = { NIXSTASH_DATA_DIR: dataDir };
-      if (stack === "postgres+s3") {
-        const pg = await freshPostgres();
-        const s3 = await freshS3();
-        if (!pg || !s3) return;
-        cleanups.push(pg.drop);
-        env.NIXSTASH_DATABASE_URL = pg.url;
-        Object.assign(env, s3.env);
-        storage = s3.storage;
-        databaseUrl = pg.url;
-      } else {
-        storage = createLocalStorage({ root: join(dataDir, "storage") });
-        databaseUrl = `sqlite:${join(dataDir, "nixstash.db")}`;
-      }
-      server = await startServerProcess(env);
-      const mk = async (permissions: string[]) => {
-        const res = await fetch(`${server!.url}/api/v1/tokens`, {
-          method: "POST",
-          headers: { authorization: `Bearer ${server!.adminToken}` },
-          body: JSON.stringify({ name: permissions.join("+"), caches: ["main"], permissions }),
-        });
-        assert.equal(res.status, 201);
-        return ((await res.json()) as { token: string }).token;
-      };
-      pushToken = await mk(["pull", "push"]);
-      pullToken = await mk(["pull"]);
+      s = await startStack(stack);
+      if (!s) return;
+      server = s.server;
+      pushToken = await s.token(["pull", "push"]);
+      pullToken = await s.token(["pull"]);
       client = nixEnv();
       closure = await buildClosure(client);
     });
-    after(async () => {
-      await server?.stop();
-      for (const f of cleanups) await f();
-    });
-
-    const objects = async () => {
-      const keys: string[] = [];
-      for await (const o of storage.list("")) keys.push(o.key);
-      return keys.sort();
-    };
-
-    const pending = async () => {
-      const db = await openDatabase(databaseUrl);
-      try {
-        return await createRepo(db).pendingUploadsOlderThan(Date.now() + 60_000);
-      } finally {
-        await db.close();
-      }
-    };
+    after(async () => s?.stop());
 
     const narinfoStatus = async (storePath: string) =>
       (await fetch(`${server!.url}/main/${storePath.slice(11, 43)}.narinfo`)).status;
@@ -136,18 +90,12 @@ for (const stack of ["sqlite+local", "postgres+s3"] as const) {
     it("substitutes the closure into a fresh store, trusting only the server's key", async (t) => {
       if (!server) return t.skip("backend unavailable");
       const store = mkdtempSync(join(testTmp(), "store-"));
-      const result = await nix(client, "nix-store", [
-        "--store",
+      const result = await substitute(client, {
         store,
-        "--realise",
-        closure.top,
-        "--option",
-        "substituters",
-        `${server.url}/main`,
-        "--option",
-        "trusted-public-keys",
-        server.publicKey,
-      ]);
+        path: closure.top,
+        cache: `${server.url}/main`,
+        key: server.publicKey,
+      });
       assert.equal(result.code, 0, result.stderr);
       const top = join(store, closure.top);
       assert.equal(readFileSync(join(top, "refs"), "utf8").trim(), `${closure.mid} ${closure.dep}`);
@@ -174,18 +122,12 @@ for (const stack of ["sqlite+local", "postgres+s3"] as const) {
     it("is refused by Nix when the client trusts a different key", async (t) => {
       if (!server) return t.skip("backend unavailable");
       const store = mkdtempSync(join(testTmp(), "store-"));
-      const result = await nix(client, "nix-store", [
-        "--store",
+      const result = await substitute(client, {
         store,
-        "--realise",
-        closure.top,
-        "--option",
-        "substituters",
-        `${server.url}/main`,
-        "--option",
-        "trusted-public-keys",
-        "main-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
-      ]);
+        path: closure.top,
+        cache: `${server.url}/main`,
+        key: "main-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+      });
       assert.notEqual(result.code, 0);
       assert.match(result.stderr, /signature|signed/i);
       assert.ok(!existsSync(join(store, closure.top)));
@@ -195,7 +137,7 @@ for (const stack of ["sqlite+local", "postgres+s3"] as const) {
       if (!server) return t.skip("backend unavailable");
       const extra = await buildClosure(client);
       const [info] = await pathInfos([extra.dep]);
-      const before = await objects();
+      const before = await s!.objects();
       const c = createClient({ server: server.url, cache: "main", token: pushToken });
       const base = toPushInfo(info!);
       const nar = Buffer.concat(await Readable.from(dumpPath(info!.path)).toArray());
@@ -233,11 +175,11 @@ for (const stack of ["sqlite+local", "postgres+s3"] as const) {
         req.write(nar.subarray(0, Math.floor(nar.length / 2)), () => setTimeout(() => req.destroy(), 200));
       });
       // The server notices the cut asynchronously; give it a moment, then nothing may remain.
-      for (let i = 0; i < 50 && (await pending()).length > 0; i++)
+      for (let i = 0; i < 50 && (await s!.pending()).length > 0; i++)
         await new Promise((r) => setTimeout(r, 100));
-      assert.deepEqual(await pending(), []);
+      assert.deepEqual(await s!.pending(), []);
       assert.equal(await narinfoStatus(info!.path), 404);
-      assert.deepEqual(await objects(), before);
+      assert.deepEqual(await s!.objects(), before);
 
       // And the honest upload still works afterwards.
       const ok = await c.upload(base, Readable.from([nar]));

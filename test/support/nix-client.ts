@@ -63,6 +63,22 @@ export async function nix(env: NixEnv, command: string, args: string[]): Promise
   }
 }
 
+/** Substitutes `path` (and its closure) into a fresh chroot store from `cache`, trusting only `key`. */
+export function substitute(env: NixEnv, o: { store: string; path: string; cache: string; key: string }) {
+  return nix(env, "nix-store", [
+    "--store",
+    o.store,
+    "--realise",
+    o.path,
+    "--option",
+    "substituters",
+    o.cache,
+    "--option",
+    "trusted-public-keys",
+    o.key,
+  ]);
+}
+
 /**
  * Builds a small closure without nixpkgs: `dep` (a file, an executable, a symlink, an empty file, an
  * empty dir, a deep tree), `mid` (refers to dep), `top` (refers to mid and dep). Returns the three outputs.
