@@ -101,21 +101,23 @@ export function nixRoutes(ctx: Context) {
     return c.body(Readable.toWeb(log.body) as ReadableStream, 200, headers);
   });
 
-  app.get("/:cache/realisations/:id", async (c) => {
-    const id = c.req.param("id");
-    if (!id.endsWith(".doi")) return c.text("not found\n", 404);
-    const cache = await readableCache(c);
-    const body = await realisationText({ ctx, input: { cache, outputId: id.slice(0, -".doi".length) } });
-    return text(c, body, "application/json");
-  });
-
-  app.get("/:cache/build-trace-v2/:drv/:output", async (c) => {
-    const output = c.req.param("output");
-    if (!output.endsWith(".doi")) return c.text("not found\n", 404);
-    const cache = await readableCache(c);
-    const outputId = `${c.req.param("drv")}/${output.slice(0, -".doi".length)}`;
-    return text(c, await realisationText({ ctx, input: { cache, outputId } }), "application/json");
-  });
+  // Realisations: `realisations/<drvHash>!<out>.doi` (clients up to 2.34), `build-trace-v2/<drv>/<out>.doi`.
+  const REALISATION_ROUTES = ["/:cache/realisations/:id", "/:cache/build-trace-v2/:drv/:output"];
+  const outputIdOf = (c: C): string | undefined => {
+    const last = c.req.param("id") ?? c.req.param("output") ?? "";
+    if (!last.endsWith(".doi")) return undefined;
+    const drv = c.req.param("drv");
+    const name = last.slice(0, -".doi".length);
+    return drv ? `${drv}/${name}` : name;
+  };
+  for (const route of REALISATION_ROUTES) {
+    app.get(route, async (c) => {
+      const outputId = outputIdOf(c);
+      if (!outputId) return c.text("not found\n", 404);
+      const cache = await readableCache(c);
+      return text(c, await realisationText({ ctx, input: { cache, outputId } }), "application/json");
+    });
+  }
 
   // ---- writes, as `nix copy --to`, `nix store copy-log --to` and `nix store sign --store` make them
   const ok = (c: C) => c.body(null, 200);
@@ -156,24 +158,16 @@ export function nixRoutes(ctx: Context) {
     return ok(c);
   });
 
-  app.put("/:cache/realisations/:id", async (c) => {
-    const id = c.req.param("id");
-    if (!id.endsWith(".doi")) return c.text("not found\n", 404);
-    const { cache } = await writableCache(c);
-    const content = await readTextBody(c, 1024 * 1024);
-    await putRealisation({ ctx, input: { cache, outputId: id.slice(0, -".doi".length), content } });
-    return ok(c);
-  });
-
-  app.put("/:cache/build-trace-v2/:drv/:output", async (c) => {
-    const output = c.req.param("output");
-    if (!output.endsWith(".doi")) return c.text("not found\n", 404);
-    const { cache } = await writableCache(c);
-    const content = await readTextBody(c, 1024 * 1024);
-    const outputId = `${c.req.param("drv")}/${output.slice(0, -".doi".length)}`;
-    await putRealisation({ ctx, input: { cache, outputId, content } });
-    return ok(c);
-  });
+  for (const route of REALISATION_ROUTES) {
+    app.put(route, async (c) => {
+      const outputId = outputIdOf(c);
+      if (!outputId) return c.text("not found\n", 404);
+      const { cache } = await writableCache(c);
+      const content = await readTextBody(c, 1024 * 1024);
+      await putRealisation({ ctx, input: { cache, outputId, content } });
+      return ok(c);
+    });
+  }
 
   return app;
 }
