@@ -1,0 +1,688 @@
+// nixstash benchmarks, side by side with static files (issue 7). Run through bench/run.sh (`npm run bench`),
+// which starts PostgreSQL and Ceph RGW and sets NIXSTASH_BENCH_TMP; see README "Benchmarks" for the options.
+//
+// Measures (each the median of --reps runs, with min and max, and the ratio to the baseline of the same run):
+//   1 narinfos of the closure, one after another on one keep-alive connection
+//   2 narinfo requests/s and p99 under 64 connections, 90% hits / 10% misses (wrk, its own process)
+//   3 all NARs of the closure on 1 and 16 connections
+//   4 a real Nix client substituting the closure into an empty store
+//   5 ingest of one 1 GiB NAR through the native API (MB/s, server peak RSS)
+//   6 pushing the closure: nixstash push and nix copy --to http://… against nix copy --to file://…
+//   7 post-build hook latency, push daemon running, server up and server down
+import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import {
+  closeSync,
+  createReadStream,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { encodeNix32, formatHash } from "../nix/index.ts";
+import { downloadAll, getText, sequentialGets } from "./clients.ts";
+import {
+  freePort,
+  NGINX_WORKERS,
+  NIXSTASH_CLI,
+  type NixstashPeer,
+  nixstashPush,
+  type Peer,
+  ROOT,
+  type Stack,
+  startNginx,
+  startNixstash,
+  startRgwStatic,
+} from "./peers.ts";
+import { median, percentile, type Row, renderTable, writeGeneratedSection } from "./report.ts";
+import { buildWorkload, nixEnvIn, seeded, type Workload } from "./workload.ts";
+
+const execFileP = promisify(execFile);
+const PROFILER = `--import ${join(import.meta.dirname, "cpu-profile.mjs")}`;
+
+// ---- options
+interface Options {
+  reps: number;
+  only: Set<number>;
+  s3: boolean;
+  seed: number;
+  wrkSeconds: number;
+  hookRuns: number;
+  ingestMiB: number;
+  write: boolean;
+  profile: boolean;
+}
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = {
+    reps: 3,
+    only: new Set([1, 2, 3, 4, 5, 6, 7]),
+    s3: true,
+    seed: 7,
+    wrkSeconds: 10,
+    hookRuns: 300,
+    ingestMiB: 1024,
+    write: true,
+    profile: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (a === "--reps") o.reps = Number(value());
+    else if (a === "--only") o.only = new Set(value().split(",").map(Number));
+    else if (a === "--no-s3") o.s3 = false;
+    else if (a === "--seed") o.seed = Number(value());
+    else if (a === "--wrk-seconds") o.wrkSeconds = Number(value());
+    else if (a === "--hook-runs") o.hookRuns = Number(value());
+    else if (a === "--ingest-mib") o.ingestMiB = Number(value());
+    else if (a === "--no-write") o.write = false;
+    else if (a === "--profile") o.profile = true;
+    else if (a === "--quick") {
+      o.reps = 2;
+      o.wrkSeconds = 4;
+      o.hookRuns = 100;
+    } else throw new Error(`unknown option ${a} (see README, "Benchmarks")`);
+  }
+  return o;
+}
+
+const opts = parseOptions(process.argv.slice(2));
+const TMP = process.env.NIXSTASH_BENCH_TMP ?? join(os.tmpdir(), `nixstash-bench-${process.pid}`);
+mkdirSync(TMP, { recursive: true });
+const log = (msg: string) =>
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+const rows: Row[] = [];
+const now = () => performance.now();
+const MB = 1e6;
+
+function row(r: Row): Row {
+  const existing = rows.find((x) => x.measure === r.measure && x.peer === r.peer && x.unit === r.unit);
+  if (existing) return existing;
+  rows.push(r);
+  return r;
+}
+
+async function sh(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
+  const { stdout } = await execFileP(cmd, args, { env: env ?? process.env, maxBuffer: 1 << 28 });
+  return stdout;
+}
+
+async function version(cmd: string, args: string[]): Promise<string> {
+  try {
+    const r = spawnSync(cmd, args, { encoding: "utf8" });
+    return `${r.stdout}${r.stderr}`.trim().split("\n")[0] ?? "?";
+  } catch {
+    return "?";
+  }
+}
+
+async function machineFacts(): Promise<string[]> {
+  const cpu = os.cpus();
+  return [
+    `- machine: ${cpu.length} cores, ${cpu[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}`,
+    `- load average at start: ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")} (the machine is shared with other engineers' test runs)`,
+    `- node ${process.version}; ${await version("nix", ["--version"])}; ${await version("nginx", ["-v"])} (worker_processes ${NGINX_WORKERS}, sendfile, access_log off); ${await version("wrk", ["-v"])}`,
+    `- ${await version("psql", ["--version"])}; ${await version("radosgw", ["--version"])} (single node, memstore OSD, beast tcp_nodelay=1)`,
+    `- nixstash: NIXSTASH_LOG_LEVEL=warn, NIXSTASH_ZSTD_LEVEL=3 (default), S3 NAR downloads as 302 to presigned URLs (default); everything on 127.0.0.1`,
+  ];
+}
+
+// ---- workload and the static cache
+async function prepare(): Promise<{ workload: Workload; fileCache: string; staticKey: string }> {
+  log(`building the workload (seed ${opts.seed})`);
+  const workload = await buildWorkload({ seed: opts.seed, dir: join(TMP, "workload") });
+  log(
+    `workload: ${workload.paths.length} paths, ${(workload.narBytes / 2 ** 20).toFixed(1)} MiB of NAR, top ${workload.top}`,
+  );
+  const keyDir = join(TMP, "keys");
+  mkdirSync(keyDir, { recursive: true });
+  await sh("nix-store", [
+    "--generate-binary-cache-key",
+    "bench-static-1",
+    join(keyDir, "sec"),
+    join(keyDir, "pub"),
+  ]);
+  const fileCache = join(TMP, "file-cache");
+  rmSync(fileCache, { recursive: true, force: true });
+  const env = nixEnvIn(join(TMP, "nix-copy-file"));
+  await sh(
+    "nix",
+    ["copy", "--to", `file://${fileCache}?compression=zstd&secret-key=${join(keyDir, "sec")}`, workload.top],
+    env,
+  );
+  return { workload, fileCache, staticKey: readFileSync(join(keyDir, "pub"), "utf8").trim() };
+}
+
+const hashOf = (storePath: string) => storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
+
+async function narFilesOf(peer: Peer, workload: Workload): Promise<string[]> {
+  const files: string[] = [];
+  for (const p of workload.paths) {
+    const r = await getText(`${peer.base}/${hashOf(p.path)}.narinfo`);
+    if (r.status !== 200) throw new Error(`${peer.name}: narinfo of ${p.path} answered ${r.status}`);
+    const url = /^URL: (.+)$/m.exec(r.text)?.[1];
+    if (!url) throw new Error(`${peer.name}: no URL in narinfo of ${p.path}`);
+    files.push(url);
+  }
+  return files;
+}
+
+// ---- measures 1-4: serving
+async function measure1(peer: Peer, workload: Workload, baseline: string) {
+  const base = new URL(peer.base);
+  const paths = workload.paths.map((p) => `${base.pathname.replace(/\/$/, "")}/${hashOf(p.path)}.narinfo`);
+  const passes = 10;
+  const t0 = now();
+  const statuses = await sequentialGets(base, Array.from({ length: passes }, () => paths).flat());
+  const ms = (now() - t0) / passes;
+  if (statuses.get(200) !== paths.length * passes)
+    throw new Error(`${peer.name}: narinfo statuses ${JSON.stringify([...statuses])}`);
+  row({
+    measure: `1 narinfos sequential, 1 conn (${paths.length} per pass)`,
+    peer: peer.name,
+    unit: "ms",
+    values: [],
+    lowerIsBetter: true,
+    ...(peer.name === baseline
+      ? { isBaseline: true }
+      : { baseline, target: { text: "≤ 1.2× nginx", ok: (_r, x) => (x ?? 99) <= 1.2 } }),
+  }).values.push(ms);
+}
+
+async function measure2(peer: Peer, workload: Workload, baseline: string, warm: boolean) {
+  const base = new URL(peer.base);
+  const prefix = base.pathname.replace(/\/$/, "");
+  const rand = seeded(opts.seed + 2);
+  const list: string[] = [];
+  for (let i = 0; i < 1000; i++) {
+    if (i % 10 === 9) list.push(`${prefix}/${encodeNix32(randomBytes(20)).slice(0, 32)}.narinfo`);
+    else
+      list.push(
+        `${prefix}/${hashOf(workload.paths[Math.floor(rand() * workload.paths.length)]!.path)}.narinfo`,
+      );
+  }
+  const file = join(TMP, `wrk-paths-${peer.name.replace(/\W+/g, "-")}.txt`);
+  writeFileSync(file, `${list.join("\n")}\n`);
+  const run = async (seconds: number) => {
+    const out = await sh("wrk", [
+      "-t2",
+      "-c64",
+      `-d${seconds}s`,
+      "--timeout",
+      "5s",
+      "-s",
+      join(ROOT, "bench/wrk-narinfo.lua"),
+      `${base.origin}`,
+      "--",
+      file,
+    ]);
+    const json = out.split("\n").find((l) => l.startsWith("{"));
+    if (!json) throw new Error(`wrk printed no result:\n${out}`);
+    return JSON.parse(json) as {
+      requests: number;
+      duration_us: number;
+      p99_us: number;
+      non2xx: number;
+      read_errors: number;
+      connect_errors: number;
+      timeouts: number;
+    };
+  };
+  if (!warm) await run(2);
+  const r = await run(opts.wrkSeconds);
+  const rps = r.requests / (r.duration_us / 1e6);
+  const missShare = r.non2xx / r.requests;
+  if (r.connect_errors + r.read_errors + r.timeouts > 0 || missShare < 0.05 || missShare > 0.15)
+    log(`${peer.name}: wrk errors ${JSON.stringify(r)}`);
+  const measure = "2 narinfo under 64 conns, 90% hit";
+  row({
+    measure,
+    peer: peer.name,
+    unit: "req/s",
+    values: [],
+    lowerIsBetter: false,
+    ...(peer.name === baseline
+      ? { isBaseline: true }
+      : { baseline, target: { text: "≥ 60% of nginx", ok: (_r, x) => (x ?? 99) <= 1 / 0.6 } }),
+  }).values.push(rps);
+  row({
+    measure,
+    peer: peer.name,
+    unit: "ms p99",
+    values: [],
+    lowerIsBetter: true,
+    ...(peer.name === baseline ? { isBaseline: true } : { baseline }),
+  }).values.push(r.p99_us / 1000);
+}
+
+async function measure3(
+  peer: Peer,
+  files: string[],
+  connections: number,
+  baseline: string,
+  s3Baseline?: string,
+) {
+  const t0 = now();
+  const bytes = await downloadAll(peer.base, files, connections);
+  const seconds = (now() - t0) / 1000;
+  const measure = `3 all NARs, ${connections} conn${connections > 1 ? "s" : ""}`;
+  const isBase = peer.name === baseline || peer.name === s3Baseline;
+  row({
+    measure,
+    peer: peer.name,
+    unit: "s",
+    values: [],
+    lowerIsBetter: true,
+    ...(isBase ? { isBaseline: true } : {}),
+    ...(peer.name === baseline ? {} : { baseline }),
+    ...(s3Baseline && !isBase && peer.name.includes("postgres") ? { baseline2: s3Baseline } : {}),
+    ...(isBase
+      ? {}
+      : {
+          target: {
+            text: peer.name.includes("postgres") ? "≤ 1.3× RGW" : "≤ 1.3× nginx",
+            ok: (_r, x, x2) => (peer.name.includes("postgres") ? (x2 ?? 99) : (x ?? 99)) <= 1.3,
+          },
+        }),
+  }).values.push(seconds);
+  row({
+    measure,
+    peer: peer.name,
+    unit: "MB/s",
+    values: [],
+    lowerIsBetter: false,
+    ...(isBase ? { isBaseline: true } : {}),
+    ...(peer.name === baseline ? {} : { baseline }),
+    ...(s3Baseline && !isBase && peer.name.includes("postgres") ? { baseline2: s3Baseline } : {}),
+  }).values.push(bytes / MB / seconds);
+}
+
+async function measure4(peer: Peer, workload: Workload, publicKey: string, baseline: string) {
+  const dir = join(TMP, `substitute-${randomBytes(4).toString("hex")}`);
+  const env = nixEnvIn(join(dir, "client"));
+  const t0 = now();
+  await sh(
+    "nix-store",
+    [
+      "--store",
+      join(dir, "root"),
+      "--realise",
+      workload.top,
+      "--option",
+      "substituters",
+      peer.base,
+      "--option",
+      "trusted-public-keys",
+      publicKey,
+    ],
+    env,
+  );
+  const seconds = (now() - t0) / 1000;
+  await sh("chmod", ["-R", "u+w", dir]);
+  rmSync(dir, { recursive: true, force: true });
+  row({
+    measure: "4 nix substitutes the closure",
+    peer: peer.name,
+    unit: "s",
+    values: [],
+    lowerIsBetter: true,
+    ...(peer.name === baseline
+      ? { isBaseline: true }
+      : { baseline, target: { text: "≤ 1.1× nginx", ok: (_r, x) => (x ?? 99) <= 1.1 } }),
+  }).values.push(seconds);
+}
+
+// ---- measure 5: ingest of one big NAR
+interface BigNar {
+  plain: string;
+  zstd: string;
+  narHash: string;
+  narSize: number;
+}
+
+/** One regular file of real binary content (concatenated /usr/lib files) as a NAR of exactly `bytes`. */
+async function makeBigNar(bytes: number): Promise<BigNar> {
+  const plain = join(TMP, `ingest-${bytes}.nar`);
+  const str = (s: string) => {
+    const b = Buffer.from(s);
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(b.length));
+    return Buffer.concat([len, b, Buffer.alloc((8 - (b.length % 8)) % 8)]);
+  };
+  const head = Buffer.concat(["nix-archive-1", "(", "type", "regular", "contents"].map(str));
+  const tail = str(")");
+  const contentSize = bytes - head.length - 8 - tail.length;
+  const fd = openSync(plain, "w");
+  const hash = createHash("sha256");
+  const put = (b: Buffer) => {
+    writeSync(fd, b);
+    hash.update(b);
+  };
+  put(head);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(contentSize));
+  put(len);
+  const sources = [
+    "/usr/lib/jvm/java-17-openjdk-amd64/lib/modules",
+    "/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
+    "/usr/lib/llvm-14/lib/libclang-cpp.so.14",
+    "/usr/lib/gcc/x86_64-linux-gnu/12/lto1",
+  ].filter((f) => {
+    try {
+      return statSync(f).size > 0;
+    } catch {
+      return false;
+    }
+  });
+  if (sources.length === 0) throw new Error("no big /usr/lib files for the ingest NAR");
+  let left = contentSize;
+  for (let i = 0; left > 0; i++) {
+    for await (const chunk of createReadStream(sources[i % sources.length]!, { highWaterMark: 1 << 20 })) {
+      const b = (chunk as Buffer).subarray(0, Math.min(left, (chunk as Buffer).length));
+      put(b);
+      left -= b.length;
+      if (left === 0) break;
+    }
+  }
+  put(tail);
+  closeSync(fd);
+  const zstd = `${plain}.zst`;
+  await sh("zstd", ["-q", "-f", "-3", "-T0", plain, "-o", zstd]);
+  return { plain, zstd, narHash: formatHash(hash.digest()), narSize: bytes };
+}
+
+function resetPeakRss(pid: number) {
+  writeFileSync(`/proc/${pid}/clear_refs`, "5");
+}
+function peakRssMiB(pid: number): number {
+  const kb = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
+  return kb / 1024;
+}
+
+function putFile(
+  url: string,
+  file: string,
+  headers: Record<string, string>,
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      url,
+      { method: "PUT", headers: { ...headers, "content-length": String(statSync(file).size) } },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => {
+          body += d;
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
+    req.on("error", reject);
+    createReadStream(file, { highWaterMark: 1 << 20 }).pipe(req);
+  });
+}
+
+async function measure5(peer: NixstashPeer, nar: BigNar) {
+  for (const [encoding, file] of [
+    ["plain", nar.plain],
+    ["zstd", nar.zstd],
+  ] as const) {
+    const hash = encodeNix32(randomBytes(20)).slice(0, 32);
+    const storePath = `/nix/store/${hash}-bench-ingest-${randomBytes(3).toString("hex")}`;
+    const info = { storePath, narHash: nar.narHash, narSize: nar.narSize, references: [] };
+    resetPeakRss(peer.pid!);
+    const t0 = now();
+    const res = await putFile(`${peer.server.url}/api/v1/caches/main/paths/${hash}`, file, {
+      authorization: `Bearer ${peer.token}`,
+      "x-nixstash-path-info": JSON.stringify(info),
+      ...(encoding === "zstd" ? { "content-encoding": "zstd" } : {}),
+    });
+    const seconds = (now() - t0) / 1000;
+    if (res.status >= 300) throw new Error(`${peer.name}: ingest answered ${res.status} ${res.body}`);
+    const measure = `5 ingest ${(nar.narSize / 2 ** 30).toFixed(2)} GiB NAR, ${encoding} body`;
+    row({
+      measure,
+      peer: peer.name,
+      unit: "MB/s",
+      values: [],
+      lowerIsBetter: false,
+      target: { text: "≥ 300 MB/s", ok: (r) => median(r.values) >= 300 },
+    }).values.push(nar.narSize / MB / seconds);
+    row({
+      measure,
+      peer: peer.name,
+      unit: "MiB peak RSS",
+      values: [],
+      lowerIsBetter: true,
+      target: { text: "< 200 MiB", ok: (r) => median(r.values) < 200 },
+    }).values.push(peakRssMiB(peer.pid!));
+  }
+}
+
+// ---- measure 6: pushing the closure
+async function measure6(workload: Workload, stacks: Stack[]) {
+  const measure = "6 push the closure";
+  const baseline = "nix copy --to file:// (zstd)";
+  const target = { text: "≤ 1.2× file://", ok: (_r: Row, x: number | undefined) => (x ?? 99) <= 1.2 };
+  const dir = join(TMP, "push-file");
+  const profile = (stack: Stack, how: string): Record<string, string> =>
+    opts.profile
+      ? {
+          NODE_OPTIONS: PROFILER,
+          NIXSTASH_CPU_PROF_DIR: join(
+            TMP,
+            "profiles",
+            `push-${how.replace(/\W+/g, "-")}-${stack.replace("+", "-")}`,
+          ),
+        }
+      : {};
+  rmSync(dir, { recursive: true, force: true });
+  const env = nixEnvIn(join(TMP, "nix-push"));
+  let t0 = now();
+  await sh("nix", ["copy", "--to", `file://${dir}?compression=zstd`, workload.top], env);
+  row({ measure, peer: baseline, unit: "s", values: [], lowerIsBetter: true, isBaseline: true }).values.push(
+    (now() - t0) / 1000,
+  );
+  rmSync(dir, { recursive: true, force: true });
+  for (const stack of stacks) {
+    for (const how of ["nixstash push", "nix copy --to http://"] as const) {
+      const peer = await startNixstash(stack, TMP, profile(stack, how));
+      try {
+        const netrc = join(TMP, "nix-push", "netrc");
+        writeFileSync(netrc, `machine 127.0.0.1\nlogin nix\npassword ${peer.token}\n`, { mode: 0o600 });
+        const pushEnv = nixEnvIn(join(TMP, "nix-push"), [`netrc-file = ${netrc}`]);
+        t0 = now();
+        if (how === "nixstash push") await nixstashPush(peer, [workload.top]);
+        else await sh("nix", ["copy", "--to", `${peer.base}?compression=zstd`, workload.top], pushEnv);
+        const seconds = (now() - t0) / 1000;
+        const check = await getText(`${peer.base}/${hashOf(workload.top)}.narinfo`);
+        if (check.status !== 200) throw new Error(`${how} to ${peer.name}: top not in the cache afterwards`);
+        row({
+          measure,
+          peer: `${how} → ${peer.name}`,
+          unit: "s",
+          values: [],
+          lowerIsBetter: true,
+          baseline,
+          ...(how === "nixstash push" ? { target } : {}),
+        }).values.push(seconds);
+      } finally {
+        await peer.stop();
+        await peer.cleanupBackends();
+      }
+    }
+  }
+}
+
+// ---- measure 7: post-build hook latency, with the push daemon running
+async function measure7(workload: Workload, server: NixstashPeer | undefined) {
+  const hook = join(ROOT, "hook/post-build-hook.sh");
+  for (const state of ["no daemon", "server up", "server down"] as const) {
+    const stateDir = join(TMP, `hook-${state.replace(" ", "-")}-${randomBytes(3).toString("hex")}`);
+    mkdirSync(stateDir, { recursive: true });
+    const url = state === "server up" && server ? server.server.url : `http://127.0.0.1:${await freePort()}`;
+    const daemon: ChildProcess | undefined =
+      state === "no daemon"
+        ? undefined
+        : spawn(
+            NIXSTASH_CLI,
+            [
+              "daemon",
+              "--server",
+              url,
+              "--cache",
+              "main",
+              "--token",
+              server?.token ?? "none",
+              "--state-dir",
+              stateDir,
+              "--upstream-keys",
+              "none",
+              "--log-level",
+              "warn",
+            ],
+            { stdio: "ignore" },
+          );
+    if (daemon) await new Promise((r) => setTimeout(r, 1500));
+    const ms: number[] = [];
+    const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", NIXSTASH_STATE_DIR: stateDir };
+    for (let i = 0; i < opts.hookRuns; i++) {
+      const p = workload.paths[i % workload.paths.length]!.path;
+      const t0 = process.hrtime.bigint();
+      const r = spawnSync(hook, [], { env: { ...env, DRV_PATH: `${p}.drv`, OUT_PATHS: p }, stdio: "ignore" });
+      ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      if (r.status !== 0) throw new Error(`hook exited ${r.status}`);
+      await new Promise((res) => setImmediate(res));
+    }
+    if (daemon)
+      await new Promise<void>((resolve) => {
+        daemon.once("exit", () => resolve());
+        daemon.kill("SIGTERM");
+      });
+    const measure = `7 post-build hook (${ms.length} runs)`;
+    const target =
+      state === "no daemon" ? undefined : { text: "p99 < 10 ms", ok: (r: Row) => median(r.values) < 10 };
+    row({
+      measure,
+      peer: state === "no daemon" ? "no daemon (hook alone)" : `daemon running, ${state}`,
+      unit: "ms p50",
+      values: [],
+      lowerIsBetter: true,
+    }).values.push(percentile(ms, 50));
+    row({
+      measure,
+      peer: state === "no daemon" ? "no daemon (hook alone)" : `daemon running, ${state}`,
+      unit: "ms p99",
+      values: [],
+      lowerIsBetter: true,
+      ...(target ? { target } : {}),
+    }).values.push(percentile(ms, 99));
+  }
+}
+
+// ---- the run
+async function main() {
+  const started = now();
+  const facts = await machineFacts();
+  const { workload, fileCache, staticKey } = await prepare();
+  const baseline = "nginx (static files)";
+  const rgwName = "Ceph RGW (static files)";
+  const stacks: Stack[] = opts.s3 ? ["sqlite+local", "postgres+s3"] : ["sqlite+local"];
+  const profileEnv = (stack: Stack): Record<string, string> =>
+    opts.profile
+      ? { NODE_OPTIONS: PROFILER, NIXSTASH_CPU_PROF_DIR: join(TMP, "profiles", stack.replace("+", "-")) }
+      : {};
+  const needServing = [1, 2, 3, 4, 5, 7].some((m) => opts.only.has(m));
+  const peers: Peer[] = [];
+  const nixstash: NixstashPeer[] = [];
+  try {
+    if (needServing) {
+      peers.push(await startNginx(fileCache, join(TMP, "nginx")));
+      if (opts.s3) {
+        log("uploading the static cache to a public-read RGW bucket");
+        peers.push(await startRgwStatic(fileCache));
+      }
+      for (const stack of stacks) {
+        let peer = await startNixstash(stack, TMP);
+        log(`pushing the workload to ${peer.name} (nixstash push)`);
+        await nixstashPush(peer, [workload.top]);
+        // Profiles cover serving and ingest only, not the set-up push.
+        if (opts.profile) peer = await peer.restart(profileEnv(stack));
+        nixstash.push(peer);
+        peers.push(peer);
+      }
+    }
+    const keyOf = (p: Peer) => (p.publicKey === "" ? staticKey : p.publicKey);
+    const narFiles = new Map<Peer, string[]>();
+    if (opts.only.has(3)) for (const p of peers) narFiles.set(p, await narFilesOf(p, workload));
+    for (let rep = 0; rep < opts.reps; rep++) {
+      // Rotate the order of peers from run to run, so drifting load on the machine hits all of them alike.
+      const order = peers.map((_, i) => peers[(i + rep) % peers.length]!);
+      log(`run ${rep + 1}/${opts.reps}`);
+      for (const peer of order) {
+        if (opts.only.has(1)) await measure1(peer, workload, baseline);
+        if (opts.only.has(2)) await measure2(peer, workload, baseline, rep > 0);
+        if (opts.only.has(3)) {
+          const s3Base = peer.name.includes("postgres") ? rgwName : undefined;
+          await measure3(peer, narFiles.get(peer)!, 1, baseline, s3Base);
+          await measure3(peer, narFiles.get(peer)!, 16, baseline, s3Base);
+        }
+        if (opts.only.has(4)) await measure4(peer, workload, keyOf(peer), baseline);
+      }
+    }
+    if (opts.only.has(5)) {
+      log(`ingest: making a ${opts.ingestMiB} MiB NAR`);
+      const nar = await makeBigNar(opts.ingestMiB * 2 ** 20);
+      for (let rep = 0; rep < Math.min(opts.reps, 3); rep++)
+        for (const peer of nixstash) await measure5(peer, nar);
+      rmSync(nar.plain, { force: true });
+      rmSync(nar.zstd, { force: true });
+    }
+    if (opts.only.has(7)) {
+      for (let rep = 0; rep < Math.min(opts.reps, 3); rep++) await measure7(workload, nixstash[0]);
+    }
+  } finally {
+    for (const p of peers) await p.stop().catch((e) => log(`stopping ${p.name}: ${(e as Error).message}`));
+    for (const p of nixstash) await p.cleanupBackends();
+  }
+  if (opts.only.has(6)) {
+    for (let rep = 0; rep < Math.min(opts.reps, 3); rep++) {
+      log(`push run ${rep + 1}`);
+      await measure6(workload, stacks);
+    }
+  }
+  const minutes = (now() - started) / 60000;
+  facts.push(
+    `- load average at end: ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+  );
+  facts.push(
+    `- workload: seed ${workload.seed}, ${workload.paths.length} paths, ${(workload.narBytes / 2 ** 20).toFixed(1)} MiB of NAR (largest ${(Math.max(...workload.paths.map((p) => p.narSize)) / 2 ** 20).toFixed(1)} MiB); static cache ${(Number((await sh("du", ["-sb", fileCache])).split("\t")[0]) / 2 ** 20).toFixed(1)} MiB (zstd)`,
+  );
+  facts.push(
+    `- run: \`npm run bench -- ${process.argv.slice(2).join(" ")}\` — ${opts.reps} reps, wrk ${opts.wrkSeconds} s, ${opts.hookRuns} hook runs, ${new Date().toISOString().slice(0, 16)}Z, took ${minutes.toFixed(1)} min`,
+  );
+  const section = `${facts.join("\n")}\n\n${renderTable(rows)}\n\nRatios are medians against the baseline's median of the same run; for rates the ratio is baseline/peer, so above 1 is always slower than the baseline.`;
+  process.stdout.write(`\n${section}\n`);
+  writeFileSync(join(TMP, "results.json"), JSON.stringify({ facts, rows }, null, 2));
+  if (opts.write) writeGeneratedSection(join(ROOT, "BENCHMARKS.md"), section);
+  log(`done in ${minutes.toFixed(1)} min; raw results in ${join(TMP, "results.json")}`);
+}
+
+await main();
