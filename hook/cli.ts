@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { type ParseArgsConfig, parseArgs } from "node:util";
+import { AdminUsageError, adminCommand } from "./admin-cli.ts";
 import { createClient } from "./client.ts";
 import {
   ConfigError,
@@ -49,6 +50,7 @@ const USAGE = `usage: nixstash <command> [options]
   queue [status|add|retry|forget-failed]
                              what the daemon has waiting, uploading and failed; queue paths by hand
   hook                       print the path of the post-build hook (for post-build-hook in nix.conf)
+  admin …                    administer a server: caches, tokens, keys, paths, stats, gc (admin --help)
 
 Connection (push, daemon; flags win over environment variables):
   --server URL        NIXSTASH_SERVER        e.g. https://cache.example.org
@@ -346,6 +348,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
         return await queueCommand(args, io);
       case "hook":
         return hookCommand(args, io);
+      case "admin":
+        return await adminCommand(args, io);
       case undefined:
       case "help":
       case "-h":
@@ -356,7 +360,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
         throw new UsageError(`unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
     }
   } catch (error) {
-    if (error instanceof UsageError) {
+    if (error instanceof UsageError || error instanceof AdminUsageError) {
       io.stderr.write(`${error.message}\n`);
       return 2;
     }

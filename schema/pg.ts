@@ -16,6 +16,9 @@ export const caches = pgTable("caches", {
   description: text("description").notNull().default(""),
   upstreamKeys: text("upstream_keys").notNull().default(""),
   createdAt: millis("created_at").notNull().default(now),
+  retentionSeconds: bigint("retention_seconds", { mode: "number" }),
+  quotaBytes: bigint("quota_bytes", { mode: "number" }),
+  deletedAt: millis("deleted_at"),
 });
 
 export const signingKeys = pgTable(
@@ -46,6 +49,7 @@ export const nars = pgTable(
     fileSize: bigint("file_size", { mode: "number" }).notNull(),
     storageKey: text("storage_key").notNull(),
     createdAt: millis("created_at").notNull().default(now),
+    unreferencedAt: millis("unreferenced_at"),
   },
   (t) => [
     uniqueIndex("nars_nar_hash").on(t.narHash),
@@ -81,8 +85,13 @@ export const paths = pgTable(
     pushedBy: integer("pushed_by"),
     createdAt: millis("created_at").notNull().default(now),
     lastAccessedAt: millis("last_accessed_at"),
+    pinned: boolean("pinned").notNull().default(false),
   },
-  (t) => [uniqueIndex("paths_cache_hash").on(t.cacheId, t.hash), index("paths_nar").on(t.narId)],
+  (t) => [
+    uniqueIndex("paths_cache_hash").on(t.cacheId, t.hash),
+    index("paths_nar").on(t.narId),
+    index("paths_cache_created").on(t.cacheId, t.createdAt),
+  ],
 );
 
 export const tokens = pgTable("tokens", {
@@ -160,3 +169,35 @@ export const stagedNars = pgTable(
     uniqueIndex("staged_nars_storage_key").on(t.storageKey),
   ],
 );
+
+export const cacheDailyStats = pgTable(
+  "cache_daily_stats",
+  {
+    id: serial("id").primaryKey(),
+    cacheId: integer("cache_id")
+      .notNull()
+      .references(() => caches.id, { onDelete: "cascade" }),
+    day: millis("day").notNull(),
+    narinfoHits: bigint("narinfo_hits", { mode: "number" }).notNull().default(0),
+    narinfoMisses: bigint("narinfo_misses", { mode: "number" }).notNull().default(0),
+    narDownloads: bigint("nar_downloads", { mode: "number" }).notNull().default(0),
+    narBytes: bigint("nar_bytes", { mode: "number" }).notNull().default(0),
+  },
+  (t) => [uniqueIndex("cache_daily_stats_cache_day").on(t.cacheId, t.day)],
+);
+
+export const leases = pgTable("leases", {
+  name: text("name").primaryKey(),
+  holder: text("holder").notNull(),
+  expiresAt: millis("expires_at").notNull(),
+});
+
+export const gcRuns = pgTable("gc_runs", {
+  id: serial("id").primaryKey(),
+  cacheName: text("cache_name"),
+  trigger: text("trigger").notNull(),
+  dryRun: boolean("dry_run").notNull(),
+  startedAt: millis("started_at").notNull(),
+  finishedAt: millis("finished_at").notNull(),
+  report: text("report").notNull(),
+});

@@ -16,6 +16,12 @@ export const caches = sqliteTable("caches", {
   /** Upstream public keys (Nix form `name:base64`), newline-separated: signatures that prove a reference is served upstream. */
   upstreamKeys: text("upstream_keys").notNull().default(""),
   createdAt: integer("created_at").notNull().default(now),
+  /** Garbage collection: paths not accessed for this long are collected (null: kept for ever). */
+  retentionSeconds: integer("retention_seconds"),
+  /** Garbage collection: least recently used closures are evicted while stored bytes exceed this (null: no quota). */
+  quotaBytes: integer("quota_bytes"),
+  /** Soft delete: the cache stops serving, its name stays taken, and a purge (or a restore) follows. */
+  deletedAt: integer("deleted_at"),
 });
 
 export const signingKeys = sqliteTable(
@@ -48,6 +54,8 @@ export const nars = sqliteTable(
     fileSize: integer("file_size").notNull(),
     storageKey: text("storage_key").notNull(),
     createdAt: integer("created_at").notNull().default(now),
+    /** When the last path referring to this NAR went; storage drops it after a grace period (gc.ts). */
+    unreferencedAt: integer("unreferenced_at"),
   },
   (t) => [
     uniqueIndex("nars_nar_hash").on(t.narHash),
@@ -85,8 +93,14 @@ export const paths = sqliteTable(
     pushedBy: integer("pushed_by"),
     createdAt: integer("created_at").notNull().default(now),
     lastAccessedAt: integer("last_accessed_at"),
+    /** A pinned path and its closure are never garbage-collected. */
+    pinned: integer("pinned", { mode: "boolean" }).notNull().default(false),
   },
-  (t) => [uniqueIndex("paths_cache_hash").on(t.cacheId, t.hash), index("paths_nar").on(t.narId)],
+  (t) => [
+    uniqueIndex("paths_cache_hash").on(t.cacheId, t.hash),
+    index("paths_nar").on(t.narId),
+    index("paths_cache_created").on(t.cacheId, t.createdAt),
+  ],
 );
 
 export const tokens = sqliteTable("tokens", {
@@ -175,3 +189,41 @@ export const stagedNars = sqliteTable(
     uniqueIndex("staged_nars_storage_key").on(t.storageKey),
   ],
 );
+
+/** Downloads and hits per cache and UTC day, added to in batches by the access log (server/verbs/access-log.ts). */
+export const cacheDailyStats = sqliteTable(
+  "cache_daily_stats",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    cacheId: integer("cache_id")
+      .notNull()
+      .references(() => caches.id, { onDelete: "cascade" }),
+    /** Start of the UTC day, ms since the epoch. */
+    day: integer("day").notNull(),
+    narinfoHits: integer("narinfo_hits").notNull().default(0),
+    narinfoMisses: integer("narinfo_misses").notNull().default(0),
+    narDownloads: integer("nar_downloads").notNull().default(0),
+    narBytes: integer("nar_bytes").notNull().default(0),
+  },
+  (t) => [uniqueIndex("cache_daily_stats_cache_day").on(t.cacheId, t.day)],
+);
+
+/** Named leases with an expiry: one garbage collector at a time across replicas (gc.ts). */
+export const leases = sqliteTable("leases", {
+  name: text("name").primaryKey(),
+  holder: text("holder").notNull(),
+  expiresAt: integer("expires_at").notNull(),
+});
+
+/** What each garbage collection did (or, dry, would do). */
+export const gcRuns = sqliteTable("gc_runs", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  /** null: a server-wide run over every cache. */
+  cacheName: text("cache_name"),
+  trigger: text("trigger").notNull(),
+  dryRun: integer("dry_run", { mode: "boolean" }).notNull(),
+  startedAt: integer("started_at").notNull(),
+  finishedAt: integer("finished_at").notNull(),
+  /** The report, JSON. */
+  report: text("report").notNull(),
+});

@@ -1,6 +1,21 @@
 // Every query the server makes, written once for both dialects (see database.ts). Verbs call these; nothing
 // else builds SQL. Methods that write run inside one transaction each, so a caller never sees half of one.
-import { and, eq, inArray, isNull, sql } from "drizzle-orm";
+import {
+  and,
+  asc,
+  desc,
+  eq,
+  gt,
+  gte,
+  inArray,
+  isNotNull,
+  isNull,
+  lt,
+  lte,
+  notExists,
+  or,
+  sql,
+} from "drizzle-orm";
 import type { Database, Db, Tables } from "./database.ts";
 
 export type CacheRow = Tables["caches"]["$inferSelect"];
@@ -8,6 +23,57 @@ export type SigningKeyRow = Tables["signingKeys"]["$inferSelect"];
 export type TokenRow = Tables["tokens"]["$inferSelect"];
 export type NarRow = Tables["nars"]["$inferSelect"];
 export type StagedNarRow = Tables["stagedNars"]["$inferSelect"];
+export type GcRunRow = Tables["gcRuns"]["$inferSelect"];
+export type DailyStatsRow = Tables["cacheDailyStats"]["$inferSelect"];
+
+/** A path as garbage collection and deletion see it: a node of the cache's reference graph. */
+export interface PathNode {
+  id: number;
+  hash: string;
+  storePath: string;
+  narSize: number;
+  /** Reference basenames, space-separated (as stored). */
+  references: string;
+  narId: number;
+  fileSize: number;
+  createdAt: number;
+  lastAccessedAt: number | null;
+  pinned: boolean;
+}
+
+/** What the access log adds up between two flushes (see server/verbs/access-log.ts). */
+export interface AccessBatch {
+  at: number;
+  /** cacheId → hashes whose narinfo was read. */
+  narinfos: Map<number, Set<string>>;
+  /** cacheId → NAR ids downloaded. */
+  nars: Map<number, Set<number>>;
+  counters: {
+    cacheId: number;
+    day: number;
+    narinfoHits: number;
+    narinfoMisses: number;
+    narDownloads: number;
+    narBytes: number;
+  }[];
+}
+
+export interface PathListQuery {
+  /** Case-insensitive substring of the store path. */
+  search?: string | undefined;
+  pinned?: boolean | undefined;
+  /** Keyset paging: ids below this one (the list is newest first). */
+  before?: number | undefined;
+  limit: number;
+}
+
+export interface PathDetail extends PathRecord {
+  hash: string;
+  createdAt: number;
+  lastAccessedAt: number | null;
+  pinned: boolean;
+  pushedBy: number | null;
+}
 export type NewStagedNar = Omit<StagedNarRow, "id" | "createdAt">;
 
 export interface PathRecord {
@@ -60,6 +126,9 @@ export type CommitOutcome =
 
 const CHUNK = 500;
 
+/** Thrown inside commitPath's transaction to roll it back when the path was committed concurrently. */
+class PathRaced extends Error {}
+
 function chunks<T>(items: readonly T[]): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < items.length; i += CHUNK) out.push(items.slice(i, i + CHUNK));
@@ -81,6 +150,109 @@ export function createRepo(database: Database) {
     return present;
   }
 
+  async function lockPresentHashes(q: Db, cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
+    const present = new Set<string>();
+    for (const part of chunks([...new Set(hashes)])) {
+      const rows = await q
+        .update(t.paths)
+        .set({ pinned: sql`${t.paths.pinned}` })
+        .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)))
+        .returning({ hash: t.paths.hash });
+      for (const row of rows) present.add(row.hash);
+    }
+    return present;
+  }
+
+  /** Marks the NARs among narIds that no path refers to any more as unreferenced since now. */
+  async function markUnreferenced(q: Db, narIds: readonly number[], now: number): Promise<number[]> {
+    const marked: number[] = [];
+    for (const part of chunks([...new Set(narIds)])) {
+      const rows = await q
+        .update(t.nars)
+        .set({ unreferencedAt: now })
+        .where(
+          and(
+            inArray(t.nars.id, part),
+            notExists(q.select({ one: sql`1` }).from(t.paths).where(eq(t.paths.narId, t.nars.id))),
+          ),
+        )
+        .returning({ id: t.nars.id });
+      for (const row of rows) marked.push(row.id);
+    }
+    return marked;
+  }
+
+  async function commitPathOnce(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
+    return database.transaction(async (tx) => {
+      const existing = await tx
+        .select({ narHash: t.nars.narHash })
+        .from(t.paths)
+        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+        .where(and(eq(t.paths.cacheId, path.cacheId), eq(t.paths.hash, path.hash)))
+        .limit(1);
+      if (existing[0]) return { kind: "already-present", narHash: existing[0].narHash };
+
+      // Row-locks the references (a no-op update) so that a concurrent garbage collection, which locks its
+      // victims the same way before deleting them, either sees this path or makes it fail here.
+      const present = await lockPresentHashes(tx, path.cacheId, path.requiredHashes);
+      const missing = path.requiredHashes.filter((h) => !present.has(h));
+      if (missing.length > 0) return { kind: "missing-references", missing };
+
+      const { listing, ...narColumns } = nar;
+      const inserted = await tx
+        .insert(t.nars)
+        .values(narColumns)
+        .onConflictDoNothing({ target: t.nars.narHash })
+        .returning({ id: t.nars.id });
+      let narId = inserted[0]?.id;
+      const deduplicated = narId === undefined;
+      if (narId === undefined) {
+        const reused = await tx
+          .select({ id: t.nars.id })
+          .from(t.nars)
+          .where(eq(t.nars.narHash, nar.narHash))
+          .limit(1);
+        narId = reused[0]!.id;
+      } else {
+        await tx.insert(t.narListings).values({ narId, listing });
+        await tx.delete(t.pendingUploads).where(eq(t.pendingUploads.storageKey, nar.storageKey));
+      }
+      if (path.stagedNarId !== undefined)
+        await tx.delete(t.stagedNars).where(eq(t.stagedNars.id, path.stagedNarId));
+      const insertedPath = await tx
+        .insert(t.paths)
+        .values({
+          cacheId: path.cacheId,
+          hash: path.hash,
+          storePath: path.storePath,
+          narId,
+          references: [...path.references].sort().join(" "),
+          deriver: path.deriver,
+          system: path.system,
+          ca: path.ca,
+          sigs: path.sigs.join("\n"),
+          pushedBy: path.pushedBy,
+        })
+        .onConflictDoNothing({ target: [t.paths.cacheId, t.paths.hash] })
+        .returning({ id: t.paths.id });
+      if (insertedPath.length === 0) throw new PathRaced();
+      return { kind: "committed", narId, deduplicated };
+    });
+  }
+
+  const nodeColumns = {
+    id: t.paths.id,
+    hash: t.paths.hash,
+    storePath: t.paths.storePath,
+    narSize: t.nars.narSize,
+    references: t.paths.references,
+    narId: t.paths.narId,
+    fileSize: t.nars.fileSize,
+    createdAt: t.paths.createdAt,
+    lastAccessedAt: t.paths.lastAccessedAt,
+    pinned: t.paths.pinned,
+  };
+
   const pathColumns = {
     pathId: t.paths.id,
     storePath: t.paths.storePath,
@@ -100,15 +272,90 @@ export function createRepo(database: Database) {
 
   return {
     // ---- caches
+    /** A live cache (soft-deleted ones are not found). */
     async cacheByName(name: string): Promise<CacheRow | undefined> {
+      const rows = await db
+        .select()
+        .from(t.caches)
+        .where(and(eq(t.caches.name, name), isNull(t.caches.deletedAt)))
+        .limit(1);
+      return rows[0];
+    },
+    /** A cache, live or soft-deleted. */
+    async anyCacheByName(name: string): Promise<CacheRow | undefined> {
       const rows = await db.select().from(t.caches).where(eq(t.caches.name, name)).limit(1);
       return rows[0];
     },
-    async listCaches(): Promise<CacheRow[]> {
-      return db.select().from(t.caches).orderBy(t.caches.name);
+    async listCaches(options: { includeDeleted?: boolean } = {}): Promise<CacheRow[]> {
+      return db
+        .select()
+        .from(t.caches)
+        .where(options.includeDeleted ? undefined : isNull(t.caches.deletedAt))
+        .orderBy(t.caches.name);
+    },
+    async updateCache(
+      id: number,
+      patch: Partial<
+        Pick<
+          CacheRow,
+          | "public"
+          | "priority"
+          | "description"
+          | "upstreamKeys"
+          | "retentionSeconds"
+          | "quotaBytes"
+          | "deletedAt"
+        >
+      >,
+    ): Promise<CacheRow | undefined> {
+      return database.transaction(async (tx) => {
+        const rows = await tx.update(t.caches).set(patch).where(eq(t.caches.id, id)).returning();
+        return rows[0];
+      });
+    },
+    /**
+     * Removes a cache and everything that is its own (paths, keys, logs, realisations, staged NARs) in one
+     * transaction. Objects only it owned (logs, staged NARs) become pending uploads, for the caller to delete;
+     * NARs other caches do not use are marked unreferenced, for the collector to remove after its grace period.
+     */
+    async purgeCache(cacheId: number, now: number): Promise<{ paths: number; objects: string[] }> {
+      return database.transaction(async (tx) => {
+        const narIds = (
+          await tx.selectDistinct({ narId: t.paths.narId }).from(t.paths).where(eq(t.paths.cacheId, cacheId))
+        ).map((r) => r.narId);
+        const count = await tx
+          .select({ n: sql<number>`count(*)` })
+          .from(t.paths)
+          .where(eq(t.paths.cacheId, cacheId));
+        const objects = [
+          ...(
+            await tx
+              .select({ key: t.buildLogs.storageKey })
+              .from(t.buildLogs)
+              .where(eq(t.buildLogs.cacheId, cacheId))
+          ).map((r) => r.key),
+          ...(
+            await tx
+              .select({ key: t.stagedNars.storageKey })
+              .from(t.stagedNars)
+              .where(eq(t.stagedNars.cacheId, cacheId))
+          ).map((r) => r.key),
+        ];
+        for (const part of chunks(objects)) {
+          await tx
+            .insert(t.pendingUploads)
+            .values(part.map((storageKey) => ({ storageKey })))
+            .onConflictDoNothing();
+        }
+        await tx.delete(t.paths).where(eq(t.paths.cacheId, cacheId));
+        await tx.delete(t.caches).where(eq(t.caches.id, cacheId));
+        await markUnreferenced(tx, narIds, now);
+        return { paths: Number(count[0]?.n ?? 0), objects };
+      });
     },
     async createCache(
-      cache: Pick<CacheRow, "name" | "public" | "priority" | "storeDir" | "description" | "upstreamKeys">,
+      cache: Pick<CacheRow, "name" | "public" | "priority" | "storeDir" | "description" | "upstreamKeys"> &
+        Partial<Pick<CacheRow, "retentionSeconds" | "quotaBytes">>,
       key: { name: string; publicKey: string; secretEncrypted: string },
     ): Promise<CacheRow | undefined> {
       return database.transaction(async (tx) => {
@@ -133,7 +380,99 @@ export function createRepo(database: Database) {
         .orderBy(t.signingKeys.id);
     },
 
+    /** Every key of the cache, retired ones included, oldest first. */
+    async allSigningKeys(cacheId: number): Promise<SigningKeyRow[]> {
+      return db
+        .select()
+        .from(t.signingKeys)
+        .where(eq(t.signingKeys.cacheId, cacheId))
+        .orderBy(t.signingKeys.id);
+    },
+    async addSigningKey(
+      cacheId: number,
+      key: { name: string; publicKey: string; secretEncrypted: string },
+    ): Promise<SigningKeyRow> {
+      return database.transaction(async (tx) => {
+        const rows = await tx
+          .insert(t.signingKeys)
+          .values({ cacheId, ...key, active: true })
+          .returning();
+        return rows[0]!;
+      });
+    },
+    async retireSigningKey(id: number, now: number): Promise<void> {
+      await database.transaction(async (tx) => {
+        await tx.update(t.signingKeys).set({ active: false, retiredAt: now }).where(eq(t.signingKeys.id, id));
+      });
+    },
+    /** How many of the cache's paths carry a Sig line by the key named keyName. */
+    async countPathsSignedBy(cacheId: number, keyName: string): Promise<number> {
+      const escaped = keyName.replace(/[\\%_]/g, (c) => `\\${c}`);
+      const rows = await db
+        .select({ n: sql<number>`count(*)` })
+        .from(t.paths)
+        .where(
+          and(
+            eq(t.paths.cacheId, cacheId),
+            or(
+              sql`${t.paths.sigs} LIKE ${`${escaped}:%`} ESCAPE '\\'`,
+              sql`${t.paths.sigs} LIKE ${`%\n${escaped}:%`} ESCAPE '\\'`,
+            ),
+          ),
+        );
+      return Number(rows[0]?.n ?? 0);
+    },
+    /** A page of the cache's paths by id, with what signing needs. */
+    async signaturePage(cacheId: number, afterId: number, limit: number) {
+      return db
+        .select({
+          id: t.paths.id,
+          storePath: t.paths.storePath,
+          references: t.paths.references,
+          sigs: t.paths.sigs,
+          narHash: t.nars.narHash,
+          narSize: t.nars.narSize,
+        })
+        .from(t.paths)
+        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+        .where(and(eq(t.paths.cacheId, cacheId), gt(t.paths.id, afterId)))
+        .orderBy(asc(t.paths.id))
+        .limit(limit);
+    },
+    /** Replaces Sig lines, each only if the row still has the lines it was read with. */
+    /** The ids whose lines were replaced. */
+    async replaceSigs(updates: readonly { id: number; from: string; to: string }[]): Promise<number[]> {
+      if (updates.length === 0) return [];
+      return database.transaction(async (tx) => {
+        const changed: number[] = [];
+        for (const u of updates) {
+          const rows = await tx
+            .update(t.paths)
+            .set({ sigs: u.to })
+            .where(and(eq(t.paths.id, u.id), eq(t.paths.sigs, u.from)))
+            .returning({ id: t.paths.id });
+          for (const row of rows) changed.push(row.id);
+        }
+        return changed;
+      });
+    },
+
     // ---- tokens
+    async listTokens(): Promise<TokenRow[]> {
+      return db.select().from(t.tokens).orderBy(t.tokens.id);
+    },
+    async tokenById(id: number): Promise<TokenRow | undefined> {
+      const rows = await db.select().from(t.tokens).where(eq(t.tokens.id, id)).limit(1);
+      return rows[0];
+    },
+    async revokeToken(id: number, now: number): Promise<void> {
+      await database.transaction(async (tx) => {
+        await tx
+          .update(t.tokens)
+          .set({ revokedAt: now })
+          .where(and(eq(t.tokens.id, id), isNull(t.tokens.revokedAt)));
+      });
+    },
     async createToken(
       token: Pick<TokenRow, "name" | "secretHash" | "prefix" | "caches" | "permissions" | "expiresAt">,
     ) {
@@ -199,54 +538,336 @@ export function createRepo(database: Database) {
      * already stored with the same NarHash), inserts the path and forgets the pending upload — all or nothing.
      */
     async commitPath(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
-      return database.transaction(async (tx) => {
-        const existing = await tx
+      try {
+        return await commitPathOnce(path, nar);
+      } catch (error) {
+        if (!(error instanceof PathRaced)) throw error;
+        // The same path was committed concurrently (another replica, or the same push twice at once): this
+        // transaction rolled back, and the caller learns which NAR the cache has.
+        const rows = await db
           .select({ narHash: t.nars.narHash })
           .from(t.paths)
           .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
           .where(and(eq(t.paths.cacheId, path.cacheId), eq(t.paths.hash, path.hash)))
           .limit(1);
-        if (existing[0]) return { kind: "already-present", narHash: existing[0].narHash };
+        return { kind: "already-present", narHash: rows[0]?.narHash ?? "" };
+      }
+    },
 
-        const present = await presentHashes(tx, path.cacheId, path.requiredHashes);
-        const missing = path.requiredHashes.filter((h) => !present.has(h));
-        if (missing.length > 0) return { kind: "missing-references", missing };
-
-        const { listing, ...narColumns } = nar;
-        const inserted = await tx
-          .insert(t.nars)
-          .values(narColumns)
-          .onConflictDoNothing({ target: t.nars.narHash })
-          .returning({ id: t.nars.id });
-        let narId = inserted[0]?.id;
-        const deduplicated = narId === undefined;
-        if (narId === undefined) {
-          const reused = await tx
-            .select({ id: t.nars.id })
-            .from(t.nars)
-            .where(eq(t.nars.narHash, nar.narHash))
-            .limit(1);
-          narId = reused[0]!.id;
-        } else {
-          await tx.insert(t.narListings).values({ narId, listing });
-          await tx.delete(t.pendingUploads).where(eq(t.pendingUploads.storageKey, nar.storageKey));
-        }
-        if (path.stagedNarId !== undefined)
-          await tx.delete(t.stagedNars).where(eq(t.stagedNars.id, path.stagedNarId));
-        await tx.insert(t.paths).values({
-          cacheId: path.cacheId,
-          hash: path.hash,
-          storePath: path.storePath,
-          narId,
-          references: [...path.references].sort().join(" "),
-          deriver: path.deriver,
-          system: path.system,
-          ca: path.ca,
-          sigs: path.sigs.join("\n"),
-          pushedBy: path.pushedBy,
-        });
-        return { kind: "committed", narId, deduplicated };
+    /** Newest first, keyset-paged by id. */
+    async listPaths(cacheId: number, query: PathListQuery) {
+      const conditions = [eq(t.paths.cacheId, cacheId)];
+      if (query.search)
+        conditions.push(sql`lower(${t.paths.storePath}) LIKE ${`%${query.search.toLowerCase()}%`}`);
+      if (query.pinned !== undefined) conditions.push(eq(t.paths.pinned, query.pinned));
+      if (query.before !== undefined) conditions.push(lt(t.paths.id, query.before));
+      return db
+        .select({
+          id: t.paths.id,
+          hash: t.paths.hash,
+          storePath: t.paths.storePath,
+          narSize: t.nars.narSize,
+          fileSize: t.nars.fileSize,
+          createdAt: t.paths.createdAt,
+          lastAccessedAt: t.paths.lastAccessedAt,
+          pinned: t.paths.pinned,
+        })
+        .from(t.paths)
+        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+        .where(and(...conditions))
+        .orderBy(desc(t.paths.id))
+        .limit(query.limit);
+    },
+    async pathDetail(cacheId: number, hash: string): Promise<PathDetail | undefined> {
+      const rows = await db
+        .select({
+          ...pathColumns,
+          hash: t.paths.hash,
+          createdAt: t.paths.createdAt,
+          lastAccessedAt: t.paths.lastAccessedAt,
+          pinned: t.paths.pinned,
+          pushedBy: t.paths.pushedBy,
+        })
+        .from(t.paths)
+        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+        .where(and(eq(t.paths.cacheId, cacheId), eq(t.paths.hash, hash)))
+        .limit(1);
+      return rows[0];
+    },
+    async setPinned(cacheId: number, hash: string, pinned: boolean): Promise<boolean> {
+      return database.transaction(async (tx) => {
+        const rows = await tx
+          .update(t.paths)
+          .set({ pinned })
+          .where(and(eq(t.paths.cacheId, cacheId), eq(t.paths.hash, hash)))
+          .returning({ id: t.paths.id });
+        return rows.length > 0;
       });
+    },
+    /** The cache's whole reference graph, read in pages (garbage collection and deletion plan on it). */
+    async pathGraph(cacheId: number): Promise<PathNode[]> {
+      const out: PathNode[] = [];
+      let after = 0;
+      for (;;) {
+        const rows = await db
+          .select(nodeColumns)
+          .from(t.paths)
+          .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+          .where(and(eq(t.paths.cacheId, cacheId), gt(t.paths.id, after)))
+          .orderBy(asc(t.paths.id))
+          .limit(5000);
+        out.push(...rows);
+        if (rows.length < 5000) return out;
+        after = rows[rows.length - 1]!.id;
+      }
+    },
+    /**
+     * Deletes paths of one cache, safely against concurrent pushes and pins: in one transaction, locks the
+     * candidates (a push that references one of them holds or waits for the same row lock: see commitPath),
+     * reads what changed since the caller planned (paths created since `since`, pins), lets `decide` pick the
+     * ids that may still go, deletes them and marks the NARs nothing refers to any more as unreferenced.
+     */
+    async deletePathsGuarded(
+      cacheId: number,
+      candidates: readonly number[],
+      since: number,
+      now: number,
+      decide: (state: { locked: PathNode[]; recent: PathNode[] }) => number[],
+    ): Promise<{ deleted: PathNode[]; unreferencedNars: number[] }> {
+      return database.transaction(async (tx) => {
+        const locked: PathNode[] = [];
+        for (const part of chunks(candidates)) {
+          const ids = await tx
+            .update(t.paths)
+            .set({ pinned: sql`${t.paths.pinned}` })
+            .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.id, part)))
+            .returning({ id: t.paths.id });
+          if (ids.length === 0) continue;
+          locked.push(
+            ...(await tx
+              .select(nodeColumns)
+              .from(t.paths)
+              .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+              .where(
+                inArray(
+                  t.paths.id,
+                  ids.map((r) => r.id),
+                ),
+              )),
+          );
+        }
+        const recent = await tx
+          .select(nodeColumns)
+          .from(t.paths)
+          .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+          .where(and(eq(t.paths.cacheId, cacheId), gte(t.paths.createdAt, since)));
+        const chosen = new Set(decide({ locked, recent }));
+        const deleted = locked.filter((p) => chosen.has(p.id));
+        for (const part of chunks(deleted.map((p) => p.id))) {
+          await tx.delete(t.paths).where(inArray(t.paths.id, part));
+        }
+        const unreferencedNars = await markUnreferenced(
+          tx,
+          deleted.map((p) => p.narId),
+          now,
+        );
+        return { deleted, unreferencedNars };
+      });
+    },
+
+    // ---- NARs no path refers to (collected after a grace period)
+    /** Marks NARs that lost their last path without being marked (older versions, interrupted runs). */
+    async markStrayNars(now: number): Promise<number> {
+      return database.transaction(async (tx) => {
+        const rows = await tx
+          .update(t.nars)
+          .set({ unreferencedAt: now })
+          .where(
+            and(
+              isNull(t.nars.unreferencedAt),
+              notExists(tx.select({ one: sql`1` }).from(t.paths).where(eq(t.paths.narId, t.nars.id))),
+            ),
+          )
+          .returning({ id: t.nars.id });
+        return rows.length;
+      });
+    },
+    /** Unreferenced NARs; those unreferenced before `cutoff` first. */
+    async unreferencedNars(limit: number): Promise<NarRow[]> {
+      return db
+        .select()
+        .from(t.nars)
+        .where(
+          and(
+            isNotNull(t.nars.unreferencedAt),
+            notExists(db.select({ one: sql`1` }).from(t.paths).where(eq(t.paths.narId, t.nars.id))),
+          ),
+        )
+        .orderBy(asc(t.nars.unreferencedAt))
+        .limit(limit);
+    },
+    /**
+     * Forgets a NAR that is still unreferenced and was so before cutoff; its object becomes a pending upload
+     * in the same transaction (so a crash before the storage delete leaves it findable). The storage key, or
+     * undefined when the NAR is in use again or already gone.
+     */
+    async dropUnreferencedNar(id: number, cutoff: number): Promise<string | undefined> {
+      return database.transaction(async (tx) => {
+        const rows = await tx
+          .delete(t.nars)
+          .where(
+            and(
+              eq(t.nars.id, id),
+              lte(t.nars.unreferencedAt, cutoff),
+              notExists(tx.select({ one: sql`1` }).from(t.paths).where(eq(t.paths.narId, t.nars.id))),
+            ),
+          )
+          .returning({ storageKey: t.nars.storageKey });
+        const key = rows[0]?.storageKey;
+        if (key) await tx.insert(t.pendingUploads).values({ storageKey: key }).onConflictDoNothing();
+        return key;
+      });
+    },
+    /** Every storage key some row knows (NARs, logs, staged NARs, pending uploads). */
+    async knownStorageKeys(): Promise<Set<string>> {
+      const known = new Set<string>();
+      for (const rows of [
+        await db.select({ key: t.nars.storageKey }).from(t.nars),
+        await db.select({ key: t.buildLogs.storageKey }).from(t.buildLogs),
+        await db.select({ key: t.stagedNars.storageKey }).from(t.stagedNars),
+        await db.select({ key: t.pendingUploads.storageKey }).from(t.pendingUploads),
+      ])
+        for (const row of rows) known.add(row.key);
+      return known;
+    },
+
+    // ---- access (last access, downloads and hits), written in batches
+    async recordAccess(batch: AccessBatch): Promise<void> {
+      await database.transaction(async (tx) => {
+        for (const [cacheId, hashes] of batch.narinfos) {
+          for (const part of chunks([...hashes])) {
+            await tx
+              .update(t.paths)
+              .set({ lastAccessedAt: batch.at })
+              .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)));
+          }
+        }
+        for (const [cacheId, narIds] of batch.nars) {
+          for (const part of chunks([...narIds])) {
+            await tx
+              .update(t.paths)
+              .set({ lastAccessedAt: batch.at })
+              .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.narId, part)));
+          }
+        }
+        for (const c of batch.counters) {
+          const s = t.cacheDailyStats;
+          await tx
+            .insert(s)
+            .values(c)
+            .onConflictDoUpdate({
+              target: [s.cacheId, s.day],
+              set: {
+                narinfoHits: sql`${s.narinfoHits} + ${c.narinfoHits}`,
+                narinfoMisses: sql`${s.narinfoMisses} + ${c.narinfoMisses}`,
+                narDownloads: sql`${s.narDownloads} + ${c.narDownloads}`,
+                narBytes: sql`${s.narBytes} + ${c.narBytes}`,
+              },
+            });
+        }
+      });
+    },
+    async dailyStats(cacheId: number, sinceDay: number): Promise<DailyStatsRow[]> {
+      return db
+        .select()
+        .from(t.cacheDailyStats)
+        .where(and(eq(t.cacheDailyStats.cacheId, cacheId), gte(t.cacheDailyStats.day, sinceDay)))
+        .orderBy(asc(t.cacheDailyStats.day));
+    },
+    /** Sizes of a cache: its paths, the bytes they describe, and the distinct objects behind them. */
+    async cacheSizes(cacheId: number) {
+      const perPath = await db
+        .select({
+          paths: sql<number>`count(*)`,
+          pinned: sql<number>`coalesce(sum(case when ${t.paths.pinned} then 1 else 0 end), 0)`,
+          narBytes: sql<number>`coalesce(sum(${t.nars.narSize}), 0)`,
+          fileBytes: sql<number>`coalesce(sum(${t.nars.fileSize}), 0)`,
+        })
+        .from(t.paths)
+        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+        .where(eq(t.paths.cacheId, cacheId));
+      const distinct = db
+        .selectDistinct({ narId: t.paths.narId })
+        .from(t.paths)
+        .where(eq(t.paths.cacheId, cacheId))
+        .as("used");
+      const stored = await db
+        .select({
+          nars: sql<number>`count(*)`,
+          storedBytes: sql<number>`coalesce(sum(${t.nars.fileSize}), 0)`,
+          shared: sql<number>`coalesce(sum(case when exists (select 1 from ${t.paths} p2 where p2.nar_id = ${t.nars.id} and p2.cache_id <> ${cacheId}) then 1 else 0 end), 0)`,
+        })
+        .from(distinct)
+        .innerJoin(t.nars, eq(t.nars.id, distinct.narId));
+      const logs = await db
+        .select({ count: sql<number>`count(*)`, bytes: sql<number>`coalesce(sum(${t.buildLogs.size}), 0)` })
+        .from(t.buildLogs)
+        .where(eq(t.buildLogs.cacheId, cacheId));
+      const a = perPath[0];
+      const b = stored[0];
+      return {
+        paths: Number(a?.paths ?? 0),
+        pinnedPaths: Number(a?.pinned ?? 0),
+        narBytes: Number(a?.narBytes ?? 0),
+        fileBytes: Number(a?.fileBytes ?? 0),
+        nars: Number(b?.nars ?? 0),
+        storedBytes: Number(b?.storedBytes ?? 0),
+        sharedNars: Number(b?.shared ?? 0),
+        logs: Number(logs[0]?.count ?? 0),
+        logBytes: Number(logs[0]?.bytes ?? 0),
+      };
+    },
+
+    // ---- leases (one garbage collector at a time across replicas)
+    /** Takes or renews the lease when it is free, expired or already ours; whether we hold it now. */
+    async acquireLease(name: string, holder: string, now: number, ttlMs: number): Promise<boolean> {
+      return database.transaction(async (tx) => {
+        await tx.insert(t.leases).values({ name, holder: "", expiresAt: 0 }).onConflictDoNothing();
+        const rows = await tx
+          .update(t.leases)
+          .set({ holder, expiresAt: now + ttlMs })
+          .where(and(eq(t.leases.name, name), or(lt(t.leases.expiresAt, now), eq(t.leases.holder, holder))))
+          .returning({ name: t.leases.name });
+        return rows.length > 0;
+      });
+    },
+    async releaseLease(name: string, holder: string): Promise<void> {
+      await database.transaction(async (tx) => {
+        await tx
+          .update(t.leases)
+          .set({ expiresAt: 0 })
+          .where(and(eq(t.leases.name, name), eq(t.leases.holder, holder)));
+      });
+    },
+    async lease(name: string) {
+      const rows = await db.select().from(t.leases).where(eq(t.leases.name, name)).limit(1);
+      return rows[0];
+    },
+
+    // ---- garbage collection reports
+    async addGcRun(run: Omit<GcRunRow, "id">): Promise<GcRunRow> {
+      return database.transaction(async (tx) => {
+        const rows = await tx.insert(t.gcRuns).values(run).returning();
+        return rows[0]!;
+      });
+    },
+    async listGcRuns(limit: number, cacheName?: string): Promise<GcRunRow[]> {
+      return db
+        .select()
+        .from(t.gcRuns)
+        .where(cacheName === undefined ? undefined : eq(t.gcRuns.cacheName, cacheName))
+        .orderBy(desc(t.gcRuns.id))
+        .limit(limit);
     },
 
     // ---- pending uploads (objects in storage no row owns yet)

@@ -6,7 +6,8 @@ import { NixFormatError, normaliseHash, parseStorePath, parseStorePathBasename }
 import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
 import { AppError, badRequest, unauthorized } from "../errors.ts";
-import { authorize, authorizeAdmin, PERMISSIONS } from "../verbs/auth.ts";
+import { authorizeTokenScope } from "../verbs/admin-tokens.ts";
+import { allows, authorize, PERMISSIONS, type Principal } from "../verbs/auth.ts";
 import { createCache, describeCache, findCache } from "../verbs/caches.ts";
 import { type BodyEncoding, ingestPath, type PathClaim, type UpstreamProof } from "../verbs/ingest.ts";
 import { createToken } from "../verbs/tokens.ts";
@@ -40,6 +41,13 @@ const newCacheBody = z.object({
   priority: z.number().int().min(0).max(10000).optional(),
   description: z.string().max(2000).optional(),
   upstreamKeys: z.array(z.string()).max(32).optional(),
+  retentionSeconds: z
+    .number()
+    .int()
+    .min(60)
+    .max(100 * 365 * 86400)
+    .nullish(),
+  quotaBytes: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).nullish(),
 });
 
 const newTokenBody = z.object({
@@ -135,9 +143,21 @@ export function apiRoutes(ctx: Context) {
     return { cache, principal };
   };
 
+  /** Any token with admin somewhere (what it may do is checked against its scope). */
+  const adminCaller = async (c: C): Promise<Principal> => {
+    const who = await caller(ctx, c);
+    if (!who.principal) throw unauthorized("problem" in who && who.problem ? who.problem : undefined);
+    if (!who.principal.permissions.has("admin"))
+      throw new AppError("forbidden", `token ${who.principal.name} has no admin permission`);
+    return who.principal;
+  };
+
   app.post("/caches", async (c) => {
-    authorizeAdmin(await caller(ctx, c));
+    const principal = await adminCaller(c);
     const input = parse(newCacheBody, await readJson(c), "cache");
+    // Multi-tenancy: admin on a pattern matching the new name (e.g. team-*) may create it.
+    if (!allows(principal, input.name, "admin"))
+      throw new AppError("forbidden", `token ${principal.name} may not create a cache named ${input.name}`);
     const cache = await createCache({ ctx, input });
     return c.json(await describeCache({ ctx, input: { cache } }), 201);
   });
@@ -148,8 +168,9 @@ export function apiRoutes(ctx: Context) {
   });
 
   app.post("/tokens", async (c) => {
-    authorizeAdmin(await caller(ctx, c));
+    const principal = await adminCaller(c);
     const input = parse(newTokenBody, await readJson(c), "token");
+    authorizeTokenScope(principal, input.caches);
     return c.json(await createToken({ ctx, input }), 201);
   });
 

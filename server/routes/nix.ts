@@ -81,7 +81,7 @@ export function nixRoutes(ctx: Context) {
       return c.body(null, 200, { ...headers, "content-length": String(nar.fileSize) });
     }
     const range = parseRange(c.req.header("range"), nar.fileSize);
-    const opened = await openNar({ ctx, input: { nar, ...(range ? { range } : {}) } });
+    const opened = await openNar({ ctx, input: { nar, cacheId: cache.id, ...(range ? { range } : {}) } });
     if (opened.kind === "redirect") return c.redirect(opened.url, 302);
     headers["content-length"] = String(opened.size);
     if (opened.range)

@@ -31,6 +31,18 @@ export interface NewCache {
   storeDir?: string | undefined;
   description?: string | undefined;
   upstreamKeys?: string[] | undefined;
+  retentionSeconds?: number | null | undefined;
+  quotaBytes?: number | null | undefined;
+}
+
+export function checkUpstreamKeys(keys: readonly string[]): void {
+  for (const key of keys) {
+    try {
+      parsePublicKey(key);
+    } catch (error) {
+      throw badRequest(`invalid upstream key ${JSON.stringify(key)}: ${(error as Error).message}`);
+    }
+  }
 }
 
 export async function createCache({ ctx, input }: { ctx: Context; input: NewCache }): Promise<CacheRow> {
@@ -40,13 +52,7 @@ export async function createCache({ ctx, input }: { ctx: Context; input: NewCach
     );
   }
   const upstream = input.upstreamKeys ?? [NIXOS_UPSTREAM_KEY];
-  for (const key of upstream) {
-    try {
-      parsePublicKey(key);
-    } catch (error) {
-      throw badRequest(`invalid upstream key ${JSON.stringify(key)}: ${(error as Error).message}`);
-    }
-  }
+  checkUpstreamKeys(upstream);
   const secret = generateSecretKey(`${input.name}-1`);
   const row = await ctx.repo.createCache(
     {
@@ -56,6 +62,8 @@ export async function createCache({ ctx, input }: { ctx: Context; input: NewCach
       storeDir: input.storeDir ?? "/nix/store",
       description: input.description ?? "",
       upstreamKeys: upstream.join("\n"),
+      retentionSeconds: input.retentionSeconds ?? null,
+      quotaBytes: input.quotaBytes ?? null,
     },
     {
       name: secret.name,
@@ -90,6 +98,11 @@ export interface CacheDescription {
   storeDir: string;
   description: string;
   upstreamKeys: string[];
+  /** Garbage collection: paths not accessed for this long are collected; null keeps them for ever. */
+  retentionSeconds: number | null;
+  /** Garbage collection: LRU closures are evicted while the cache stores more than this; null: no quota. */
+  quotaBytes: number | null;
+  createdAt: number;
 }
 
 export async function describeCache({
@@ -112,5 +125,8 @@ export async function describeCache({
     storeDir: cache.storeDir,
     description: cache.description,
     upstreamKeys: cache.upstreamKeys.split("\n").filter(Boolean),
+    retentionSeconds: cache.retentionSeconds,
+    quotaBytes: cache.quotaBytes,
+    createdAt: cache.createdAt,
   };
 }

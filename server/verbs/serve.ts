@@ -48,6 +48,7 @@ export async function narInfoText({
   input: { cache: CacheRow; hash: string };
 }) {
   const record = await ctx.repo.path(input.cache.id, input.hash);
+  ctx.access?.narinfo(input.cache.id, input.hash, record !== undefined);
   return record ? formatNarInfo(narInfoOf(record)) : undefined;
 }
 
@@ -69,8 +70,20 @@ export type NarBody =
   | { kind: "redirect"; url: string }
   | { kind: "stream"; body: Readable; size: number; range?: { start: number; end: number } };
 
-export async function openNar({ ctx, input }: { ctx: Context; input: { nar: NarRow; range?: ByteRange } }) {
+export async function openNar({
+  ctx,
+  input,
+}: {
+  ctx: Context;
+  input: { nar: NarRow; range?: ByteRange; cacheId?: number };
+}) {
   const { nar, range } = input;
+  if (input.cacheId !== undefined) {
+    const bytes = range
+      ? Math.min(range.end ?? nar.fileSize - 1, nar.fileSize - 1) - range.start + 1
+      : nar.fileSize;
+    ctx.access?.nar(input.cacheId, nar.id, Math.max(0, bytes));
+  }
   if (ctx.settings.redirectNars) {
     const url = await ctx.storage.presignGet(nar.storageKey, ctx.settings.presignSeconds);
     if (url) return { kind: "redirect", url } satisfies NarBody;
