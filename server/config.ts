@@ -16,6 +16,9 @@
 //   NIXSTASH_DEFAULT_CACHE   the cache created on first start                      default main
 //   NIXSTASH_ZSTD_LEVEL      zstd level for NARs the server compresses (1-19)       default 3
 //   NIXSTASH_LOG_LEVEL       fatal|error|warn|info|debug|trace|silent              default info
+//   NIXSTASH_SHUTDOWN_TIMEOUT  seconds SIGTERM waits for in-flight uploads and downloads before cutting
+//                            them (0-3600)                                          default 30
+//   NIXSTASH_GC_INTERVAL     seconds between scheduled garbage collections (0 = never)  default 3600
 import { resolve } from "node:path";
 import { z } from "zod";
 
@@ -59,6 +62,8 @@ const env = z.object({
   NIXSTASH_DEFAULT_CACHE: cacheName.default("main"),
   NIXSTASH_ZSTD_LEVEL: z.coerce.number().int().min(1).max(19).default(3),
   NIXSTASH_LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+  NIXSTASH_SHUTDOWN_TIMEOUT: z.coerce.number().min(0).max(3600).default(30),
+  NIXSTASH_GC_INTERVAL: z.coerce.number().int().min(0).max(31_536_000).default(3600),
 });
 
 export type StorageConfig =
@@ -86,6 +91,10 @@ export interface Config {
   defaultCache: string;
   zstdLevel: number;
   logLevel: string;
+  /** How long a graceful shutdown lets in-flight requests finish, ms. */
+  shutdownTimeoutMs: number;
+  /** Seconds between scheduled garbage collections; 0 turns the schedule off. */
+  gcIntervalSeconds: number;
 }
 
 export class ConfigError extends Error {}
@@ -113,6 +122,8 @@ export function parseConfig(source: Record<string, string | undefined>): Config 
     defaultCache: e.NIXSTASH_DEFAULT_CACHE,
     zstdLevel: e.NIXSTASH_ZSTD_LEVEL,
     logLevel: e.NIXSTASH_LOG_LEVEL,
+    shutdownTimeoutMs: Math.round(e.NIXSTASH_SHUTDOWN_TIMEOUT * 1000),
+    gcIntervalSeconds: e.NIXSTASH_GC_INTERVAL,
   };
 }
 

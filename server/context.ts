@@ -2,8 +2,10 @@
 import type { Logger } from "pino";
 import type { Database } from "./db/database.ts";
 import type { Repo } from "./db/repo.ts";
+import type { ServerMetrics } from "./metrics.ts";
 import type { SecretBox } from "./secrets.ts";
 import type { Storage } from "./storage/storage.ts";
+import type { AccessLog } from "./verbs/access-log.ts";
 
 export interface ServerSettings {
   /** zstd level for NARs the server compresses itself. */
@@ -24,4 +26,8 @@ export interface Context {
   log: Logger;
   clock: () => number;
   settings: ServerSettings;
+  /** Records narinfo and NAR reads in batches (last access, download counters); absent: reads are not recorded. */
+  access?: AccessLog | undefined;
+  /** Prometheus instruments (metrics.ts); absent: nothing is measured (tests building bare contexts). */
+  metrics?: ServerMetrics | undefined;
 }

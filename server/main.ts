@@ -38,14 +38,25 @@ async function main(): Promise<void> {
   }
   process.stdout.write(`${lines.join("\n")}\n\n`);
 
+  // SIGTERM/SIGINT drain (see RunningServer.close): in-flight requests get NIXSTASH_SHUTDOWN_TIMEOUT, then
+  // are cut; exit 0 either way, since nothing is left half-committed. A second signal exits at once, and a
+  // backstop exits 1 should closing itself hang (a database that does not answer).
   let stopping = false;
   const stop = async (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      ctx.log.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
     stopping = true;
     ctx.log.info({ signal }, "shutting down");
-    const deadline = setTimeout(() => process.exit(1), 30_000);
-    deadline.unref();
-    await running.close();
+    const backstop = setTimeout(() => process.exit(1), config.shutdownTimeoutMs + 30_000);
+    backstop.unref();
+    try {
+      await running.close();
+    } catch (error) {
+      ctx.log.error({ err: error }, "error while shutting down");
+      process.exit(1);
+    }
     process.exit(0);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));

@@ -1,6 +1,9 @@
 // Builds a running server from a Config: database (migrated), storage, secrets, context, first-start
 // bootstrap, HTTP listener. main.ts calls it with the environment's config; tests call it directly.
+import { readFileSync } from "node:fs";
+import type { Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { type ServerType, serve } from "@hono/node-server";
 import { pino } from "pino";
 import { createApp } from "./app.ts";
@@ -8,10 +11,14 @@ import type { Config, StorageConfig } from "./config.ts";
 import type { Context } from "./context.ts";
 import { openDatabase } from "./db/database.ts";
 import { createRepo } from "./db/repo.ts";
+import { createLifecycle } from "./lifecycle.ts";
+import { createServerMetrics } from "./metrics.ts";
+import { createRequestScope } from "./routes/request-log.ts";
 import { createSecretBox, loadServerSecret } from "./secrets.ts";
 import { createLocalStorage } from "./storage/local.ts";
 import { createS3Storage } from "./storage/s3.ts";
 import type { Storage } from "./storage/storage.ts";
+import { startBackgroundJobs } from "./verbs/background.ts";
 import { type BootstrapResult, bootstrap } from "./verbs/bootstrap.ts";
 import { removeAbandonedUploads } from "./verbs/cleanup.ts";
 
@@ -35,11 +42,21 @@ export interface RunningServer {
   ctx: Context;
   url: string;
   bootstrap: BootstrapResult;
-  close(): Promise<void>;
+  /**
+   * Graceful stop: /readyz turns 503, no new connections are accepted, idle keep-alive connections close,
+   * and requests in flight (uploads still streaming in, NARs streaming out) get up to the shutdown timeout
+   * to finish. Whatever is still running then is cut: an upload cut short fails its verification and
+   * commits nothing (a path commits in one transaction, after its NAR is stored), and its object is
+   * removed by the upload's own clean-up or later by cleanup.ts. Then background jobs stop and the
+   * database closes. Resolves true when everything finished in time.
+   */
+  close(): Promise<boolean>;
 }
 
 export async function startServer(config: Config): Promise<RunningServer> {
-  const log = pino({ level: config.logLevel, base: { service: "nixstash" } });
+  const requestScope = createRequestScope();
+  const log = pino({ level: config.logLevel, base: { service: "nixstash" }, mixin: requestScope.mixin });
+  const lifecycle = createLifecycle();
   const database = await openDatabase(config.databaseUrl);
   const storage = await openStorage(config.storage);
   await storage.check();
@@ -51,6 +68,11 @@ export async function startServer(config: Config): Promise<RunningServer> {
     secrets,
     log,
     clock: Date.now,
+    metrics: createServerMetrics({
+      version: packageVersion(),
+      database: database.dialect,
+      storage: storage.kind,
+    }),
     settings: {
       zstdLevel: config.zstdLevel,
       redirectNars: config.storage.kind === "s3" && config.storage.redirect,
@@ -67,7 +89,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
   void cleanup();
   const cleanupTimer = setInterval(cleanup, CLEANUP_INTERVAL_MS);
   cleanupTimer.unref();
-  const app = createApp(ctx);
+  const background = startBackgroundJobs(ctx, { gcIntervalSeconds: config.gcIntervalSeconds });
+  const app = createApp(ctx, { requestScope, lifecycle });
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve(
       {
@@ -81,6 +104,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
     );
     s.once("error", reject);
   });
+  // serve() without a createServer option makes a plain node:http server.
+  const httpServer = server as HttpServer;
   const address = server.address() as AddressInfo;
   const wildcard = address.address === "0.0.0.0" || address.address === "::";
   const host = wildcard ? "127.0.0.1" : address.family === "IPv6" ? `[${address.address}]` : address.address;
@@ -91,8 +116,36 @@ export async function startServer(config: Config): Promise<RunningServer> {
     bootstrap: first,
     close: async () => {
       clearInterval(cleanupTimer);
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      lifecycle.startDraining();
+      log.info({ inFlight: lifecycle.active, timeoutMs: config.shutdownTimeoutMs }, "draining");
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Connections that go idle while draining (keep-alive after their last response) are closed as well.
+      const idleSweep = setInterval(() => httpServer.closeIdleConnections(), 100);
+      httpServer.closeIdleConnections();
+      const finished = await lifecycle.waitIdle(config.shutdownTimeoutMs);
+      if (!finished) {
+        log.warn({ inFlight: lifecycle.active }, "shutdown timeout: cutting the requests still in flight");
+        httpServer.closeAllConnections();
+        // Let the cut handlers run their failure paths (discard the partial upload) before the database goes.
+        await lifecycle.waitIdle(10_000);
+      }
+      clearInterval(idleSweep);
+      httpServer.closeAllConnections();
+      await closed;
+      await background.stop();
+      ctx.metrics?.stop();
       await database.close();
+      log.info({ clean: finished }, "stopped");
+      return finished;
     },
   };
+}
+
+function packageVersion(): string {
+  try {
+    const file = join(import.meta.dirname, "../package.json");
+    return String((JSON.parse(readFileSync(file, "utf8")) as { version?: unknown }).version ?? "unknown");
+  } catch {
+    return "unknown";
+  }
 }

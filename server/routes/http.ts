@@ -9,7 +9,11 @@ import { AppError, badRequest } from "../errors.ts";
 import type { ByteRange } from "../storage/storage.ts";
 import { type Caller, identify } from "../verbs/auth.ts";
 
-export type Env = { Bindings: Partial<HttpBindings>; Variables: { caller: Caller } };
+export type Env = {
+  Bindings: Partial<HttpBindings>;
+  /** requestId: set first thing by the request middleware (request-log.ts). */
+  Variables: { caller: Caller; requestId: string };
+};
 export type C = HonoContext<Env>;
 
 /**

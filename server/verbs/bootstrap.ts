@@ -3,6 +3,7 @@
 import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Context } from "../context.ts";
+import { AppError } from "../errors.ts";
 import { createCache } from "./caches.ts";
 import { createToken } from "./tokens.ts";
 
@@ -25,8 +26,13 @@ export async function bootstrap({
     adminTokenFile: undefined,
   };
   if ((await ctx.repo.countCaches()) === 0) {
-    await createCache({ ctx, input: { name: input.defaultCache } });
-    result.createdCache = input.defaultCache;
+    try {
+      await createCache({ ctx, input: { name: input.defaultCache } });
+      result.createdCache = input.defaultCache;
+    } catch (error) {
+      // A replica starting at the same moment created it first: that is the state we wanted.
+      if (!(error instanceof AppError && error.code === "conflict")) throw error;
+    }
   }
   if ((await ctx.repo.countTokens()) === 0) {
     const token = await createToken({ ctx, input: { name: "admin", caches: ["*"], permissions: ["admin"] } });

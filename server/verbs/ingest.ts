@@ -104,6 +104,7 @@ export async function ingestPath({
   if (existing) {
     if (existing.narHash !== claim.narHash) throw differentNarHash(cache, claim, existing.narHash);
     input.body.resume();
+    ctx.metrics?.ingestPaths.inc({ result: "already-present" });
     return { storePath: claim.storePath.path, status: "already-present", ...pick(existing) };
   }
   await checkReferencesPresent(ctx, cache, claim, required);
@@ -195,10 +196,13 @@ export async function commitClaim({
     throw differentNarHash(cache, claim, outcome.narHash);
   }
   const stored = outcome.kind === "committed" && !outcome.deduplicated;
+  const status = stored ? "stored" : outcome.kind === "committed" ? "deduplicated" : "already-present";
+  ctx.metrics?.ingestPaths.inc({ result: status });
+  if (stored) ctx.metrics?.ingestStoredBytes.inc(undefined, input.nar.fileSize);
   const kept = stored ? input.nar : await ctx.repo.path(cache.id, claim.storePath.hash);
   return {
     storePath: claim.storePath.path,
-    status: stored ? "stored" : outcome.kind === "committed" ? "deduplicated" : "already-present",
+    status,
     narHash: claim.narHash,
     narSize: claim.narSize,
     fileHash: kept?.fileHash ?? input.nar.fileHash,

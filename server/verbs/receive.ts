@@ -69,6 +69,8 @@ export async function receiveNar({
     }
   } catch (error) {
     throw asUploadError(error, input);
+  } finally {
+    ctx.metrics?.ingestReceivedBytes.inc(undefined, receivedTap.size);
   }
   let summary: ReturnType<NarReader["finish"]>;
   try {

@@ -10,6 +10,7 @@ import { createApp } from "../../server/app.ts";
 import type { Context } from "../../server/context.ts";
 import { openDatabase } from "../../server/db/database.ts";
 import { createRepo } from "../../server/db/repo.ts";
+import { createServerMetrics } from "../../server/metrics.ts";
 import { createSecretBox } from "../../server/secrets.ts";
 import { createLocalStorage } from "../../server/storage/local.ts";
 import { createS3Storage } from "../../server/storage/s3.ts";
@@ -108,6 +109,7 @@ export async function makeHarness(kind: { db: DbKind; storage: StorageKind }): P
     secrets: createSecretBox("test-secret-test-secret-test-secret!"),
     log: pino({ level: "silent" }),
     clock: Date.now,
+    metrics: createServerMetrics({ version: "test", database: kind.db, storage: kind.storage }),
     settings: { zstdLevel: 3, redirectNars: false, presignSeconds: 600, publicUrl: "http://127.0.0.1:1" },
   };
   return {

@@ -1,0 +1,166 @@
+// The middleware every request passes first: a request id, one structured access-log line, the HTTP
+// metrics, and the in-flight count graceful shutdown waits on.
+//
+// Request id: a caller's `X-Request-Id` is kept when it looks like an id (so a load balancer's id follows the
+// request through), otherwise a fresh UUID. It is echoed in the `X-Request-Id` response header, added to the
+// JSON body of API errors (app.ts), and — through an AsyncLocalStorage the server's pino logger reads in its
+// `mixin` (start.ts) — put on every log line written while the request is handled, verbs' lines included.
+//
+// The access line is written when the response has been sent completely (or the client went away), so its
+// duration covers a NAR streamed for minutes, not just the time to the first byte:
+//   {"level":30,"reqId":"…","method":"GET","path":"/main/nar/….nar.zst","route":"/:cache/nar/:file",
+//    "status":200,"ms":812.4,"bytesOut":52428800,"msg":"request"}
+// Secrets never reach it: no headers are logged but User-Agent, no query strings, no bodies; tokens travel
+// only in Authorization, which is never read here.
+//
+// Route labels are the matched route *patterns* (bounded cardinality for Prometheus); the one pattern that
+// serves two kinds of file, `/:cache/:file`, is told apart as `/:cache/<hash>.narinfo` and `/:cache/<hash>.ls`.
+import { AsyncLocalStorage } from "node:async_hooks";
+import { randomUUID } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import type { MiddlewareHandler } from "hono";
+import { matchedRoutes } from "hono/route";
+import type { Context } from "../context.ts";
+import { AppError } from "../errors.ts";
+import type { Lifecycle } from "../lifecycle.ts";
+import type { C, Env } from "./http.ts";
+
+export interface RequestScope {
+  /** Runs fn with the request id visible to every log line written inside it. */
+  run<T>(requestId: string, fn: () => T): T;
+  /** For pino's `mixin` option: the current request id, if any. */
+  mixin(): { reqId?: string };
+}
+
+export function createRequestScope(): RequestScope {
+  const storage = new AsyncLocalStorage<string>();
+  return {
+    run: (requestId, fn) => storage.run(requestId, fn),
+    mixin: () => {
+      const reqId = storage.getStore();
+      return reqId ? { reqId } : {};
+    },
+  };
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
+
+type UploadApi = "native" | "nix";
+
+/** Which upload API a request is, from its method and path alone (known before routing). */
+function uploadApiOf(method: string, path: string): UploadApi | undefined {
+  if (method !== "PUT") return undefined;
+  if (/^\/api\/v1\/caches\/[^/]+\/paths\/[^/]+$/.test(path)) return "native";
+  if (/^\/[^/]+\/nar\/[^/]+$/.test(path) || /^\/[^/]+\/[0-9a-df-np-sv-z]{32}\.narinfo$/.test(path))
+    return "nix";
+  return undefined;
+}
+
+export function routeLabel(c: C): string {
+  const route = matchedRoutes(c)[c.req.routeIndex];
+  if (!route || route.path === "/*" || route.path === "*") return "unmatched";
+  if (route.path === "/:cache/:file") {
+    if (c.req.path.endsWith(".narinfo")) return "/:cache/<hash>.narinfo";
+    if (c.req.path.endsWith(".ls")) return "/:cache/<hash>.ls";
+  }
+  return route.path;
+}
+
+export function observeRequests(
+  ctx: Context,
+  deps: { scope: RequestScope; lifecycle: Lifecycle },
+): MiddlewareHandler<Env> {
+  const { scope, lifecycle } = deps;
+  return async (c, next) => {
+    const started = performance.now();
+    const given = c.req.header("x-request-id");
+    const requestId = given && REQUEST_ID.test(given) ? given : randomUUID();
+    c.set("requestId", requestId);
+    c.header("x-request-id", requestId);
+    // While draining, every response asks the client to reconnect elsewhere (keep-alive connections would
+    // otherwise keep feeding this replica).
+    if (lifecycle.draining) c.header("connection", "close");
+    const done = lifecycle.begin();
+    const metrics = ctx.metrics;
+    const method = c.req.method;
+    const uploadApi = uploadApiOf(method, c.req.path);
+    metrics?.httpInFlight.inc();
+    if (uploadApi) metrics?.uploadsInFlight.inc({ api: uploadApi });
+    const outgoing = c.env?.outgoing;
+    const closed = outgoing
+      ? new Promise<void>((resolve) => outgoing.once("close", () => resolve()))
+      : Promise.resolve();
+
+    try {
+      await scope.run(requestId, next);
+    } finally {
+      const route = routeLabel(c);
+      const status = c.res.status;
+      const error = c.error;
+      void closed.then(() => {
+        const aborted = outgoing ? !outgoing.writableFinished : false;
+        const seconds = (performance.now() - started) / 1000;
+        // The adapter sets Content-Length on the socket response for bodies it measured itself (JSON, text).
+        const declared = Number(
+          outgoing?.getHeader("content-length") ?? c.res.headers.get("content-length") ?? Number.NaN,
+        );
+        const bytesOut = !aborted && Number.isFinite(declared) && method !== "HEAD" ? declared : 0;
+        try {
+          if (metrics) record(metrics, { c, route, status, method, seconds, bytesOut, uploadApi, error });
+          const line = {
+            reqId: requestId,
+            method,
+            path: c.req.path,
+            route,
+            status,
+            ms: Math.round(seconds * 10_000) / 10,
+            bytesOut,
+            ...(c.req.header("content-length") ? { bytesIn: Number(c.req.header("content-length")) } : {}),
+            ...(aborted ? { aborted: true } : {}),
+            remote: c.env?.incoming?.socket?.remoteAddress,
+            userAgent: c.req.header("user-agent"),
+          };
+          if (status >= 500) ctx.log.warn(line, "request");
+          else ctx.log.info(line, "request");
+        } finally {
+          metrics?.httpInFlight.dec();
+          if (uploadApi) metrics?.uploadsInFlight.dec({ api: uploadApi });
+          done();
+        }
+      });
+    }
+  };
+}
+
+function record(
+  metrics: NonNullable<Context["metrics"]>,
+  r: {
+    c: C;
+    route: string;
+    status: number;
+    method: string;
+    seconds: number;
+    bytesOut: number;
+    uploadApi: UploadApi | undefined;
+    error: Error | undefined;
+  },
+): void {
+  const labels = { method: r.method, route: r.route, status: String(r.status) };
+  metrics.httpRequests.inc(labels);
+  metrics.httpDuration.observe(labels, r.seconds);
+  if (r.bytesOut > 0) metrics.responseBytes.inc({ route: r.route }, r.bytesOut);
+  const cache = r.c.req.param("cache") ?? "";
+  // Only answers about a cache that exists carry its name (an unknown name fails in findCache: r.error).
+  if (r.route === "/:cache/<hash>.narinfo" && !r.error && (r.status === 200 || r.status === 404)) {
+    metrics.narinfoRequests.inc({ cache, result: r.status === 200 ? "hit" : "miss" });
+  }
+  if (r.route === "/:cache/nar/:file" && r.method === "GET") {
+    if (r.status === 302) metrics.narRedirects.inc({ cache });
+    else if ((r.status === 200 || r.status === 206) && r.bytesOut > 0)
+      metrics.narServedBytes.inc({ cache }, r.bytesOut);
+  }
+  if (r.uploadApi && (r.error || r.status >= 400)) {
+    const reason = r.error instanceof AppError ? r.error.code : r.error ? "internal" : `http_${r.status}`;
+    metrics.ingestFailures.inc({ api: r.uploadApi, reason });
+  }
+}

@@ -1,0 +1,184 @@
+// docker-compose.yml and the Dockerfile, without a container engine (none runs here): Debian's
+// `docker-compose config` must accept the file (and reject a broken one, so the check checks something);
+// the nixstash service's environment must parse with server/config.ts and name only documented variables;
+// and the same configuration — PostgreSQL + S3, redirects off, the same timeouts — must run: the server
+// process is started with the compose environment, only the service addresses pointed at the test's
+// PostgreSQL and Ceph RGW, and serves a push. The Dockerfile must copy every directory the server imports.
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join, relative, resolve } from "node:path";
+import { describe, it } from "node:test";
+import { promisify } from "node:util";
+import { parseConfig } from "../../server/config.ts";
+import { freshPostgres, freshS3 } from "../support/harness.ts";
+import { fakeStorePath, hashOf, infoFor, narOf } from "../support/nar.ts";
+import { startServerProcess } from "../support/server-process.ts";
+import { testTmp } from "../support/services.ts";
+
+const execFileP = promisify(execFile);
+const root = resolve(import.meta.dirname, "../..");
+const composeFile = join(root, "docker-compose.yml");
+
+async function composeConfig(file: string, env: Record<string, string> = {}) {
+  try {
+    const { stdout, stderr } = await execFileP("docker-compose", ["-f", file, "config"], {
+      cwd: root,
+      env: { PATH: process.env.PATH ?? "", HOME: testTmp(), ...env },
+      timeout: 60_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === "number" ? e.code : 1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
+  }
+}
+
+/** The `environment:` map of one service in `docker-compose config`'s normalised output. */
+function serviceEnvironment(normalised: string, service: string): Record<string, string> {
+  const lines = normalised.split("\n");
+  const start = lines.indexOf(`  ${service}:`);
+  assert.ok(start >= 0, `service ${service} in the normalised config`);
+  const env: Record<string, string> = {};
+  let inEnv = false;
+  for (const line of lines.slice(start + 1)) {
+    if (/^ {2}\S/.test(line) || /^\S/.test(line)) break; // next service or section
+    if (line === "    environment:") {
+      inEnv = true;
+      continue;
+    }
+    if (inEnv) {
+      const m = /^ {6}([A-Z0-9_]+): ?(.*)$/.exec(line);
+      if (!m) {
+        inEnv = false;
+        continue;
+      }
+      let value = m[2]!;
+      if (value.startsWith("'")) value = value.slice(1, -1).replace(/''/g, "'");
+      else if (value.startsWith('"')) value = JSON.parse(value) as string;
+      env[m[1]!] = value;
+    }
+  }
+  return env;
+}
+
+describe("docker-compose.yml and Dockerfile", () => {
+  it("passes docker-compose config, which fails on a broken file", async () => {
+    const ok = await composeConfig(composeFile);
+    assert.equal(ok.code, 0, ok.stderr);
+    for (const service of ["nixstash", "postgres", "minio", "minio-init"])
+      assert.match(ok.stdout, new RegExp(`^ {2}${service}:$`, "m"));
+    const broken = join(mkdtempSync(join(testTmp(), "compose-")), "docker-compose.yml");
+    writeFileSync(
+      broken,
+      readFileSync(composeFile, "utf8").replace(
+        "condition: service_healthy",
+        "condition: when_it_feels_like_it",
+      ),
+    );
+    const bad = await composeConfig(broken);
+    assert.notEqual(bad.code, 0, "a bad depends_on condition is rejected");
+  });
+
+  it("gives every service a health check or a completion condition, and data a named volume", async () => {
+    const { stdout } = await composeConfig(composeFile);
+    for (const service of ["nixstash", "postgres", "minio"]) {
+      const block = stdout.split(`\n  ${service}:\n`)[1]!.split(/\n {2}\S/)[0]!;
+      assert.match(block, /\n {4}healthcheck:\n/, `${service} has a health check`);
+      assert.match(
+        block,
+        /\n {4}volumes:\n {4}- [a-z-]+-data:/,
+        `${service} keeps its data in a named volume`,
+      );
+    }
+    assert.match(stdout, /minio-init:\n\s+condition: service_completed_successfully/);
+    assert.match(stdout, /mc mb --ignore-existing local\/nixstash/);
+  });
+
+  it("configures the server with documented variables that config.ts accepts", async () => {
+    const { stdout } = await composeConfig(composeFile, { NIXSTASH_SECRET: "x".repeat(48) });
+    const env = serviceEnvironment(stdout, "nixstash");
+    const readme = readFileSync(join(root, "README.md"), "utf8");
+    for (const name of Object.keys(env))
+      assert.ok(readme.includes(`\`${name}\``), `${name} is in the README table`);
+    const config = parseConfig(env);
+    assert.equal(config.storage.kind, "s3");
+    assert.match(config.databaseUrl, /^postgres:\/\/nixstash:[^@]+@postgres:5432\/nixstash$/);
+    assert.equal(config.listen.host, "0.0.0.0");
+    assert.equal(config.storage.kind === "s3" && config.storage.redirect, false);
+    assert.equal(config.secret, "x".repeat(48));
+    // Without NIXSTASH_SECRET the empty value counts as unset (the server generates one in its volume).
+    const unset = serviceEnvironment((await composeConfig(composeFile)).stdout, "nixstash");
+    assert.equal(parseConfig(unset).secret, undefined);
+  });
+
+  it("runs the compose configuration against real PostgreSQL and S3, addresses swapped", async (t) => {
+    const pg = await freshPostgres();
+    const s3 = await freshS3();
+    if (!pg || !s3) return t.skip("backend unavailable");
+    const { stdout } = await composeConfig(composeFile);
+    const env = serviceEnvironment(stdout, "nixstash");
+    const dataDir = mkdtempSync(join(testTmp(), "compose-data-"));
+    const server = await startServerProcess({
+      ...env,
+      // Where the containers would find each other, the test's services are instead:
+      NIXSTASH_LISTEN: "127.0.0.1:0",
+      NIXSTASH_PUBLIC_URL: "",
+      NIXSTASH_DATA_DIR: dataDir,
+      NIXSTASH_DATABASE_URL: pg.url,
+      NIXSTASH_STORAGE: s3.env.NIXSTASH_STORAGE!,
+      NIXSTASH_S3_ENDPOINT: s3.env.NIXSTASH_S3_ENDPOINT!,
+      NIXSTASH_S3_ACCESS_KEY: s3.env.NIXSTASH_S3_ACCESS_KEY!,
+      NIXSTASH_S3_SECRET_KEY: s3.env.NIXSTASH_S3_SECRET_KEY!,
+      NIXSTASH_S3_REGION: s3.env.NIXSTASH_S3_REGION!,
+      NIXSTASH_LOG_LEVEL: "warn",
+    });
+    try {
+      const ready = await fetch(`${server.url}/readyz`);
+      assert.equal(ready.status, 200, await ready.text());
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      assert.match(metrics, /nixstash_build_info\{version="[^"]+",database="postgres",storage="s3"\} 1/);
+
+      const path = fakeStorePath("compose");
+      const nar = narOf({ dir: { hello: "from compose\n" } });
+      const put = await fetch(`${server.url}/api/v1/caches/main/paths/${hashOf(path)}`, {
+        method: "PUT",
+        headers: {
+          authorization: `Bearer ${server.adminToken}`,
+          "x-nixstash-path-info": JSON.stringify(infoFor(path, nar)),
+        },
+        body: nar,
+      });
+      assert.equal(put.status, 201, await put.text());
+      const narinfo = await (await fetch(`${server.url}/main/${hashOf(path)}.narinfo`)).text();
+      const nar2 = await fetch(`${server.url}/main/${/^URL: (.*)$/m.exec(narinfo)![1]}`, {
+        redirect: "manual",
+      });
+      assert.equal(nar2.status, 200, "NIXSTASH_S3_REDIRECT=false: the server streams the NAR itself");
+    } finally {
+      await server.stop();
+      await pg.drop();
+    }
+  });
+
+  it("builds an image that holds every directory the server imports", () => {
+    const dockerfile = readFileSync(join(root, "Dockerfile"), "utf8");
+    const copied = [...dockerfile.matchAll(/^COPY (?!--from)(\S+) /gm)].map((m) => m[1]!);
+    for (const source of copied) assert.ok(existsSync(join(root, source)), `COPY ${source} exists`);
+    const cmd = /^CMD \["node", "--import", "tsx", "([^"]+)"\]$/m.exec(dockerfile);
+    assert.ok(cmd && existsSync(join(root, cmd[1]!)), "CMD runs server/main.ts");
+    const copiedDirs = new Set(copied.filter((c) => statSync(join(root, c)).isDirectory()));
+    const walk = (dir: string): string[] =>
+      readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+        e.isDirectory() ? walk(join(dir, e.name)) : e.name.endsWith(".ts") ? [join(dir, e.name)] : [],
+      );
+    for (const file of walk(join(root, "server")).filter((f) => !f.endsWith(".test.ts"))) {
+      for (const m of readFileSync(file, "utf8").matchAll(/from "(\.{1,2}\/[^"]+)"/g)) {
+        const top = relative(root, resolve(file, "..", m[1]!)).split("/")[0]!;
+        assert.ok(copiedDirs.has(top), `${relative(root, file)} imports ${m[1]}, outside the image`);
+      }
+    }
+    assert.match(dockerfile, /^HEALTHCHECK .*\n.*\/readyz/m);
+    assert.match(dockerfile, /^STOPSIGNAL SIGTERM$/m);
+  });
+});
