@@ -2,6 +2,7 @@
 // SQLite + local directory, and PostgreSQL + Ceph RGW.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { compress as zstdCompress, decompress as zstdDecompress } from "zstd-napi";
@@ -11,7 +12,7 @@ import { removeAbandonedUploads } from "../../server/verbs/cleanup.ts";
 import { type Harness, makeHarness } from "../support/harness.ts";
 import { fakeStorePath, hashOf, infoFor, narOf, type PathInfo } from "../support/nar.ts";
 
-const testdata = "../shared/testdata/cache.nixos.org";
+const testdata = join(import.meta.dirname, "../../nix/testdata/cache.nixos.org");
 
 for (const stack of [
   { db: "sqlite", storage: "local" },
