@@ -21,16 +21,8 @@ import { listGcRuns, runCollection } from "../verbs/gc.ts";
 import { addKey, listKeys, retireKey } from "../verbs/keys.ts";
 import { deletePath, listPaths, setPin, showPath } from "../verbs/paths.ts";
 import { cacheStats } from "../verbs/stats.ts";
-import { type C, caller, type Env } from "./http.ts";
+import { type C, caller, type Env, parse } from "./http.ts";
 import { openApiDocument } from "./openapi.ts";
-
-function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const result = schema.safeParse(value);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const where = issue?.path.length ? ` at ${issue.path.join(".")}` : "";
-  throw badRequest(`invalid ${what}${where}: ${issue?.message ?? "malformed"}`);
-}
 
 const flag = z.enum(["true", "false", "1", "0"]).transform((v) => v === "true" || v === "1");
 

@@ -12,18 +12,10 @@ import { createCache, describeCache, findCache } from "../verbs/caches.ts";
 import { type BodyEncoding, ingestPath, type PathClaim, type UpstreamProof } from "../verbs/ingest.ts";
 import { createToken } from "../verbs/tokens.ts";
 import { findMissing, putLog, putRealisation } from "../verbs/uploads.ts";
-import { type C, caller, type Env, readJson, requestBody } from "./http.ts";
+import { type C, caller, type Env, parse, readJson, requestBody } from "./http.ts";
 
 /** Header carrying the JSON path info of a streaming upload. */
 export const PATH_INFO_HEADER = "x-nixstash-path-info";
-
-function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
-  const result = schema.safeParse(value);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const where = issue?.path.length ? ` at ${issue.path.join(".")}` : "";
-  throw badRequest(`invalid ${what}${where}: ${issue?.message ?? "malformed"}`);
-}
 
 /** Runs a nix/ parser, turning its format errors into 400s that name the field. */
 function nixField<T>(what: string, f: () => T): T {

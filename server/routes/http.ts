@@ -3,6 +3,7 @@ import { PassThrough, Readable } from "node:stream";
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import type { HttpBindings } from "@hono/node-server";
 import type { Context as HonoContext } from "hono";
+import type { z } from "zod";
 import { decompress as zstdDecompress } from "zstd-napi";
 import type { Context } from "../context.ts";
 import { AppError, badRequest } from "../errors.ts";
@@ -110,4 +111,13 @@ export async function readTextBody(c: C, limit: number): Promise<string> {
   }
   if (decoded.length > limit) throw new AppError("payload_too_large", `body larger than ${limit} bytes`);
   return decoded.toString("utf8");
+}
+
+/** Validates a request value with zod; the first problem becomes a 400 naming the field. */
+export function parse<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const where = issue?.path.length ? ` at ${issue.path.join(".")}` : "";
+  throw badRequest(`invalid ${what}${where}: ${issue?.message ?? "malformed"}`);
 }
