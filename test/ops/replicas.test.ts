@@ -83,7 +83,12 @@ describe("two replicas on one PostgreSQL and one bucket", () => {
     return statuses;
   };
   const pushNixCopy = async (server: ServerProcess, top: string) => {
-    const result = await nix(pusher, "nix", ["copy", "--to", `${server.url}/main?compression=zstd`, top]);
+    const copy = () => nix(pusher, "nix", ["copy", "--to", `${server.url}/main?compression=zstd`, top]);
+    let result = await copy();
+    // Nix 2.8's own client aborts with "coroutine has finished" when another writer commits the path it is
+    // copying between its HEAD narinfo probes (it then drains a NAR source that already ended). The server
+    // answered correctly; a user reruns the copy, and so does this test — once, and only for that error.
+    if (result.code !== 0 && result.stderr.includes("coroutine has finished")) result = await copy();
     assert.equal(result.code, 0, result.stderr);
   };
 
