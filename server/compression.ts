@@ -6,6 +6,7 @@ import { createBrotliDecompress, createGunzip } from "node:zlib";
 import lzma from "lzma-native";
 import unbzip2Stream from "unbzip2-stream";
 import { DecompressStream } from "zstd-napi";
+import { decodeNix32 } from "../nix/index.ts";
 
 export const COMPRESSIONS = ["none", "zstd", "xz", "bzip2", "br", "gzip"] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
@@ -29,6 +30,31 @@ export function compressionOfFile(file: string): Compression | undefined {
   if (!match) return undefined;
   const ext = match[1] ?? "";
   return COMPRESSIONS.find((c) => EXTENSION[c] === ext);
+}
+
+/** The file name of a NAR in a narinfo URL: `<nix32 FileHash>.nar<extension>`. */
+export function narFileName(fileHash: string, compression: string): string {
+  const extension = isCompression(compression) ? EXTENSION[compression] : "";
+  return `${fileHash.slice("sha256:".length)}.nar${extension}`;
+}
+
+/** Reads a NAR file name back: its FileHash and compression, or what is wrong with it. */
+export function parseNarFileName(
+  file: string,
+): { fileHash: string; compression: Compression } | { problem: string } {
+  const match = /^([0-9a-df-np-sv-z]{52})\.nar(\.[a-z0-9]+)?$/.exec(file);
+  const compression = compressionOfFile(file);
+  if (!match || !compression) {
+    return {
+      problem: `${file} is not a NAR file name nixstash accepts (<nix32 FileHash>.nar[.zst|.xz|.bz2|.br|.gz])`,
+    };
+  }
+  try {
+    decodeNix32(match[1]!);
+  } catch (error) {
+    return { problem: `${file}: ${(error as Error).message}` };
+  }
+  return { fileHash: `sha256:${match[1]}`, compression };
 }
 
 /** Memory a decoder may use: bounds what a hostile upload (say, a huge xz dictionary) can make us allocate. */

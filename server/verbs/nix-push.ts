@@ -9,7 +9,6 @@
 import { randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
 import {
-  decodeNix32,
   encodeNix32,
   type NarInfo,
   NixFormatError,
@@ -18,7 +17,7 @@ import {
   parseStorePath,
   verifyNarInfo,
 } from "../../nix/index.ts";
-import { compressionOfFile, EXTENSION } from "../compression.ts";
+import { EXTENSION, parseNarFileName } from "../compression.ts";
 import type { Context } from "../context.ts";
 import type { CacheRow, NewNar } from "../db/repo.ts";
 import { AppError, badRequest } from "../errors.ts";
@@ -26,22 +25,10 @@ import { checkReferencesPresent, commitClaim, differentNarHash, discard, type Pa
 import { receiveNar } from "./receive.ts";
 import { upstreamKeys } from "./signing.ts";
 
-const NAR_FILE = /^([0-9a-df-np-sv-z]{52})\.nar(\.[a-z0-9]+)?$/;
-
 function parseNarFile(file: string) {
-  const match = NAR_FILE.exec(file);
-  const compression = compressionOfFile(file);
-  if (!match || !compression) {
-    throw badRequest(
-      `${file} is not a NAR file name nixstash accepts (<nix32 FileHash>.nar[.zst|.xz|.bz2|.br|.gz])`,
-    );
-  }
-  try {
-    decodeNix32(match[1]!);
-  } catch (error) {
-    throw badRequest(`${file}: ${(error as Error).message}`);
-  }
-  return { fileHash: `sha256:${match[1]}`, compression };
+  const named = parseNarFileName(file);
+  if ("problem" in named) throw badRequest(named.problem);
+  return named;
 }
 
 export async function stageNarUpload({
@@ -92,11 +79,11 @@ export async function stageNarUpload({
 
 /** Whether HEAD nar/<file> should say 200: this cache serves it, or has it staged. */
 export async function narKnown({ ctx, input }: { ctx: Context; input: { cache: CacheRow; file: string } }) {
-  const match = NAR_FILE.exec(input.file);
-  if (!match) return undefined;
+  const named = parseNarFileName(input.file);
+  if ("problem" in named) return undefined;
   const staged = await ctx.repo.stagedNar(input.cache.id, input.file);
   if (staged) return { size: staged.receivedFileSize };
-  const nar = await ctx.repo.narByFileHash(input.cache.id, `sha256:${match[1]}`);
+  const nar = await ctx.repo.narByFileHash(input.cache.id, named.fileHash);
   return nar ? { size: nar.fileSize } : undefined;
 }
 

@@ -1,22 +1,14 @@
 // What substituters read. Every answer comes from rows written at ingest: nothing is signed, hashed or
 // compressed on the way out. NARs stream from storage as stored, or redirect to a presigned URL.
 import type { Readable } from "node:stream";
-import { decodeNix32, formatNarInfo, type NarInfo } from "../../nix/index.ts";
+import { formatNarInfo, type NarInfo } from "../../nix/index.ts";
+import { narFileName, parseNarFileName } from "../compression.ts";
 import type { Context } from "../context.ts";
 import type { CacheRow, NarRow, PathRecord } from "../db/repo.ts";
 import type { ByteRange } from "../storage/storage.ts";
 
-const extensionOf: Record<string, string> = {
-  zstd: ".zst",
-  xz: ".xz",
-  bzip2: ".bz2",
-  br: ".br",
-  gzip: ".gz",
-  none: "",
-};
-
 export function narUrl(fileHash: string, compression: string): string {
-  return `nar/${fileHash.slice("sha256:".length)}.nar${extensionOf[compression] ?? ""}`;
+  return `nar/${narFileName(fileHash, compression)}`;
 }
 
 export function narInfoOf(record: PathRecord): NarInfo {
@@ -54,16 +46,10 @@ export async function narInfoText({
 
 /** The NAR behind a narinfo URL file name such as `<nix32 FileHash>.nar.zst`, if this cache serves it. */
 export async function findNar({ ctx, input }: { ctx: Context; input: { cache: CacheRow; file: string } }) {
-  const match = /^([0-9a-df-np-sv-z]{52})\.nar(\.[a-z0-9]+)?$/.exec(input.file);
-  if (!match) return undefined;
-  try {
-    decodeNix32(match[1]!);
-  } catch {
-    return undefined;
-  }
-  const nar = await ctx.repo.narByFileHash(input.cache.id, `sha256:${match[1]}`);
-  if (!nar || (match[2] ?? "") !== (extensionOf[nar.compression] ?? "")) return undefined;
-  return nar;
+  const named = parseNarFileName(input.file);
+  if ("problem" in named) return undefined;
+  const nar = await ctx.repo.narByFileHash(input.cache.id, named.fileHash);
+  return nar && nar.compression === named.compression ? nar : undefined;
 }
 
 export type NarBody =

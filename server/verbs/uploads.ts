@@ -6,6 +6,7 @@ import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
 import { AppError, badRequest } from "../errors.ts";
 import { HashTap, pipeInto } from "../streams.ts";
+import { discard } from "./ingest.ts";
 
 const MAX_LOG_BYTES = 256 * 1024 * 1024;
 const MAX_REALISATION_BYTES = 1024 * 1024;
@@ -54,10 +55,7 @@ export async function putLog({
     committed = true;
     if (previous) await ctx.storage.delete(previous).catch(() => {});
   } finally {
-    if (!committed) {
-      await ctx.storage.delete(storageKey).catch(() => {});
-      await ctx.repo.removePendingUpload(storageKey).catch(() => {});
-    }
+    if (!committed) await discard(ctx, storageKey);
   }
 }
 
