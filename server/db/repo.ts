@@ -135,6 +135,21 @@ function chunks<T>(items: readonly T[]): T[][] {
   return out;
 }
 
+/** A query built and prepared once, run with named placeholder values. */
+interface Prepared<Row> {
+  execute(values: Record<string, unknown>): PromiseLike<Row[]>;
+}
+
+/**
+ * The reads every substituter request makes are built and prepared once. Otherwise drizzle rebuilds the SQL
+ * text and better-sqlite3 re-prepares it on every call, which was most of a narinfo's CPU time (issue 7's
+ * profile). On PostgreSQL the name makes it a server-side prepared statement on each pooled connection;
+ * SQLite ignores it. Both dialects' select builders have `prepare(name?)` and `execute(values)`.
+ */
+function prepare<Row>(query: PromiseLike<Row[]>, name: string): Prepared<Row> {
+  return (query as unknown as { prepare(name: string): Prepared<Row> }).prepare(name);
+}
+
 export function createRepo(database: Database) {
   const { db, t } = database;
 
@@ -270,16 +285,66 @@ export function createRepo(database: Database) {
     storageKey: t.nars.storageKey,
   };
 
+  const hot = {
+    cacheByName: prepare(
+      db
+        .select()
+        .from(t.caches)
+        .where(and(eq(t.caches.name, sql.placeholder("name")), isNull(t.caches.deletedAt)))
+        .limit(1),
+      "cache_by_name",
+    ),
+    tokenBySecretHash: prepare(
+      db
+        .select()
+        .from(t.tokens)
+        .where(eq(t.tokens.secretHash, sql.placeholder("secretHash")))
+        .limit(1),
+      "token_by_secret_hash",
+    ),
+    path: prepare(
+      db
+        .select(pathColumns)
+        .from(t.paths)
+        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+        .where(
+          and(eq(t.paths.cacheId, sql.placeholder("cacheId")), eq(t.paths.hash, sql.placeholder("hash"))),
+        )
+        .limit(1),
+      "path_by_hash",
+    ),
+    narByFileHash: prepare(
+      db
+        .select({ nar: t.nars })
+        .from(t.nars)
+        .innerJoin(t.paths, eq(t.paths.narId, t.nars.id))
+        .where(
+          and(
+            eq(t.nars.fileHash, sql.placeholder("fileHash")),
+            eq(t.paths.cacheId, sql.placeholder("cacheId")),
+          ),
+        )
+        .limit(1),
+      "nar_by_file_hash",
+    ),
+    listing: prepare(
+      db
+        .select({ listing: t.narListings.listing })
+        .from(t.paths)
+        .innerJoin(t.narListings, eq(t.narListings.narId, t.paths.narId))
+        .where(
+          and(eq(t.paths.cacheId, sql.placeholder("cacheId")), eq(t.paths.hash, sql.placeholder("hash"))),
+        )
+        .limit(1),
+      "listing_by_hash",
+    ),
+  };
+
   return {
     // ---- caches
     /** A live cache (soft-deleted ones are not found). */
     async cacheByName(name: string): Promise<CacheRow | undefined> {
-      const rows = await db
-        .select()
-        .from(t.caches)
-        .where(and(eq(t.caches.name, name), isNull(t.caches.deletedAt)))
-        .limit(1);
-      return rows[0];
+      return (await hot.cacheByName.execute({ name }))[0];
     },
     /** A cache, live or soft-deleted. */
     async anyCacheByName(name: string): Promise<CacheRow | undefined> {
@@ -482,8 +547,7 @@ export function createRepo(database: Database) {
       });
     },
     async tokenBySecretHash(secretHash: string): Promise<TokenRow | undefined> {
-      const rows = await db.select().from(t.tokens).where(eq(t.tokens.secretHash, secretHash)).limit(1);
-      return rows[0];
+      return (await hot.tokenBySecretHash.execute({ secretHash }))[0];
     },
     async countTokens(): Promise<number> {
       const rows = await db.select({ n: sql<number>`count(*)` }).from(t.tokens);
@@ -497,13 +561,7 @@ export function createRepo(database: Database) {
 
     // ---- paths
     async path(cacheId: number, hash: string): Promise<PathRecord | undefined> {
-      const rows = await db
-        .select(pathColumns)
-        .from(t.paths)
-        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
-        .where(and(eq(t.paths.cacheId, cacheId), eq(t.paths.hash, hash)))
-        .limit(1);
-      return rows[0];
+      return (await hot.path.execute({ cacheId, hash }))[0];
     },
     /** The subset of hashes this cache has. */
     async presentHashes(cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
@@ -511,26 +569,14 @@ export function createRepo(database: Database) {
     },
     /** A NAR this cache serves, by the FileHash in its narinfo URL. */
     async narByFileHash(cacheId: number, fileHash: string): Promise<NarRow | undefined> {
-      const rows = await db
-        .select({ nar: t.nars })
-        .from(t.nars)
-        .innerJoin(t.paths, eq(t.paths.narId, t.nars.id))
-        .where(and(eq(t.nars.fileHash, fileHash), eq(t.paths.cacheId, cacheId)))
-        .limit(1);
-      return rows[0]?.nar;
+      return (await hot.narByFileHash.execute({ cacheId, fileHash }))[0]?.nar;
     },
     async narByNarHash(narHash: string): Promise<NarRow | undefined> {
       const rows = await db.select().from(t.nars).where(eq(t.nars.narHash, narHash)).limit(1);
       return rows[0];
     },
     async listing(cacheId: number, hash: string): Promise<string | undefined> {
-      const rows = await db
-        .select({ listing: t.narListings.listing })
-        .from(t.paths)
-        .innerJoin(t.narListings, eq(t.narListings.narId, t.paths.narId))
-        .where(and(eq(t.paths.cacheId, cacheId), eq(t.paths.hash, hash)))
-        .limit(1);
-      return rows[0]?.listing;
+      return (await hot.listing.execute({ cacheId, hash }))[0]?.listing;
     },
 
     /**

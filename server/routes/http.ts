@@ -1,5 +1,6 @@
 // HTTP plumbing shared by the route files: request bodies as Node streams, byte ranges, the caller.
 import { PassThrough, Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import type { HttpBindings } from "@hono/node-server";
 import type { Context as HonoContext } from "hono";
@@ -34,6 +35,32 @@ export function requestBody(c: C): Readable {
   }
   const body = c.req.raw.body;
   return body ? Readable.fromWeb(body as import("node:stream/web").ReadableStream) : Readable.from([]);
+}
+
+/** The header @hono/node-server reads as "the handler already wrote the response itself". */
+const ALREADY_SENT = "x-hono-already-sent";
+/**
+ * The platform Response, taken when this module loads, before @hono/node-server's serve() swaps in its own
+ * lightweight class. The adapter writes a bodiless response of its class straight out (head and end) and
+ * honours ALREADY_SENT only on platform Responses, as its own RESPONSE_ALREADY_SENT is.
+ */
+const PlatformResponse = globalThis.Response;
+
+/**
+ * Answers with a Node stream as the body. Under @hono/node-server the stream is piped straight into the
+ * socket response: converting it to a web stream and back cost NAR downloads more than half their speed
+ * (issue 7). Headers set earlier by middleware (x-request-id, connection) are kept; the Response returned
+ * carries the status for the request log and metrics. A failure mid-body or a client hanging up ends both.
+ */
+export function sendStream(c: C, status: number, headers: Record<string, string>, body: Readable): Response {
+  const outgoing = c.env?.outgoing;
+  if (!outgoing) return c.body(Readable.toWeb(body) as ReadableStream, status as 200, headers);
+  const merged = Object.fromEntries(c.body(null, status as 200, headers).headers);
+  outgoing.writeHead(status, merged);
+  pipeline(body, outgoing).catch(() => {
+    // Already reported where it matters: the client sees a short body, the request log an aborted request.
+  });
+  return new PlatformResponse(null, { status, headers: { ...merged, [ALREADY_SENT]: "true" } });
 }
 
 export async function caller(ctx: Context, c: C): Promise<Caller> {

@@ -17,7 +17,7 @@ import {
   realisationText,
 } from "../verbs/serve.ts";
 import { putLog, putRealisation } from "../verbs/uploads.ts";
-import { type C, caller, type Env, parseRange, readTextBody, requestBody } from "./http.ts";
+import { type C, caller, type Env, parseRange, readTextBody, requestBody, sendStream } from "./http.ts";
 
 const HASH_FILE = /^([0-9a-df-np-sv-z]{32})\.(narinfo|ls)$/;
 
@@ -86,7 +86,7 @@ export function nixRoutes(ctx: Context) {
     headers["content-length"] = String(opened.size);
     if (opened.range)
       headers["content-range"] = `bytes ${opened.range.start}-${opened.range.end}/${nar.fileSize}`;
-    return c.body(Readable.toWeb(opened.body) as ReadableStream, opened.range ? 206 : 200, headers);
+    return sendStream(c, opened.range ? 206 : 200, headers, opened.body);
   });
 
   app.get("/:cache/log/:drv", async (c) => {
@@ -98,7 +98,7 @@ export function nixRoutes(ctx: Context) {
       log.body.destroy();
       return c.body(null, 200, headers);
     }
-    return c.body(Readable.toWeb(log.body) as ReadableStream, 200, headers);
+    return sendStream(c, 200, headers, log.body);
   });
 
   // Realisations: `realisations/<drvHash>!<out>.doi` (clients up to 2.34), `build-trace-v2/<drv>/<out>.doi`.
