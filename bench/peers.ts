@@ -71,7 +71,7 @@ export async function startNginx(root: string, dir: string): Promise<Peer> {
   writeFileSync(
     conf,
     `daemon off;
-worker_processes ${NGINX_WORKERS};
+${process.getuid?.() === 0 ? "user root root; # workers must read the private (0700) scratch dir\n" : ""}worker_processes ${NGINX_WORKERS};
 pid ${dir}/nginx.pid;
 error_log ${dir}/logs/error.log warn;
 events { worker_connections 1024; }
