@@ -4,9 +4,8 @@ import { createHash, type Hash } from "node:crypto";
 import { PassThrough, Transform, type TransformCallback, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
-/** Passes bytes through while hashing (sha256) and counting them; fails past `limit` bytes. */
-export class HashTap extends Transform {
-  readonly #hash: Hash = createHash("sha256");
+/** Passes bytes through while counting them; fails past `limit` bytes. */
+export class CountTap extends Transform {
   #size = 0;
   readonly #limit: number;
   readonly #onLimit: () => Error;
@@ -21,11 +20,21 @@ export class HashTap extends Transform {
       done(this.#onLimit());
       return;
     }
-    this.#hash.update(chunk);
+    this.see(chunk);
     done(null, chunk);
   }
+  /** Called with each chunk within the limit, before it is passed on. */
+  protected see(_chunk: Buffer): void {}
   get size(): number {
     return this.#size;
+  }
+}
+
+/** A CountTap that also hashes (sha256) what passes. */
+export class HashTap extends CountTap {
+  readonly #hash: Hash = createHash("sha256");
+  protected override see(chunk: Buffer): void {
+    this.#hash.update(chunk);
   }
   /** The sha256 digest; call once, after the stream finished. */
   digest(): Buffer {

@@ -5,7 +5,7 @@ import { encodeNix32, isStorePathHash } from "../../nix/index.ts";
 import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
 import { AppError, badRequest } from "../errors.ts";
-import { HashTap, pipeInto } from "../streams.ts";
+import { CountTap, pipeInto } from "../streams.ts";
 import { discard } from "./ingest.ts";
 
 const MAX_LOG_BYTES = 256 * 1024 * 1024;
@@ -40,7 +40,7 @@ export async function putLog({
 }) {
   const storageKey = `log/${encodeNix32(randomBytes(20))}`;
   await ctx.repo.addPendingUpload(storageKey);
-  const tap = new HashTap(
+  const tap = new CountTap(
     MAX_LOG_BYTES,
     () => new AppError("payload_too_large", `build log larger than ${MAX_LOG_BYTES} bytes`),
   );
