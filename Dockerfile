@@ -1,4 +1,4 @@
-# nixstash server image. Node 20 runs the TypeScript sources through tsx (no build step, as `npm start`).
+# nixstash server image. Node 20 runs the esbuild bundle of server/main.ts, as `npm start` does.
 # Native modules (better-sqlite3, lzma-native, zstd-napi) are compiled in the first stage when no prebuilt
 # binary fits, so the runtime stage needs no compiler.
 #   docker build -t nixstash .
@@ -11,6 +11,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund
+COPY nix ./nix
+COPY schema ./schema
+COPY server ./server
+RUN npm run build --silent
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production \
@@ -22,6 +26,7 @@ COPY package.json ./
 COPY nix ./nix
 COPY schema ./schema
 COPY server ./server
+COPY --from=deps /opt/nixstash/server/dist ./server/dist
 RUN mkdir -p /var/lib/nixstash && chown node:node /var/lib/nixstash
 USER node
 VOLUME /var/lib/nixstash
@@ -31,4 +36,4 @@ HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:8080/readyz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # SIGTERM drains: in-flight uploads and downloads get NIXSTASH_SHUTDOWN_TIMEOUT (default 30 s) to finish.
 STOPSIGNAL SIGTERM
-CMD ["node", "--import", "tsx", "server/main.ts"]
+CMD ["node", "--enable-source-maps", "server/dist/main.mjs"]

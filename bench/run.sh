@@ -27,4 +27,6 @@ if [ "$with_services" = 1 ]; then
   # shellcheck disable=SC1091
   source test/services/up.sh
 fi
+# nixstash runs as `npm start` runs it: the esbuild bundle of server/main.ts.
+npm run build --silent
 node --import tsx bench/main.ts "$@"

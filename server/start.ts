@@ -141,11 +141,16 @@ export async function startServer(config: Config): Promise<RunningServer> {
   };
 }
 
+/** The version in nixstash's package.json, found from the sources (server/) or the bundle (server/dist/). */
 function packageVersion(): string {
-  try {
-    const file = join(import.meta.dirname, "../package.json");
-    return String((JSON.parse(readFileSync(file, "utf8")) as { version?: unknown }).version ?? "unknown");
-  } catch {
-    return "unknown";
+  for (const up of ["..", "../.."]) {
+    try {
+      const manifest = JSON.parse(readFileSync(join(import.meta.dirname, up, "package.json"), "utf8")) as {
+        name?: unknown;
+        version?: unknown;
+      };
+      if (manifest.name === "nixstash") return String(manifest.version ?? "unknown");
+    } catch {}
   }
+  return "unknown";
 }

@@ -23,6 +23,9 @@ if [ ${#files[@]} -eq 0 ]; then
   mapfile -t files < <(find nix schema server hook test -name '*.test.ts' -not -path '*/node_modules/*' | sort)
 fi
 
+# Server processes in the suites run the bundle `npm start` runs.
+echo "== build"; npm run build --silent
+
 cleanup() { [ "$with_services" = 1 ] && bash test/services/down.sh || true; }
 trap cleanup EXIT
 if [ "$with_services" = 1 ]; then

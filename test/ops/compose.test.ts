@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { promisify } from "node:util";
 import { parseConfig } from "../../server/config.ts";
@@ -165,8 +165,19 @@ describe("docker-compose.yml and Dockerfile", () => {
     const dockerfile = readFileSync(join(root, "Dockerfile"), "utf8");
     const copied = [...dockerfile.matchAll(/^COPY (?!--from)(\S+) /gm)].map((m) => m[1]!);
     for (const source of copied) assert.ok(existsSync(join(root, source)), `COPY ${source} exists`);
-    const cmd = /^CMD \["node", "--import", "tsx", "([^"]+)"\]$/m.exec(dockerfile);
-    assert.ok(cmd && existsSync(join(root, cmd[1]!)), "CMD runs server/main.ts");
+    // The image runs what `npm start` runs: the bundle `npm run build` writes, built in the first stage.
+    const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
+      scripts: Record<string, string>;
+    };
+    const outfile = /--outfile=(\S+)/.exec(pkg.scripts.build ?? "")?.[1];
+    assert.ok(outfile, "package.json has a build script with an --outfile");
+    assert.match(dockerfile, /^RUN npm run build/m);
+    assert.ok(
+      dockerfile.includes(`COPY --from=deps /opt/nixstash/${dirname(outfile)} ./${dirname(outfile)}`),
+    );
+    const cmd = /^CMD \["node", "--enable-source-maps", "([^"]+)"\]$/m.exec(dockerfile);
+    assert.equal(cmd?.[1], outfile, "CMD runs the bundle");
+    assert.ok(pkg.scripts.start?.includes(outfile), "npm start runs the same bundle");
     const copiedDirs = new Set(copied.filter((c) => statSync(join(root, c)).isDirectory()));
     const walk = (dir: string): string[] =>
       readdirSync(dir, { withFileTypes: true }).flatMap((e) =>

@@ -1,6 +1,7 @@
-// Runs the real server as a separate process, exactly as `npm start` does, with the given environment.
-import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+// Runs the real server as a separate process, exactly as `npm start` does (the esbuild bundle of
+// server/main.ts), with the given environment.
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 
 export interface ServerProcess {
@@ -15,9 +16,31 @@ export interface ServerProcess {
 }
 
 const root = join(import.meta.dirname, "../..");
+const bundle = join(root, "server/dist/main.mjs");
+
+function newestSource(dir: string): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (!entry.isFile() || !entry.name.endsWith(".ts")) continue;
+    newest = Math.max(newest, statSync(join(entry.parentPath, entry.name)).mtimeMs);
+  }
+  return newest;
+}
+
+/** Builds the bundle when it is missing or older than a source (test/run.sh builds it first anyway). */
+function ensureBundle(): void {
+  let built = 0;
+  try {
+    built = statSync(bundle).mtimeMs;
+  } catch {}
+  const sources = Math.max(...["server", "nix", "schema"].map((d) => newestSource(join(root, d))));
+  if (built >= sources) return;
+  execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
+}
 
 export async function startServerProcess(env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts"], {
+  ensureBundle();
+  const child = spawn(process.execPath, ["--enable-source-maps", bundle], {
     cwd: root,
     env: { PATH: process.env.PATH ?? "", NIXSTASH_LISTEN: "127.0.0.1:0", NIXSTASH_LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
