@@ -33,12 +33,14 @@ import {
   NGINX_WORKERS,
   NIXSTASH_CLI,
   type NixstashPeer,
+  NODE_FLOOR,
   nixstashPush,
   type Peer,
   ROOT,
   type Stack,
   startNginx,
   startNixstash,
+  startNodeStatic,
   startRgwStatic,
 } from "./peers.ts";
 import { median, percentile, type Row, renderTable, writeGeneratedSection } from "./report.ts";
@@ -182,6 +184,20 @@ async function narFilesOf(peer: Peer, workload: Workload): Promise<string[]> {
 }
 
 // ---- measures 1-4: serving
+/**
+ * How a serving row compares: nginx is the baseline; nixstash on SQLite is also set against the bare Node
+ * floor (what one Node process costs before doing any work); the floor itself carries no target.
+ */
+function versus(peer: Peer, baseline: string, target?: Row["target"]): Partial<Row> {
+  if (peer.name === baseline) return { isBaseline: true };
+  if (peer.name === NODE_FLOOR) return { baseline };
+  return {
+    baseline,
+    ...(peer.name.includes("sqlite") ? { baseline2: NODE_FLOOR } : {}),
+    ...(target ? { target } : {}),
+  };
+}
+
 async function measure1(peer: Peer, workload: Workload, baseline: string) {
   const base = new URL(peer.base);
   const paths = workload.paths.map((p) => `${base.pathname.replace(/\/$/, "")}/${hashOf(p.path)}.narinfo`);
@@ -197,9 +213,7 @@ async function measure1(peer: Peer, workload: Workload, baseline: string) {
     unit: "ms",
     values: [],
     lowerIsBetter: true,
-    ...(peer.name === baseline
-      ? { isBaseline: true }
-      : { baseline, target: { text: "≤ 1.2× nginx", ok: (_r, x) => (x ?? 99) <= 1.2 } }),
+    ...versus(peer, baseline, { text: "≤ 1.2× nginx", ok: (_r, x) => (x ?? 99) <= 1.2 }),
   }).values.push(ms);
 }
 
@@ -255,9 +269,7 @@ async function measure2(peer: Peer, workload: Workload, baseline: string, warm: 
     unit: "req/s",
     values: [],
     lowerIsBetter: false,
-    ...(peer.name === baseline
-      ? { isBaseline: true }
-      : { baseline, target: { text: "≥ 60% of nginx", ok: (_r, x) => (x ?? 99) <= 1 / 0.6 } }),
+    ...versus(peer, baseline, { text: "≥ 60% of nginx", ok: (_r, x) => (x ?? 99) <= 1 / 0.6 }),
   }).values.push(rps);
   row({
     measure,
@@ -265,7 +277,7 @@ async function measure2(peer: Peer, workload: Workload, baseline: string, warm: 
     unit: "ms p99",
     values: [],
     lowerIsBetter: true,
-    ...(peer.name === baseline ? { isBaseline: true } : { baseline }),
+    ...versus(peer, baseline),
   }).values.push(r.p99_us / 1000);
 }
 
@@ -281,6 +293,7 @@ async function measure3(
   const seconds = (now() - t0) / 1000;
   const measure = `3 all NARs, ${connections} conn${connections > 1 ? "s" : ""}`;
   const isBase = peer.name === baseline || peer.name === s3Baseline;
+  const floor = peer.name === NODE_FLOOR;
   row({
     measure,
     peer: peer.name,
@@ -290,7 +303,8 @@ async function measure3(
     ...(isBase ? { isBaseline: true } : {}),
     ...(peer.name === baseline ? {} : { baseline }),
     ...(s3Baseline && !isBase && peer.name.includes("postgres") ? { baseline2: s3Baseline } : {}),
-    ...(isBase
+    ...(peer.name.includes("sqlite") ? { baseline2: NODE_FLOOR } : {}),
+    ...(isBase || floor
       ? {}
       : {
           target: {
@@ -308,6 +322,7 @@ async function measure3(
     ...(isBase ? { isBaseline: true } : {}),
     ...(peer.name === baseline ? {} : { baseline }),
     ...(s3Baseline && !isBase && peer.name.includes("postgres") ? { baseline2: s3Baseline } : {}),
+    ...(peer.name.includes("sqlite") ? { baseline2: NODE_FLOOR } : {}),
   }).values.push(bytes / MB / seconds);
 }
 
@@ -612,6 +627,7 @@ async function main() {
   try {
     if (needServing) {
       peers.push(await startNginx(fileCache, join(TMP, "nginx")));
+      if ([1, 2, 3].some((m) => opts.only.has(m))) peers.push(await startNodeStatic(fileCache));
       if (opts.s3) {
         log("uploading the static cache to a public-read RGW bucket");
         peers.push(await startRgwStatic(fileCache));
@@ -641,7 +657,8 @@ async function main() {
           await measure3(peer, narFiles.get(peer)!, 1, baseline, s3Base);
           await measure3(peer, narFiles.get(peer)!, 16, baseline, s3Base);
         }
-        if (opts.only.has(4)) await measure4(peer, workload, keyOf(peer), baseline);
+        if (opts.only.has(4) && peer.name !== NODE_FLOOR)
+          await measure4(peer, workload, keyOf(peer), baseline);
       }
     }
     if (opts.only.has(5)) {

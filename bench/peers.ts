@@ -2,7 +2,8 @@
 // - nginx serving the directory `nix copy --to file://…?compression=zstd` wrote (the yardstick);
 // - nixstash on SQLite + a local directory;
 // - nixstash on PostgreSQL + Ceph RGW (NAR downloads answered with a 302 to a presigned URL, the default);
-// - Ceph RGW serving the same static cache directly from a public-read bucket (the S3 row).
+// - Ceph RGW serving the same static cache directly from a public-read bucket (the S3 row);
+// - a bare node:http server serving the same files (bench/node-static.ts): the floor for one Node process.
 // Each is a real separate process (nixstash exactly as `npm start` runs it), started and stopped here.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -110,6 +111,27 @@ http {
   }
   return { name: "nginx (static files)", base, publicKey: "", stop: () => stopChild(child, "SIGQUIT") };
 }
+
+/** bench/node-static.ts: a bare node:http static file server, the floor for any one Node process. */
+export async function startNodeStatic(root: string): Promise<Peer> {
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", join(ROOT, "bench/node-static.ts"), root, String(port)],
+    {
+      stdio: ["ignore", "ignore", "inherit"],
+    },
+  );
+  const base = `http://127.0.0.1:${port}`;
+  try {
+    await waitForHttp(`${base}/nix-cache-info`);
+  } catch (error) {
+    await stopChild(child);
+    throw new Error(`node-static did not start: ${(error as Error).message}`);
+  }
+  return { name: NODE_FLOOR, base, publicKey: "", stop: () => stopChild(child) };
+}
+export const NODE_FLOOR = "node:http (static files, floor)";
 
 export interface NixstashPeer extends Peer {
   server: ServerProcess;

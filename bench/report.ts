@@ -84,6 +84,7 @@ export function renderTable(unsorted: Row[]): string {
 function shortName(peer: string): string {
   if (peer.startsWith("nginx")) return "nginx";
   if (peer.startsWith("Ceph RGW")) return "RGW";
+  if (peer.startsWith("node:http")) return "node floor";
   if (peer.startsWith("nix copy --to file://")) return "file://";
   return peer;
 }
