@@ -5,6 +5,7 @@ import {
   asc,
   desc,
   eq,
+  exists,
   gt,
   gte,
   inArray,
@@ -285,21 +286,21 @@ export function createRepo(database: Database) {
     storageKey: t.nars.storageKey,
   };
 
+  // Every key here is unique, so none of these reads has a LIMIT: drizzle binds LIMIT as a parameter, and
+  // SQLite then ran each point lookup 4x slower (33 µs against 8 µs for the same row).
   const hot = {
     cacheByName: prepare(
       db
         .select()
         .from(t.caches)
-        .where(and(eq(t.caches.name, sql.placeholder("name")), isNull(t.caches.deletedAt)))
-        .limit(1),
+        .where(and(eq(t.caches.name, sql.placeholder("name")), isNull(t.caches.deletedAt))),
       "cache_by_name",
     ),
     tokenBySecretHash: prepare(
       db
         .select()
         .from(t.tokens)
-        .where(eq(t.tokens.secretHash, sql.placeholder("secretHash")))
-        .limit(1),
+        .where(eq(t.tokens.secretHash, sql.placeholder("secretHash"))),
       "token_by_secret_hash",
     ),
     path: prepare(
@@ -309,22 +310,24 @@ export function createRepo(database: Database) {
         .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
         .where(
           and(eq(t.paths.cacheId, sql.placeholder("cacheId")), eq(t.paths.hash, sql.placeholder("hash"))),
-        )
-        .limit(1),
+        ),
       "path_by_hash",
     ),
     narByFileHash: prepare(
       db
-        .select({ nar: t.nars })
+        .select()
         .from(t.nars)
-        .innerJoin(t.paths, eq(t.paths.narId, t.nars.id))
         .where(
           and(
             eq(t.nars.fileHash, sql.placeholder("fileHash")),
-            eq(t.paths.cacheId, sql.placeholder("cacheId")),
+            exists(
+              db
+                .select({ one: sql`1` })
+                .from(t.paths)
+                .where(and(eq(t.paths.narId, t.nars.id), eq(t.paths.cacheId, sql.placeholder("cacheId")))),
+            ),
           ),
-        )
-        .limit(1),
+        ),
       "nar_by_file_hash",
     ),
     listing: prepare(
@@ -334,8 +337,7 @@ export function createRepo(database: Database) {
         .innerJoin(t.narListings, eq(t.narListings.narId, t.paths.narId))
         .where(
           and(eq(t.paths.cacheId, sql.placeholder("cacheId")), eq(t.paths.hash, sql.placeholder("hash"))),
-        )
-        .limit(1),
+        ),
       "listing_by_hash",
     ),
   };
@@ -569,7 +571,7 @@ export function createRepo(database: Database) {
     },
     /** A NAR this cache serves, by the FileHash in its narinfo URL. */
     async narByFileHash(cacheId: number, fileHash: string): Promise<NarRow | undefined> {
-      return (await hot.narByFileHash.execute({ cacheId, fileHash }))[0]?.nar;
+      return (await hot.narByFileHash.execute({ cacheId, fileHash }))[0];
     },
     async narByNarHash(narHash: string): Promise<NarRow | undefined> {
       const rows = await db.select().from(t.nars).where(eq(t.nars.narHash, narHash)).limit(1);
