@@ -126,6 +126,10 @@ export type CommitOutcome =
   | { kind: "missing-references"; missing: string[] };
 
 const CHUNK = 500;
+/** How long a cache row read by name is reused (see cacheByName). */
+const CACHE_ROW_TTL_MS = 1000;
+/** Names remembered at most (misses included), so random names cannot grow the memo without bound. */
+const CACHE_ROWS_MAX = 1000;
 
 /** Thrown inside commitPath's transaction to roll it back when the path was committed concurrently. */
 class PathRaced extends Error {}
@@ -286,6 +290,13 @@ export function createRepo(database: Database) {
     storageKey: t.nars.storageKey,
   };
 
+  // Every substituter request looks its cache up by name; caches change rarely. Rows (and misses) are kept
+  // for CACHE_ROW_TTL_MS: a change made through this process is seen at once (its cache writes clear the
+  // memo), one made through another replica within that time. On PostgreSQL this saves a round trip per
+  // narinfo and NAR request.
+  const cacheRows = new Map<string, { row: CacheRow | undefined; until: number }>();
+  const forgetCacheRows = () => cacheRows.clear();
+
   // Every key here is unique, so none of these reads has a LIMIT: drizzle binds LIMIT as a parameter, and
   // SQLite then ran each point lookup 4x slower (33 µs against 8 µs for the same row).
   const hot = {
@@ -346,7 +357,13 @@ export function createRepo(database: Database) {
     // ---- caches
     /** A live cache (soft-deleted ones are not found). */
     async cacheByName(name: string): Promise<CacheRow | undefined> {
-      return (await hot.cacheByName.execute({ name }))[0];
+      const now = performance.now();
+      const known = cacheRows.get(name);
+      if (known && known.until > now) return known.row;
+      const row = (await hot.cacheByName.execute({ name }))[0];
+      if (cacheRows.size >= CACHE_ROWS_MAX) cacheRows.clear();
+      cacheRows.set(name, { row, until: now + CACHE_ROW_TTL_MS });
+      return row;
     },
     /** A cache, live or soft-deleted. */
     async anyCacheByName(name: string): Promise<CacheRow | undefined> {
@@ -375,10 +392,12 @@ export function createRepo(database: Database) {
         >
       >,
     ): Promise<CacheRow | undefined> {
-      return database.transaction(async (tx) => {
+      const row = await database.transaction(async (tx) => {
         const rows = await tx.update(t.caches).set(patch).where(eq(t.caches.id, id)).returning();
         return rows[0];
       });
+      forgetCacheRows();
+      return row;
     },
     /**
      * Removes a cache and everything that is its own (paths, keys, logs, realisations, staged NARs) in one
@@ -386,7 +405,7 @@ export function createRepo(database: Database) {
      * NARs other caches do not use are marked unreferenced, for the collector to remove after its grace period.
      */
     async purgeCache(cacheId: number, now: number): Promise<{ paths: number; objects: string[] }> {
-      return database.transaction(async (tx) => {
+      const purged = await database.transaction(async (tx) => {
         const narIds = (
           await tx.selectDistinct({ narId: t.paths.narId }).from(t.paths).where(eq(t.paths.cacheId, cacheId))
         ).map((r) => r.narId);
@@ -419,19 +438,23 @@ export function createRepo(database: Database) {
         await markUnreferenced(tx, narIds, now);
         return { paths: Number(count[0]?.n ?? 0), objects };
       });
+      forgetCacheRows();
+      return purged;
     },
     async createCache(
       cache: Pick<CacheRow, "name" | "public" | "priority" | "storeDir" | "description" | "upstreamKeys"> &
         Partial<Pick<CacheRow, "retentionSeconds" | "quotaBytes">>,
       key: { name: string; publicKey: string; secretEncrypted: string },
     ): Promise<CacheRow | undefined> {
-      return database.transaction(async (tx) => {
+      const created = await database.transaction(async (tx) => {
         const rows = await tx.insert(t.caches).values(cache).onConflictDoNothing().returning();
         const row = rows[0];
         if (!row) return undefined;
         await tx.insert(t.signingKeys).values({ cacheId: row.id, ...key, active: true });
         return row;
       });
+      forgetCacheRows();
+      return created;
     },
     async countCaches(): Promise<number> {
       const rows = await db.select({ n: sql<number>`count(*)` }).from(t.caches);

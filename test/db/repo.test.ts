@@ -97,6 +97,29 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       assert.equal(await repo.countCaches(), 2);
     });
 
+    it("reuses a cache row by name for a second; its own writes are seen at once, a replica's within it", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const key = { name: "memo-1", publicKey: "memo-1:pub", secretEncrypted: "v1:x" };
+      const base = { public: true, priority: 40, storeDir: "/nix/store", description: "", upstreamKeys: "" };
+      assert.equal(await repo.cacheByName("memo"), undefined, "a miss is remembered too");
+      const replica = createRepo(database);
+      const created = (await replica.createCache({ name: "memo", ...base }, key))!;
+      assert.equal(
+        await replica.cacheByName("memo").then((c) => c?.id),
+        created.id,
+        "the writer sees it at once",
+      );
+      assert.equal(await repo.cacheByName("memo"), undefined, "the other replica within its second");
+      await new Promise((r) => setTimeout(r, 1100));
+      assert.equal((await repo.cacheByName("memo"))?.public, true, "and after it");
+      await replica.updateCache(created.id, { public: false });
+      assert.equal((await replica.cacheByName("memo"))?.public, false);
+      assert.equal((await repo.cacheByName("memo"))?.public, true);
+      await repo.updateCache(created.id, { deletedAt: Date.now() });
+      assert.equal(await repo.cacheByName("memo"), undefined, "a soft delete through this replica: at once");
+      await repo.purgeCache(created.id, Date.now());
+    });
+
     it("commits a path with its NAR and listing, exact sizes included", async (t) => {
       if (!database) return t.skip("database unavailable");
       const nar = narRow();
