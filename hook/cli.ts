@@ -215,6 +215,7 @@ async function daemonCommand(args: string[], io: Io): Promise<number> {
     ...PATHS,
     ...LOGS,
     poll: { type: "string" },
+    nice: { type: "string" },
     "keep-done": { type: "string" },
   });
   if (values.help || positionals.length > 0) throw new UsageError("usage: nixstash daemon [options]");

@@ -1,7 +1,9 @@
 // The native push API of a nixstash server, as the builder side speaks it: the cache's description (public
 // and upstream keys), the batch "which are missing" query and streaming uploads (NAR body through zstd, path
 // info in a header). Talks only HTTP.
-import { Readable } from "node:stream";
+import http from "node:http";
+import https from "node:https";
+import type { Readable } from "node:stream";
 import { CompressStream } from "zstd-napi";
 
 export interface PushPathInfo {
@@ -66,6 +68,9 @@ export interface ClientOptions {
 export function createClient(options: ClientOptions) {
   const base = `${options.server.replace(/\/+$/, "")}/api/v1/caches/${encodeURIComponent(options.cache)}`;
   const auth = { authorization: `Bearer ${options.token}` };
+  // Connections kept for the next upload; idle ones do not keep the process alive (Node unrefs them).
+  const httpAgent = new http.Agent({ keepAlive: true });
+  const httpsAgent = new https.Agent({ keepAlive: true });
 
   async function call(url: string, init: RequestInit & { duplex?: "half" }): Promise<Response> {
     let res: Response;
@@ -80,14 +85,7 @@ export function createClient(options: ClientOptions) {
       );
     }
     if (res.ok) return res;
-    const text = await res.text();
-    let body: { error?: string; message?: string } = {};
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = { message: text.trim() };
-    }
-    throw new PushError(res.status, body.error ?? "http_error", body.message ?? `HTTP ${res.status}`);
+    throw errorOf(res.status, await res.text());
   }
 
   return {
@@ -107,7 +105,11 @@ export function createClient(options: ClientOptions) {
       return ((await res.json()) as { missing: string[] }).missing;
     },
 
-    /** Streams one path's NAR (compressed with zstd on the way) with its path info. */
+    /**
+     * Streams one path's NAR (compressed with zstd on the way) with its path info. Through node:http rather
+     * than fetch: fetch's web streams cost as much CPU again as the zstd compression itself (measured on
+     * the benchmark closure: 9.3 s against 6.0 s of client CPU for 530 MiB of NAR).
+     */
     async upload(
       info: PushPathInfo,
       nar: Readable,
@@ -119,21 +121,80 @@ export function createClient(options: ClientOptions) {
       );
       const body = nar.pipe(new CompressStream({ compressionLevel: opts.zstdLevel ?? 3 }));
       nar.on("error", (error) => body.destroy(error));
-      const res = await call(`${base}/paths/${hash}`, {
-        method: "PUT",
-        headers: {
+      const { status, text } = await put(
+        `${base}/paths/${hash}`,
+        body,
+        {
           ...auth,
           "content-type": "application/x-nix-nar",
           "content-encoding": "zstd",
           "x-nixstash-path-info": JSON.stringify(info),
         },
-        body: Readable.toWeb(body) as ReadableStream,
-        duplex: "half",
-        signal: opts.signal ?? null,
-      });
-      return (await res.json()) as UploadResult;
+        opts.signal,
+      );
+      if (status >= 200 && status < 300) return JSON.parse(text) as UploadResult;
+      throw errorOf(status, text);
     },
   };
+
+  /** A streaming PUT; resolves to the answer (any status), rejects with a PushError when there is none. */
+  function put(
+    url: string,
+    body: Readable,
+    headers: Record<string, string>,
+    signal: AbortSignal | undefined,
+  ): Promise<{ status: number; text: string }> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (error: Error) => {
+        if (settled) return;
+        settled = true;
+        body.destroy();
+        request.destroy();
+        if (signal?.aborted) reject(new PushError(0, "aborted", "request aborted"));
+        else reject(new PushError(0, "unreachable", `cannot reach ${options.server}: ${error.message}`));
+      };
+      const target = new URL(url);
+      const request = (target.protocol === "https:" ? https : http).request(target, {
+        method: "PUT",
+        headers,
+        agent: target.protocol === "https:" ? httpsAgent : httpAgent,
+        ...(signal ? { signal } : {}),
+      });
+      // Like fetch's defaults: a server silent for 5 minutes is taken for gone.
+      request.setTimeout(300_000, () => fail(new Error("no answer for 300 s")));
+      request.on("error", fail);
+      request.on("response", (res) => {
+        // An early answer (a refusal before the whole body went out) ends the upload.
+        if (res.statusCode === undefined || res.statusCode >= 300) body.unpipe(request);
+        const chunks: Buffer[] = [];
+        res.on("data", (chunk: Buffer) => chunks.push(chunk));
+        res.on("error", fail);
+        res.on("end", () => {
+          if (settled) return;
+          settled = true;
+          // A body still going out (an early refusal) is cut, and its connection is not reused.
+          if (!body.readableEnded) {
+            body.destroy();
+            request.destroy();
+          }
+          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") });
+        });
+      });
+      body.on("error", fail);
+      body.pipe(request);
+    });
+  }
+}
+
+function errorOf(status: number, text: string): PushError {
+  let body: { error?: string; message?: string } = {};
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = { message: text.trim() };
+  }
+  return new PushError(status, body.error ?? "http_error", body.message ?? `HTTP ${status}`);
 }
 
 export type Client = ReturnType<typeof createClient>;

@@ -33,6 +33,8 @@ export interface PushSettings extends ServerSettings {
 
 export interface DaemonSettings extends PushSettings, HookPaths {
   pollMs: number;
+  /** CPU niceness the daemon (and the Nix commands it runs) lowers itself to; 0 leaves it as started. */
+  nice: number;
   /** Done entries older than this are forgotten by the queue. */
   keepDoneMs: number;
 }
@@ -60,6 +62,7 @@ const ENV: Record<string, string> = {
   "retry-base": "NIXSTASH_RETRY_BASE",
   "retry-max": "NIXSTASH_RETRY_MAX",
   poll: "NIXSTASH_POLL",
+  nice: "NIXSTASH_NICE",
   "keep-done": "NIXSTASH_KEEP_DONE",
   "log-level": "NIXSTASH_LOG_LEVEL",
   "log-format": "NIXSTASH_LOG_FORMAT",
@@ -148,6 +151,7 @@ export function loadDaemonSettings(flags: Flags, env: NodeJS.ProcessEnv, uid: nu
     ...loadPushSettings(flags, env),
     ...loadPaths(flags, env, uid),
     pollMs: read("poll", seconds, 5) * 1000,
+    nice: read("nice", z.coerce.number().int().min(0).max(19), 10),
     keepDoneMs: read("keep-done", seconds, 7 * 24 * 3600) * 1000,
   };
 }

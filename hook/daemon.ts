@@ -7,20 +7,29 @@
 // reason that is not theirs (server down, 5xx, token refused) wait with exponential backoff and jitter;
 // refused ones are marked failed with the server's reason and block only the paths that reference them.
 //
+// Staying out of the builds' way (the hook runs inside Nix's build loop, and the daemon shares the builder's
+// CPUs): the daemon lowers its own CPU priority (`--nice`, inherited by the Nix commands it runs), and does
+// not wake per spool record. A change in the spool starts a short settle timer (SETTLE_MS of quiet, at most
+// MAX_SETTLE_MS after the first record), then every record is read at once, queued in one transaction, and
+// pushed as one batch: one `nix path-info` and one `missing` query for a burst of builds instead of one per
+// build. While the server is unreachable, new roots wait with the others for one probe of the server
+// (backoff, no local store query, no wake per record) instead of each trying on its own.
+//
 // Crash safety: a path is marked done only after the server answered success. On start, whatever was
 // "uploading" goes back to waiting; the server discards a cut upload, and the next attempt asks the server
 // what it lacks first, so nothing is lost and nothing already there is sent again. SIGTERM/SIGINT cut the
 // running uploads the same way and exit 0. One daemon per state directory (a claim in the queue database).
-import { mkdirSync, watch } from "node:fs";
-import { join } from "node:path";
+import { mkdirSync, readdirSync, watch } from "node:fs";
+import { getPriority, setPriority } from "node:os";
+import { basename, join } from "node:path";
 import { type PublicKey, parsePublicKey } from "../nix/index.ts";
 import { backoffDelay } from "./backoff.ts";
-import { createClient } from "./client.ts";
+import { createClient, PushError } from "./client.ts";
 import type { DaemonSettings } from "./config.ts";
 import type { Logger } from "./log.ts";
 import { createPusher, isSuccess, type LocalStore, nixStore } from "./pipeline.ts";
 import { openQueue, type Queue } from "./queue.ts";
-import { listSpool, readRecord, removeRecord } from "./spool.ts";
+import { listSpool, readRecord, removeRecord, type SpoolRecord } from "./spool.ts";
 import { formatBytes } from "./units.ts";
 
 export interface DaemonOptions {
@@ -33,12 +42,41 @@ export interface DaemonOptions {
   batchSize?: number;
   /** Batches running at once. */
   maxBatches?: number;
+  /** Quiet time after a spool change before the spool is read (records of a burst of builds go together). */
+  settleMs?: number;
+  /** The longest a spool change waits for quiet. */
+  maxSettleMs?: number;
 }
 
 export const queueFile = (stateDir: string) => join(stateDir, "queue.db");
 
 const UPSTREAM_KEYS_TTL_MS = 10 * 60_000;
 const PRUNE_EVERY_MS = 60 * 60_000;
+const SETTLE_MS = 200;
+const MAX_SETTLE_MS = 1000;
+
+/**
+ * Lowers the CPU priority of every thread of this process to `nice` (Linux keeps a niceness per thread, and
+ * V8's threads exist before we run); threads and child processes started later inherit it. Never raises.
+ */
+export function lowerPriority(nice: number): string | undefined {
+  if (nice <= 0) return undefined;
+  let threads: number[] = [0];
+  try {
+    threads = readdirSync("/proc/self/task").map(Number);
+  } catch {
+    // not Linux: the process as a whole
+  }
+  let failure: string | undefined;
+  for (const thread of threads) {
+    try {
+      if (getPriority(thread) < nice) setPriority(thread, nice);
+    } catch (error) {
+      failure ??= (error as Error).message;
+    }
+  }
+  return failure;
+}
 
 function isAlive(pid: number): boolean {
   try {
@@ -51,6 +89,8 @@ function isAlive(pid: number): boolean {
 
 export async function runDaemon(options: DaemonOptions): Promise<void> {
   const { settings, log } = options;
+  const lowered = lowerPriority(settings.nice);
+  if (lowered) log.warn({ nice: settings.nice, err: lowered }, "cannot lower the daemon's CPU priority");
   const batchSize = options.batchSize ?? 500;
   const maxBatches = options.maxBatches ?? 4;
   mkdirSync(settings.spoolDir, { recursive: true, mode: 0o755 });
@@ -146,38 +186,74 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
   const busy = new Set<string>();
   const batches = new Set<Promise<void>>();
 
+  // The server as last seen: while it is unreachable, roots are not tried one batch at a time (each would
+  // query the local store first); one probe per backoff step decides for all of them.
+  let serverDown: { failures: number; until: number; reason: string } | undefined;
+  const markServerDown = (reason: string) => {
+    const failures = (serverDown?.failures ?? 0) + 1;
+    const delay = backoffDelay(failures, { baseMs: settings.retryBaseMs, maxMs: settings.retryMaxMs });
+    serverDown = { failures, until: Date.now() + delay, reason };
+  };
+  /** Whether batches may start: the server was not seen down, or a probe now reaches it. */
+  const serverReachable = async (): Promise<boolean> => {
+    if (!serverDown) return true;
+    if (Date.now() < serverDown.until) return false;
+    try {
+      await client.describe();
+    } catch (error) {
+      if (error instanceof PushError && error.code === "unreachable") {
+        markServerDown(error.message);
+        return false;
+      }
+      // Any other answer (a refused token, a 5xx) comes from the server: let the batches meet it.
+    }
+    log.info({ after: `${serverDown.failures} probe(s)` }, "server reachable again");
+    serverDown = undefined;
+    return true;
+  };
+
   async function runBatch(roots: string[]) {
     try {
       const report = await pusher.push(roots);
       const now = Date.now();
-      // Paths held back by a refused reference never started an upload: record them failed as well.
-      for (const path of report.paths)
-        if (path.kind === "failed" && path.code === "reference_failed")
-          queue.markFailed(path.path, path.code, path.reason ?? "", path.narSize);
+      // The server is away: these roots wait with every other for the next probe (one wake, not one per root).
+      const unreachable = report.roots.find((r) => r.kind === "retry" && r.code === "unreachable");
+      if (unreachable && !signal.aborted && !serverDown) markServerDown(unreachable.reason ?? "");
       const retrying: { path: string; delay: number; reason: string }[] = [];
-      for (const root of report.roots) {
-        if (root.kind === "done") {
-          queue.markDone(root.path, root.how ?? "present");
-        } else if (root.kind === "failed") {
-          // Members already logged their refusal; log the root only if it was not itself uploaded.
-          queue.markFailed(root.path, root.code ?? "error", root.reason ?? "");
-          if (
-            root.code === "reference_failed" ||
-            root.code === "not_in_store" ||
-            root.code === "invalid_path"
-          )
-            log.error({ path: root.path, reason: root.reason }, "not pushed");
-        } else if (signal.aborted) {
-          queue.releaseUploading(root.path, "daemon stopped");
-        } else {
-          const attempts = (queue.get(root.path)?.attempts ?? 0) + 1;
-          const delay = backoffDelay(attempts, { baseMs: settings.retryBaseMs, maxMs: settings.retryMaxMs });
-          queue.reschedule(root.path, now + delay, root.reason ?? "");
-          retrying.push({ path: root.path, delay, reason: root.reason ?? "" });
+      // One transaction (one fsync) for the whole batch's outcome, not one per root.
+      queue.transaction(() => {
+        // Paths held back by a refused reference never started an upload: record them failed as well.
+        for (const path of report.paths)
+          if (path.kind === "failed" && path.code === "reference_failed")
+            queue.markFailed(path.path, path.code, path.reason ?? "", path.narSize);
+        for (const root of report.roots) {
+          if (root.kind === "done") {
+            queue.markDone(root.path, root.how ?? "present");
+          } else if (root.kind === "failed") {
+            // Members already logged their refusal; log the root only if it was not itself uploaded.
+            queue.markFailed(root.path, root.code ?? "error", root.reason ?? "");
+            if (
+              root.code === "reference_failed" ||
+              root.code === "not_in_store" ||
+              root.code === "invalid_path"
+            )
+              log.error({ path: root.path, reason: root.reason }, "not pushed");
+          } else if (signal.aborted) {
+            queue.releaseUploading(root.path, "daemon stopped");
+          } else {
+            const attempts = (queue.get(root.path)?.attempts ?? 0) + 1;
+            const delay =
+              root.code === "unreachable" && serverDown
+                ? Math.max(0, serverDown.until - now)
+                : backoffDelay(attempts, { baseMs: settings.retryBaseMs, maxMs: settings.retryMaxMs });
+            queue.reschedule(root.path, now + delay, root.reason ?? "");
+            retrying.push({ path: root.path, delay, reason: root.reason ?? "" });
+          }
         }
-      }
+      });
       const done = report.roots.filter((r) => r.kind === "done").length;
       if (done > 0) log.info({ roots: done }, "batch done");
+      if (!unreachable && done > 0) serverDown = undefined;
       if (retrying.length > 0) {
         const first = retrying[0]!;
         log.warn(
@@ -204,10 +280,14 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
   }
 
   const store = options.store ?? nixStore;
-  /** Moves spool records into the queue; a record leaves the spool only once its paths are queued. */
+  /** Names of records this daemon removed, so that the watcher does not take their removal for news. */
+  const removed = new Set<string>();
+  /**
+   * Moves spool records into the queue; a record leaves the spool only once its paths are committed. All
+   * waiting records go in one transaction, with one store query for all their derivations.
+   */
   const ingest = async () => {
-    let records = 0;
-    let paths = 0;
+    const records: { record: SpoolRecord; paths: string[]; derivations: string[] }[] = [];
     for (const record of listSpool(settings.spoolDir)) {
       let parsed: ReturnType<typeof readRecord>;
       try {
@@ -222,40 +302,74 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
           { file: record.file, lines: parsed.invalid },
           "ignoring spool lines that are not store paths",
         );
-      const found = [...parsed.paths];
-      if (parsed.derivations.length > 0) {
-        // Nix 2.8.0 gave the hook no output paths, only the derivation: ask the store now.
-        try {
-          const { outputs, missing } = await store.derivationOutputs(parsed.derivations);
-          found.push(...outputs);
-          if (missing.length > 0)
-            log.error(
-              { file: record.file, derivations: missing },
-              "derivations no longer in the store; their outputs cannot be queued (push them by hand)",
-            );
-        } catch (error) {
-          log.warn({ file: record.file, err: error }, "cannot query derivation outputs; will try again");
-          continue;
-        }
-      }
-      queue.enqueue(found);
+      records.push({ record, paths: parsed.paths, derivations: parsed.derivations });
+    }
+    if (records.length === 0) return;
+
+    // Nix 2.8.0 gave the hook no output paths, only the derivation: ask the store now, once for all.
+    const derivations = [...new Set(records.flatMap((r) => r.derivations))];
+    let outputs: string[] | undefined = [];
+    if (derivations.length > 0) {
       try {
+        const answer = await store.derivationOutputs(derivations);
+        outputs = answer.outputs;
+        const { missing } = answer;
+        if (missing.length > 0)
+          log.error(
+            { derivations: missing },
+            "derivations no longer in the store; their outputs cannot be queued (push them by hand)",
+          );
+      } catch (error) {
+        log.warn({ err: error }, "cannot query derivation outputs; will try again");
+        outputs = undefined;
+      }
+    }
+    // Records that need the store's answer stay in the spool until it comes.
+    const ready = records.filter((r) => r.derivations.length === 0 || outputs);
+    const found = [...ready.flatMap((r) => r.paths), ...(outputs ?? [])];
+    queue.enqueue(found); // one transaction
+    for (const { record } of ready) {
+      try {
+        removed.add(basename(record.file));
         removeRecord(record);
       } catch (error) {
         log.error({ file: record.file, err: error }, "cannot remove a spool record (it will be read again)");
       }
-      records++;
-      paths += found.length;
     }
-    if (records > 0) log.info({ records, paths }, "queued from the spool");
+    if (ready.length > 0) log.info({ records: ready.length, paths: found.length }, "queued from the spool");
   };
 
   let wake: (() => void) | undefined;
-  const poke = () => wake?.();
+  /** Set by a poke that came while the loop was busy, so that it does not sleep through it. */
+  let poked = false;
+  const poke = () => {
+    poked = true;
+    wake?.();
+  };
   signal.addEventListener("abort", poke);
+  const settleMs = options.settleMs ?? SETTLE_MS;
+  const maxSettleMs = options.maxSettleMs ?? MAX_SETTLE_MS;
+  let settling: ReturnType<typeof setTimeout> | undefined;
+  let settleStarted = 0;
+  /** A record arrived: wait for a quiet moment (or at most maxSettleMs), then read the spool once. */
+  const spoolChanged = (_event: string, name: string | Buffer | null) => {
+    const file = name?.toString();
+    // Writers' temporary files, and the records we removed ourselves, are no news.
+    if (file !== undefined && (file.startsWith(".") || removed.delete(file))) return;
+    const now = Date.now();
+    if (settling === undefined) settleStarted = now;
+    else clearTimeout(settling);
+    settling = setTimeout(
+      () => {
+        settling = undefined;
+        poke();
+      },
+      Math.max(0, Math.min(settleMs, settleStarted + maxSettleMs - now)),
+    );
+  };
   let watcher: ReturnType<typeof watch> | undefined;
   try {
-    watcher = watch(settings.spoolDir, poke);
+    watcher = watch(settings.spoolDir, spoolChanged);
     watcher.on("error", () => {});
   } catch (error) {
     log.warn({ err: error }, `cannot watch the spool; polling every ${settings.pollMs / 1000}s`);
@@ -274,20 +388,45 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
   let lastPrune = Date.now();
   try {
     while (!signal.aborted) {
-      try {
-        await ingest();
-      } catch (error) {
-        log.error({ err: error }, "cannot read the spool");
+      poked = false;
+      // While records are still arriving, the settle timer will wake us for all of them at once.
+      if (settling === undefined) {
+        try {
+          removed.clear();
+          await ingest();
+        } catch (error) {
+          log.error({ err: error }, "cannot read the spool");
+        }
       }
-      while (batches.size < maxBatches) {
-        const roots = queue.due(batchSize, busy);
-        if (roots.length === 0) break;
-        for (const root of roots) busy.add(root);
-        const batch = runBatch(roots).finally(() => {
-          batches.delete(batch);
-          poke();
-        });
-        batches.add(batch);
+      const dueNow = (queue.nextDueAt(busy) ?? Number.POSITIVE_INFINITY) <= Date.now();
+      if (batches.size < maxBatches && dueNow && !(await serverReachable())) {
+        // The server is away: what is due waits for the next probe, with the reason, without a batch.
+        const held = queue.due(Number.MAX_SAFE_INTEGER, busy);
+        const down = serverDown!;
+        if (held.length > 0) {
+          queue.transaction(() => {
+            for (const root of held) queue.reschedule(root, down.until, down.reason);
+          });
+          log.warn(
+            {
+              roots: held.length,
+              reason: down.reason,
+              retryIn: `${(Math.max(0, down.until - Date.now()) / 1000).toFixed(1)}s`,
+            },
+            "waiting to retry",
+          );
+        }
+      } else {
+        while (batches.size < maxBatches) {
+          const roots = queue.due(batchSize, busy);
+          if (roots.length === 0) break;
+          for (const root of roots) busy.add(root);
+          const batch = runBatch(roots).finally(() => {
+            batches.delete(batch);
+            poke();
+          });
+          batches.add(batch);
+        }
       }
       if (Date.now() - lastPrune > PRUNE_EVERY_MS) {
         queue.prune(Date.now() - settings.keepDoneMs);
@@ -297,6 +436,7 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
       let sleep = settings.pollMs;
       if (next !== undefined && batches.size < maxBatches)
         sleep = Math.max(10, Math.min(sleep, next - Date.now()));
+      if (poked) continue;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, sleep);
         function done() {
@@ -309,6 +449,7 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
     }
   } finally {
     watcher?.close();
+    if (settling !== undefined) clearTimeout(settling);
     signal.removeEventListener("abort", poke);
     await Promise.allSettled([...batches]);
   }

@@ -1,8 +1,10 @@
-// What the builder side asks of the local Nix store, through the real Nix commands: path infos of a
-// closure (`nix path-info --json`, Nix >= 2.4) and a path's NAR (`nix-store --dump`), streamed.
-import { execFile, spawn } from "node:child_process";
+// What the builder side asks of the local Nix store: path infos of a closure (`nix path-info --json`,
+// Nix >= 2.4) and validity through the real Nix commands; a path's NAR straight from the file system (the
+// store is world-readable), as `nix-store --dump` writes it, without a Nix process per path.
+import { execFile } from "node:child_process";
 import type { Readable } from "node:stream";
 import { promisify } from "node:util";
+import { dumpNar } from "./nar-dump.ts";
 
 const run = promisify(execFile);
 
@@ -72,16 +74,10 @@ export async function derivationOutputs(
   return { outputs: stdout.split("\n").filter(Boolean), missing };
 }
 
-/** The NAR of a store path as a stream; the stream errors if nix-store fails. */
+/**
+ * The NAR of a store path as a stream, serialised in this process (hook/nar-dump.ts) as `nix-store --dump`
+ * would; the stream errors if the path cannot be read.
+ */
 export function dumpPath(path: string): Readable {
-  const child = spawn("nix-store", ["--dump", path], { stdio: ["ignore", "pipe", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  child.on("close", (code) => {
-    if (code !== 0)
-      child.stdout.destroy(new Error(`nix-store --dump ${path} failed (${code}): ${stderr.trim()}`));
-  });
-  return child.stdout;
+  return dumpNar(path);
 }
