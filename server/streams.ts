@@ -4,13 +4,19 @@ import { createHash, type Hash } from "node:crypto";
 import { PassThrough, Transform, type TransformCallback, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
+/**
+ * Bytes each stage may hold before it pushes back. Node's 16 KiB default made a 1 GiB upload thousands of
+ * times more stage-to-stage hand-offs, each waiting on the slowest consumer (storage writes).
+ */
+export const STAGE_BUFFER = 256 * 1024;
+
 /** Passes bytes through while counting them; fails past `limit` bytes. */
 export class CountTap extends Transform {
   #size = 0;
   readonly #limit: number;
   readonly #onLimit: () => Error;
   constructor(limit = Number.POSITIVE_INFINITY, onLimit: () => Error = () => new Error("too many bytes")) {
-    super();
+    super({ highWaterMark: STAGE_BUFFER });
     this.#limit = limit;
     this.#onLimit = onLimit;
   }
@@ -46,7 +52,7 @@ export class HashTap extends CountTap {
 export class FeedTap extends Transform {
   readonly #sink: (chunk: Buffer) => void;
   constructor(sink: (chunk: Buffer) => void) {
-    super();
+    super({ highWaterMark: STAGE_BUFFER });
     this.#sink = sink;
   }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
@@ -67,7 +73,7 @@ export class FeedTap extends Transform {
 export class TeeTap extends Transform {
   readonly #side: Writable;
   constructor(side: Writable) {
-    super();
+    super({ highWaterMark: STAGE_BUFFER });
     this.#side = side;
     side.on("error", (error) => this.destroy(error));
   }
@@ -94,7 +100,7 @@ export async function pipeInto<T>(
   consume: (output: PassThrough) => Promise<T>,
   ...stages: [NodeJS.ReadableStream, ...NodeJS.ReadWriteStream[]]
 ): Promise<T> {
-  const output = new PassThrough();
+  const output = new PassThrough({ highWaterMark: STAGE_BUFFER });
   const consuming = consume(output).catch((error) => {
     output.destroy(error);
     throw error;

@@ -8,6 +8,7 @@ import { decompress as zstdDecompress } from "zstd-napi";
 import type { Context } from "../context.ts";
 import { AppError, badRequest } from "../errors.ts";
 import type { ByteRange } from "../storage/storage.ts";
+import { STAGE_BUFFER } from "../streams.ts";
 import { type Caller, identify } from "../verbs/auth.ts";
 
 export type Env = {
@@ -25,7 +26,7 @@ export type C = HonoContext<Env>;
 export function requestBody(c: C): Readable {
   const incoming = c.env?.incoming;
   if (incoming && !incoming.readableDidRead) {
-    const body = new PassThrough();
+    const body = new PassThrough({ highWaterMark: STAGE_BUFFER });
     incoming.pipe(body);
     incoming.on("close", () => {
       if (!incoming.complete) body.destroy(Object.assign(new Error("aborted"), { code: "ECONNRESET" }));

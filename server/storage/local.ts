@@ -104,7 +104,12 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         }
       };
       // flush: fsync before the stream closes its file, which pipeline waits for.
-      const file = createWriteStream(tmp, { flags: "wx", mode: 0o644, flush: true });
+      const file = createWriteStream(tmp, {
+        flags: "wx",
+        mode: 0o644,
+        flush: true,
+        highWaterMark: 256 * 1024,
+      });
       await pipeline(input, countBytes, file, { signal });
       if (expected !== undefined && written !== expected) {
         throw new StorageError("put", key, `body has ${written} bytes, declared size is ${expected}`);
