@@ -16,6 +16,7 @@ import {
   createReadStream,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   rmSync,
   statSync,
@@ -544,6 +545,8 @@ async function measure6(workload: Workload, stacks: Stack[]) {
 }
 
 // ---- measure 7: post-build hook latency, with the push daemon running
+const HOOK_PACE_MS = 25;
+
 async function measure7(workload: Workload, server: NixstashPeer | undefined) {
   const hook = join(ROOT, "hook/post-build-hook.sh");
   for (const state of ["no daemon", "server up", "server down"] as const) {
@@ -581,13 +584,27 @@ async function measure7(workload: Workload, server: NixstashPeer | undefined) {
       const r = spawnSync(hook, [], { env: { ...env, DRV_PATH: `${p}.drv`, OUT_PATHS: p }, stdio: "ignore" });
       ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
       if (r.status !== 0) throw new Error(`hook exited ${r.status}`);
-      await new Promise((res) => setImmediate(res));
+      // Builds finish apart, not back to back: 25 ms between hooks keeps the daemon (which takes records in
+      // batches, at most a second apart) working during the loop rather than after it.
+      await new Promise((res) => setTimeout(res, HOOK_PACE_MS));
     }
-    if (daemon)
+    if (daemon) {
+      // The daemon must really have been working while the hook ran: it takes every record out of the
+      // spool (into its queue, whether or not the server is up) within a few seconds of the last one.
+      const spool = join(stateDir, "spool");
+      const left = () => readdirSync(spool).filter((f) => !f.startsWith(".")).length;
+      const atEnd = left();
+      const deadline = Date.now() + 30_000;
+      while (left() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      if (left() > 0) throw new Error(`7 (${state}): the daemon left ${left()} records in the spool`);
+      log(
+        `7 (${state}): ${opts.hookRuns - atEnd} of ${opts.hookRuns} records taken by the daemon during the loop`,
+      );
       await new Promise<void>((resolve) => {
         daemon.once("exit", () => resolve());
         daemon.kill("SIGTERM");
       });
+    }
     const measure = `7 post-build hook (${ms.length} runs)`;
     const target =
       state === "no daemon" ? undefined : { text: "p99 < 10 ms", ok: (r: Row) => median(r.values) < 10 };
