@@ -481,11 +481,12 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
     row({
       measure,
       peer: peer.name,
-      unit: "MiB peak RSS",
+      // In MB (10^6 bytes), as the issue states the target: 200 MB is 190.7 MiB.
+      unit: "MB peak RSS",
       values: [],
       lowerIsBetter: true,
-      target: { text: "< 200 MiB", ok: (r) => median(r.values) < 200 },
-    }).values.push(peakRssMiB(peer.pid!));
+      target: { text: "< 200 MB", ok: (r) => median(r.values) < 200 },
+    }).values.push((peakRssMiB(peer.pid!) * 2 ** 20) / MB);
   }
 }
 

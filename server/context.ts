@@ -2,6 +2,7 @@
 import type { Logger } from "pino";
 import type { Database } from "./db/database.ts";
 import type { Repo } from "./db/repo.ts";
+import type { DecoderPool } from "./decode-pool.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { SecretBox } from "./secrets.ts";
 import type { Storage } from "./storage/storage.ts";
@@ -30,4 +31,6 @@ export interface Context {
   access?: AccessLog | undefined;
   /** Prometheus instruments (metrics.ts); absent: nothing is measured (tests building bare contexts). */
   metrics?: ServerMetrics | undefined;
+  /** Worker threads that decode zstd upload bodies; absent: uploads decode on the main thread. */
+  decoders?: DecoderPool | undefined;
 }

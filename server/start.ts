@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import type { Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { type ServerType, serve } from "@hono/node-server";
 import { pino } from "pino";
@@ -11,6 +12,7 @@ import type { Config, StorageConfig } from "./config.ts";
 import type { Context } from "./context.ts";
 import { openDatabase } from "./db/database.ts";
 import { createRepo } from "./db/repo.ts";
+import { createDecoderPool } from "./decode-pool.ts";
 import { createLifecycle } from "./lifecycle.ts";
 import { createServerMetrics } from "./metrics.ts";
 import { createRequestScope } from "./routes/request-log.ts";
@@ -68,6 +70,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
     secrets,
     log,
     clock: Date.now,
+    // One decoder per core beyond the main thread's: with two cores, one upload's decoding runs beside it.
+    decoders: createDecoderPool({ size: Math.max(1, availableParallelism() - 1), log }),
     metrics: createServerMetrics({
       version: packageVersion(),
       database: database.dialect,
@@ -134,6 +138,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       await closed;
       await background.stop();
       ctx.metrics?.stop();
+      await ctx.decoders?.close();
       await database.close();
       log.info({ clean: finished }, "stopped");
       return finished;

@@ -6,7 +6,14 @@
 #   bash test/run.sh FILE...    only these test files (services still started)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export NIXSTASH_TEST_TMP=${NIXSTASH_TEST_TMP:-$(mktemp -d /tmp/nixstash-test.XXXXXX)}
+# A scratch dir made here is removed on exit (a run leaves GBs: big NARs, Nix stores, Ceph's memstore),
+# unless NIXSTASH_TEST_KEEP is set; one given by the caller is left to the caller.
+own_tmp=0
+if [ -z "${NIXSTASH_TEST_TMP:-}" ]; then
+  NIXSTASH_TEST_TMP=$(mktemp -d /tmp/nixstash-test.XXXXXX)
+  own_tmp=1
+fi
+export NIXSTASH_TEST_TMP
 
 with_services=1
 files=()
@@ -26,7 +33,14 @@ fi
 # Server processes in the suites run the bundle `npm start` runs.
 echo "== build"; npm run build --silent
 
-cleanup() { [ "$with_services" = 1 ] && bash test/services/down.sh || true; }
+cleanup() {
+  [ "$with_services" = 1 ] && bash test/services/down.sh || true
+  if [ "$own_tmp" = 1 ] && [ -z "${NIXSTASH_TEST_KEEP:-}" ]; then
+    # Nix stores in it are read-only.
+    chmod -R u+w "$NIXSTASH_TEST_TMP" 2>/dev/null || true
+    rm -rf "$NIXSTASH_TEST_TMP"
+  fi
+}
 trap cleanup EXIT
 if [ "$with_services" = 1 ]; then
   # shellcheck disable=SC1091

@@ -72,12 +72,29 @@ export async function receiveNar({
       });
       await pipeInto(store, input.body, narTap, feed, compress, storedTap);
     } else {
-      // Stored as sent; a decoded copy feeds the validator on the side.
-      const decode = decompressor(input.compression);
-      const verifying = pipeline(decode, narTap, feed, async (source: AsyncIterable<Buffer>) => {
-        for await (const _ of source);
-      });
-      await Promise.all([pipeInto(store, input.body, storedTap, new TeeTap(decode)), verifying]);
+      // Stored as sent; a decoded copy feeds the validator on the side. zstd (what `nixstash push` sends)
+      // decodes on a worker thread when one is idle (decode-pool.ts), so decoding and the rest of the
+      // pipeline use two cores; the worker hands back decoded blocks that are counted and parsed here, as
+      // narTap and feed do below. Otherwise, and for the other compressions, everything runs here.
+      const limit = input.narSizeLimit ?? Number.POSITIVE_INFINITY;
+      let decodedSize = 0;
+      const remote =
+        input.compression === "zstd"
+          ? ctx.decoders?.acquire((chunk) => {
+              decodedSize += chunk.length;
+              if (decodedSize > limit) throw tooLong();
+              reader.update(chunk);
+            })
+          : undefined;
+      if (remote) {
+        await pipeInto(store, input.body, storedTap, new TeeTap(remote));
+      } else {
+        const decode = decompressor(input.compression);
+        const verifying = pipeline(decode, narTap, feed, async (source: AsyncIterable<Buffer>) => {
+          for await (const _ of source);
+        });
+        await Promise.all([pipeInto(store, input.body, storedTap, new TeeTap(decode)), verifying]);
+      }
     }
   } catch (error) {
     throw asUploadError(error, input);

@@ -86,8 +86,13 @@ describe("post-build hook + daemon, server up", () => {
 
     // The hook recorded the two built derivations (Nix 2.8.0 gave it an empty OUT_PATHS), the daemon asked
     // the store for their outputs, and found the input, which no build produced, through the closure.
-    const pushed = daemon.events.filter((e) => e.msg === "pushed").map((e) => e.path);
-    assert.deepEqual([...pushed].sort(), [...paths].sort());
+    // A path is in the cache a moment before the daemon hears back and logs it: wait for the log too.
+    const running = daemon;
+    const pushedPaths = () => running.events.filter((e) => e.msg === "pushed").map((e) => e.path);
+    await waitFor("the daemon to report every push", async () =>
+      paths.every((p) => pushedPaths().includes(p)) ? true : undefined,
+    );
+    assert.deepEqual([...pushedPaths()].sort(), [...paths].sort());
     const queued = daemon.events.filter((e) => e.msg === "queued from the spool");
     assert.equal(
       queued.reduce((n, e) => n + (e.paths as number), 0),

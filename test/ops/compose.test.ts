@@ -169,8 +169,14 @@ describe("docker-compose.yml and Dockerfile", () => {
     const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
       scripts: Record<string, string>;
     };
-    const outfile = /--outfile=(\S+)/.exec(pkg.scripts.build ?? "")?.[1];
-    assert.ok(outfile, "package.json has a build script with an --outfile");
+    // The bundle of server/main.ts: --outfile, or main<out-extension> in --outdir (several entry points).
+    const build = pkg.scripts.build ?? "";
+    const outdir = /--outdir=(\S+)/.exec(build)?.[1];
+    const extension = /--out-extension:\.js=(\S+)/.exec(build)?.[1] ?? ".js";
+    const outfile =
+      /--outfile=(\S+)/.exec(build)?.[1] ??
+      (outdir && build.includes("server/main.ts") ? `${outdir}/main${extension}` : undefined);
+    assert.ok(outfile, "package.json has a build script with an --outfile or an --outdir for server/main.ts");
     assert.match(dockerfile, /^RUN npm run build/m);
     assert.ok(
       dockerfile.includes(`COPY --from=deps /opt/nixstash/${dirname(outfile)} ./${dirname(outfile)}`),

@@ -1,0 +1,258 @@
+// A few long-lived worker threads (decode-worker.ts) that decode zstd upload bodies, so a compressed ingest
+// uses two cores: the main thread receives, hashes (FileHash), stores, and verifies the decoded NAR (counts
+// it, parses and hashes it) while a worker decompresses. acquire() hands out a Writable that takes the body
+// where receive.ts's TeeTap would write it into an in-thread decoder, and calls `sink` with each decoded
+// block; it finishes once the worker has decoded the whole body and every block went through the sink. A
+// decoder error comes back with its message and code, so it maps to the same HTTP error as in-thread. When
+// every worker is busy acquire() returns undefined and the caller decodes in-thread, as before.
+//
+// The worker script is loaded beside this module: server/dist/decode-worker.mjs from the bundle (a second
+// esbuild entry point, see package.json "build"), server/decode-worker.ts from the sources (`npm run dev`,
+// tests), with tsx's loader registered in the worker first (startSourceWorker).
+import { Writable } from "node:stream";
+import { Worker } from "node:worker_threads";
+import type { Logger } from "pino";
+import type { FromWorker, ToWorker } from "./decode-worker.ts";
+import { STAGE_BUFFER } from "./streams.ts";
+
+/** Encoded input goes to a worker in buffers of this size, at most INPUT_BUFFERS of them at a time. */
+const INPUT_BUFFER_SIZE = 256 * 1024;
+const INPUT_BUFFERS = 4;
+
+export interface DecoderPool {
+  /**
+   * A zstd decoder on an idle worker that feeds `sink` the decoded bytes (an exception from sink fails the
+   * stream), or undefined when no worker is idle (decode in-thread then).
+   */
+  acquire(sink: (chunk: Buffer) => void): Writable | undefined;
+  /** Workers free for an upload now (not starting, busy, resetting or dead). */
+  readonly idle: number;
+  /** Stops the workers; uploads still decoding on them fail. */
+  close(): Promise<void>;
+}
+
+type SlotState = "starting" | "idle" | "busy" | "resetting" | "dead";
+
+interface Slot {
+  worker: Worker;
+  state: SlotState;
+  job: RemoteDecoder | undefined;
+  /** Input buffers on this side, reused by every upload on this worker. */
+  inputs: ArrayBuffer[];
+  allocated: number;
+}
+
+export function createDecoderPool({ size, log }: { size: number; log: Logger }): DecoderPool {
+  const bundled = import.meta.url.endsWith(".mjs");
+  const script = new URL(bundled ? "./decode-worker.mjs" : "./decode-worker.ts", import.meta.url);
+  const slots: Slot[] = [];
+  let closed = false;
+  for (let i = 0; i < size; i++) {
+    const worker = bundled ? new Worker(script) : startSourceWorker(script);
+    // Idle workers must not keep a process alive that is otherwise done.
+    worker.unref();
+    const slot: Slot = { worker, state: "starting", job: undefined, inputs: [], allocated: 0 };
+    const post = (message: ToWorker, transfer?: ArrayBuffer[]) => worker.postMessage(message, transfer);
+    worker.on("message", (message: FromWorker) => {
+      switch (message.t) {
+        case "ready":
+        case "reset":
+          if (slot.state === "starting" || slot.state === "resetting") slot.state = "idle";
+          return;
+        case "ack":
+          slot.inputs.push(message.buffer);
+          break;
+        case "out":
+          // A block for an upload already given up: straight back.
+          if (!slot.job) post({ t: "credit", buffer: message.buffer }, [message.buffer]);
+          break;
+      }
+      slot.job?.receive(message);
+    });
+    const fail = (error: Error) => {
+      if (slot.state !== "dead" && !closed) log.warn({ err: error }, "decoder worker stopped");
+      slot.state = "dead";
+      slot.job?.destroy(error);
+      slot.job = undefined;
+    };
+    worker.on("error", fail);
+    worker.on("exit", (code) => fail(new Error(`decoder worker exited (code ${code})`)));
+    slots.push(slot);
+  }
+
+  return {
+    acquire(sink) {
+      if (closed) return undefined;
+      const slot = slots.find((s) => s.state === "idle");
+      if (!slot) return undefined;
+      slot.state = "busy";
+      const post = (message: ToWorker, transfer?: ArrayBuffer[]) =>
+        slot.worker.postMessage(message, transfer);
+      const job = new RemoteDecoder({
+        post,
+        sink,
+        input: () => {
+          const buffer = slot.inputs.pop();
+          if (buffer || slot.allocated >= INPUT_BUFFERS) return buffer;
+          slot.allocated++;
+          return new ArrayBuffer(INPUT_BUFFER_SIZE);
+        },
+        release: (unused, reset) => {
+          if (unused) slot.inputs.push(unused);
+          if (slot.job !== job) return;
+          slot.job = undefined;
+          if (slot.state !== "busy") return;
+          if (reset) {
+            slot.state = "resetting";
+            post({ t: "reset" });
+          } else {
+            slot.state = "idle";
+          }
+        },
+      });
+      slot.job = job;
+      post({ t: "start" });
+      return job;
+    },
+    get idle() {
+      return closed ? 0 : slots.filter((s) => s.state === "idle").length;
+    },
+    async close() {
+      closed = true;
+      await Promise.all(slots.map((slot) => slot.worker.terminate()));
+    },
+  };
+}
+
+/**
+ * The worker from the TypeScript sources (`npm run dev`, tests). Node 20 does not carry tsx's loader
+ * (registered by `--import tsx`) into worker threads, so the worker registers it before importing the script.
+ */
+function startSourceWorker(script: URL): Worker {
+  const tsx = import.meta.resolve("tsx/esm/api");
+  const bootstrap = `import(${JSON.stringify(tsx)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(script.href)}); });`;
+  return new Worker(bootstrap, { eval: true });
+}
+
+interface RemoteDecoderOptions {
+  post: (message: ToWorker, transfer?: ArrayBuffer[]) => void;
+  sink: (chunk: Buffer) => void;
+  /** A free input buffer, or undefined while all are with the worker (an `ack` brings one back). */
+  input: () => ArrayBuffer | undefined;
+  /** Gives the worker back (with the input buffer this side still held): reset unless it ended cleanly. */
+  release: (unused: ArrayBuffer | undefined, reset: boolean) => void;
+}
+
+/** The main thread's end of one upload's decoding: writes go to the worker, decoded blocks come back. */
+class RemoteDecoder extends Writable {
+  readonly #options: RemoteDecoderOptions;
+  #released = false;
+  #filling: Uint8Array | undefined;
+  #filled = 0;
+  #waitingWrite: (() => void) | undefined;
+  #finalDone: ((error?: Error | null) => void) | undefined;
+
+  constructor(options: RemoteDecoderOptions) {
+    super({ highWaterMark: STAGE_BUFFER });
+    this.#options = options;
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: (error?: Error | null) => void): void {
+    // Copied (the caller still stores the original) into a reusable buffer, sent to the worker when full.
+    this.#copyIn(chunk, 0, done);
+  }
+
+  #copyIn(chunk: Buffer, from: number, done: (error?: Error | null) => void): void {
+    let offset = from;
+    while (offset < chunk.length) {
+      if (!this.#filling) {
+        const buffer = this.#options.input();
+        if (!buffer) {
+          // Every buffer is with the worker: continue when one comes back.
+          this.#waitingWrite = () => this.#copyIn(chunk, offset, done);
+          return;
+        }
+        this.#filling = new Uint8Array(buffer);
+        this.#filled = 0;
+      }
+      const target = this.#filling;
+      const n = Math.min(chunk.length - offset, target.length - this.#filled);
+      target.set(chunk.subarray(offset, offset + n), this.#filled);
+      this.#filled += n;
+      offset += n;
+      if (this.#filled === target.length) this.#send();
+    }
+    done();
+  }
+
+  #send(): void {
+    const filling = this.#filling;
+    if (!filling || this.#filled === 0) return;
+    const buffer = filling.buffer as ArrayBuffer;
+    this.#options.post({ t: "data", buffer, length: this.#filled }, [buffer]);
+    this.#filling = undefined;
+    this.#filled = 0;
+  }
+
+  override _final(done: (error?: Error | null) => void): void {
+    // Finished once the worker has decoded everything and the sink has seen it.
+    this.#send();
+    this.#finalDone = done;
+    this.#options.post({ t: "end" });
+  }
+
+  override _destroy(error: Error | null, done: (error: Error | null) => void): void {
+    this.#finish(true);
+    done(error);
+  }
+
+  /** A message from the worker about this upload. */
+  receive(message: FromWorker): void {
+    switch (message.t) {
+      case "ack": {
+        const waiting = this.#waitingWrite;
+        this.#waitingWrite = undefined;
+        waiting?.();
+        break;
+      }
+      case "out": {
+        const { buffer, length } = message;
+        let failure: Error | undefined;
+        try {
+          this.#options.sink(Buffer.from(buffer, 0, length));
+        } catch (error) {
+          failure = error as Error;
+        }
+        this.#options.post({ t: "credit", buffer }, [buffer]);
+        if (failure) this.destroy(failure);
+        break;
+      }
+      case "end": {
+        this.#finish(false);
+        const done = this.#finalDone;
+        this.#finalDone = undefined;
+        done?.();
+        break;
+      }
+      case "error":
+        this.destroy(decoderError(message));
+        break;
+    }
+  }
+
+  /** Hands the worker back: as it is after a clean end, reset after a failure or an abandoned upload. */
+  #finish(reset: boolean): void {
+    if (this.#released) return;
+    this.#released = true;
+    const unused = this.#filling?.buffer as ArrayBuffer | undefined;
+    this.#filling = undefined;
+    this.#options.release(unused, reset);
+  }
+}
+
+/** The worker's decoder error as the in-thread decoder would have thrown it (asUploadError reads both). */
+function decoderError(message: Extract<FromWorker, { t: "error" }>): Error {
+  const error = Object.assign(new Error(message.message), { code: message.code });
+  if (message.name !== "Error") error.name = message.name;
+  return error;
+}

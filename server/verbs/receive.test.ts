@@ -1,0 +1,187 @@
+// receiveNar decodes zstd bodies on a worker thread when the context has a decoder pool, and in-thread
+// otherwise: both must store the same bytes, report the same facts, and fail with the same errors.
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { pino } from "pino";
+import { compress } from "zstd-napi";
+import { narOf } from "../../test/support/nar.ts";
+import { testTmp } from "../../test/support/services.ts";
+import type { Context } from "../context.ts";
+import { createDecoderPool, type DecoderPool } from "../decode-pool.ts";
+import { createLocalStorage } from "../storage/local.ts";
+import type { Storage } from "../storage/storage.ts";
+import { type ReceivedNar, receiveNar } from "./receive.ts";
+
+const settings = { zstdLevel: 3, redirectNars: false, presignSeconds: 600, publicUrl: "http://127.0.0.1:1" };
+
+async function waitIdle(pool: DecoderPool, workers: number): Promise<void> {
+  for (let i = 0; i < 200 && pool.idle < workers; i++) await new Promise((r) => setTimeout(r, 25));
+  assert.equal(pool.idle, workers, "decoder workers idle");
+}
+
+describe("receiveNar: zstd decoded on a worker thread or in-thread", () => {
+  let dir = "";
+  let storage: Storage;
+  let pool: DecoderPool;
+  let acquired = 0;
+  let inThread: Context;
+  let onWorker: Context;
+  let nar: Buffer;
+
+  before(async () => {
+    dir = mkdtempSync(join(testTmp(), "receive-"));
+    storage = createLocalStorage({ root: join(dir, "storage") });
+    pool = createDecoderPool({ size: 1, log: pino({ level: "silent" }) });
+    const counted: DecoderPool = {
+      acquire(sink) {
+        const decoder = pool.acquire(sink);
+        if (decoder) acquired++;
+        return decoder;
+      },
+      get idle() {
+        return pool.idle;
+      },
+      close: () => pool.close(),
+    };
+    // receiveNar reads only storage, settings, metrics and decoders.
+    inThread = { storage, settings, log: pino({ level: "silent" }) } as unknown as Context;
+    onWorker = { ...inThread, decoders: counted };
+    // Several MiB across many zstd blocks and input buffers: compressible and random content, a symlink.
+    const text = Buffer.from("nixstash ".repeat(400_000));
+    nar = narOf({
+      dir: {
+        bin: { dir: { tool: { executable: randomBytes(3 * 1024 * 1024) } } },
+        "share.txt": text,
+        link: { symlink: "bin/tool" },
+      },
+    });
+    await waitIdle(pool, 1);
+  });
+
+  after(async () => {
+    await pool.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const receive = async (ctx: Context, body: Buffer, narSizeLimit?: number) => {
+    const storageKey = `t/${randomBytes(8).toString("hex")}`;
+    // Slices as a socket delivers them: many chunks of uneven size.
+    const chunks: Buffer[] = [];
+    for (let at = 0; at < body.length; ) {
+      const n = 1 + Math.floor(Math.random() * 100_000);
+      chunks.push(body.subarray(at, at + n));
+      at += n;
+    }
+    const result = await receiveNar({
+      ctx,
+      input: {
+        body: Readable.from(chunks),
+        compression: "zstd",
+        storageKey,
+        what: "/nix/store/x-test",
+        ...(narSizeLimit === undefined ? {} : { narSizeLimit }),
+      },
+    });
+    return { result, storageKey };
+  };
+
+  const stored = async (key: string) => {
+    const parts: Buffer[] = [];
+    const object = await storage.get(key);
+    assert.ok(object);
+    for await (const c of object as AsyncIterable<Buffer>) parts.push(c);
+    return Buffer.concat(parts);
+  };
+
+  const failure = async (ctx: Context, body: Buffer, narSizeLimit?: number) => {
+    const error = await receive(ctx, body, narSizeLimit).then(
+      () => assert.fail("expected the upload to be refused"),
+      (e: unknown) => e as Error & { code?: unknown; status?: unknown },
+    );
+    return { name: error.name, code: error.code, status: error.status, message: error.message };
+  };
+
+  /** Runs on both paths; the worker path must have used the worker and left it idle again. */
+  const both = async <T>(run: (ctx: Context) => Promise<T>): Promise<{ here: T; there: T }> => {
+    const here = await run(inThread);
+    const before = acquired;
+    const there = await run(onWorker);
+    assert.equal(acquired, before + 1, "the worker decoded the upload");
+    await waitIdle(pool, 1);
+    return { here, there };
+  };
+
+  it("gives byte-identical results and stores the same bytes", async () => {
+    const body = compress(nar, { compressionLevel: 3 });
+    const { here, there } = await both((ctx) => receive(ctx, body));
+    assert.deepEqual<ReceivedNar>(there.result, here.result);
+    assert.equal(here.result.narSize, nar.length);
+    assert.equal(here.result.received.fileSize, body.length);
+    assert.deepEqual(await stored(there.storageKey), body);
+    assert.deepEqual(await stored(here.storageKey), body);
+  });
+
+  it("decodes a body of several zstd frames", async () => {
+    const half = Math.floor(nar.length / 2);
+    const body = Buffer.concat([compress(nar.subarray(0, half)), compress(nar.subarray(half))]);
+    const { here, there } = await both((ctx) => receive(ctx, body));
+    assert.deepEqual(there.result, here.result);
+  });
+
+  it("rejects corrupt zstd with the same error", async () => {
+    const body = Buffer.from(compress(nar, { compressionLevel: 3 }));
+    for (let i = 4; i < 16; i++) body[i] = body[i]! ^ 0x5a; // the frame and first block headers
+    const { here, there } = await both((ctx) => failure(ctx, body));
+    assert.equal(here.status, 400);
+    assert.match(here.message, /is not valid zstd/);
+    assert.deepEqual(there, here);
+  });
+
+  it("rejects a body that is not zstd at all, and one cut off mid-frame, with the same errors", async () => {
+    const garbage = Buffer.from("this is not a zstd frame, not at all".repeat(100));
+    const a = await both((ctx) => failure(ctx, garbage));
+    assert.equal(a.here.status, 400);
+    assert.deepEqual(a.there, a.here);
+    const full = compress(nar, { compressionLevel: 3 });
+    const cut = full.subarray(0, full.length - 1000);
+    const b = await both((ctx) => failure(ctx, cut));
+    assert.equal(b.here.status, 400);
+    assert.match(b.here.message, /is not valid zstd/);
+    assert.deepEqual(b.there, b.here);
+  });
+
+  it("rejects an invalid NAR with the same error", async () => {
+    const broken = Buffer.from(nar);
+    broken.write("xix-archive-1", 8);
+    const a = await both((ctx) => failure(ctx, compress(broken)));
+    assert.equal(a.here.code, "invalid_nar");
+    assert.deepEqual(a.there, a.here);
+    const truncated = compress(nar.subarray(0, nar.length - 8));
+    const b = await both((ctx) => failure(ctx, truncated));
+    assert.equal(b.here.code, "invalid_nar");
+    assert.deepEqual(b.there, b.here);
+  });
+
+  it("rejects a NAR larger than the claimed NarSize with the same error", async () => {
+    const body = compress(nar);
+    const { here, there } = await both((ctx) => failure(ctx, body, nar.length - 1));
+    assert.equal(here.code, "size_mismatch");
+    assert.deepEqual(there, here);
+  });
+
+  it("decodes in-thread when every worker is busy", async () => {
+    const held = pool.acquire(() => {});
+    assert.ok(held);
+    const before = acquired;
+    const body = compress(nar);
+    const { result } = await receive(onWorker, body);
+    assert.equal(acquired, before, "no worker was free");
+    assert.equal(result.narSize, nar.length);
+    held.destroy();
+    await waitIdle(pool, 1);
+  });
+});
