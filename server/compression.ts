@@ -1,11 +1,12 @@
 // The compressions Nix writes NARs in (narinfo `Compression:`, `?compression=` on a store URL), their file
 // extensions, and streaming decoders for each. The server verifies every upload by decoding it; it stores the
 // client's bytes as sent, except uncompressed uploads, which it stores as zstd.
-import { type Duplex, Transform, type TransformCallback } from "node:stream";
+import { createRequire } from "node:module";
+import { Duplex, Transform, type TransformCallback } from "node:stream";
 import { createBrotliDecompress, createGunzip } from "node:zlib";
 import lzma from "lzma-native";
 import unbzip2Stream from "unbzip2-stream";
-import { DecompressStream } from "zstd-napi";
+import type * as ZstdBinding from "zstd-napi/binding.js";
 import { decodeNix32 } from "../nix/index.ts";
 
 export const COMPRESSIONS = ["none", "zstd", "xz", "bzip2", "br", "gzip"] as const;
@@ -63,7 +64,7 @@ const DECODER_MEMORY = 512 * 1024 * 1024;
 export function decompressor(compression: Exclude<Compression, "none">): Duplex {
   switch (compression) {
     case "zstd":
-      return new DecompressStream();
+      return zstdDecoder();
     case "xz":
       return lzma.createDecompressor({ memlimit: DECODER_MEMORY });
     case "bzip2":
@@ -73,6 +74,40 @@ export function decompressor(compression: Exclude<Compression, "none">): Duplex 
     case "gzip":
       return createGunzip();
   }
+}
+
+// zstd-napi's native binding (CommonJS; dStreamOutSize is missing from its typings), as decode-worker.ts uses it.
+const zstd = createRequire(import.meta.url)("zstd-napi/binding.js") as typeof ZstdBinding & {
+  dStreamOutSize(): number;
+};
+
+/**
+ * zstd decoding one block (ZSTD_DStreamOutSize, 128 KiB) at a time, each handed on only when the consumer
+ * asks for more. zstd-napi's DecompressStream pushes all the output of an input chunk at once, ignoring
+ * backpressure: zeros compress about 30,000:1, so one 256 KiB chunk of a hostile body could have become
+ * gigabytes in memory before the NarSize limit downstream saw its first byte. The loop and the error for
+ * a body that ends inside a frame are DecompressStream's.
+ */
+function zstdDecoder(): Duplex {
+  return Duplex.from(async function* (source: AsyncIterable<Buffer>) {
+    const dctx = new zstd.DCtx();
+    const blockSize = zstd.dStreamOutSize();
+    let inFrame = false;
+    for await (const chunk of source) {
+      let rest: Uint8Array = chunk;
+      for (;;) {
+        const block = Buffer.allocUnsafe(blockSize);
+        const [ret, produced, consumed] = dctx.decompressStream(block, rest);
+        rest = rest.subarray(consumed);
+        if (produced > 0) yield block.subarray(0, produced);
+        if (rest.length === 0 && (produced < blockSize || ret === 0)) {
+          inFrame = ret !== 0;
+          break;
+        }
+      }
+    }
+    if (inFrame) throw new Error("Stream ended in middle of compressed data frame");
+  });
 }
 
 /**

@@ -72,9 +72,16 @@ export class FeedTap extends Transform {
  */
 export class TeeTap extends Transform {
   readonly #side: Writable;
-  constructor(side: Writable) {
+  readonly #settled: Promise<unknown> | undefined;
+  /**
+   * With `settled`, the end of the stream waits for it too (and fails with it): a side that is a pipeline
+   * of its own may still fail after it took the last byte, and what this stream feeds (storage) must not
+   * complete before it has.
+   */
+  constructor(side: Writable, settled?: Promise<unknown>) {
     super({ highWaterMark: STAGE_BUFFER });
     this.#side = side;
+    this.#settled = settled;
     side.on("error", (error) => this.destroy(error));
   }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
@@ -82,7 +89,16 @@ export class TeeTap extends Transform {
     else this.#side.once("drain", () => done(null, chunk));
   }
   override _flush(done: TransformCallback): void {
-    this.#side.end(() => done());
+    const settled = this.#settled;
+    if (!settled) {
+      this.#side.end(() => done());
+      return;
+    }
+    this.#side.end();
+    settled.then(
+      () => done(),
+      (error: Error) => done(error),
+    );
   }
   override _destroy(error: Error | null, done: (error: Error | null) => void): void {
     // Torn down by a failure: take the side with us. After a normal end the side finishes on its own

@@ -173,6 +173,34 @@ describe("receiveNar: zstd decoded on a worker thread or in-thread", () => {
     assert.deepEqual(there, here);
   });
 
+  it("stops a body of extreme ratio at the NarSize limit on both paths, with bounded memory", async () => {
+    // A NAR of one 1 GiB file of zeros, as concatenated zstd frames of a few KiB: decoded all at once it
+    // would be a GiB in memory before the limit downstream saw a byte.
+    const str = (text: string) => {
+      const bytes = Buffer.from(text);
+      const out = Buffer.alloc(8 + Math.ceil(bytes.length / 8) * 8);
+      out.writeBigUInt64LE(BigInt(bytes.length));
+      bytes.copy(out, 8);
+      return out;
+    };
+    const size = Buffer.alloc(8);
+    size.writeBigUInt64LE(BigInt(1024 ** 3));
+    const head = Buffer.concat([...["nix-archive-1", "(", "type", "regular", "contents"].map(str), size]);
+    const zeros = compress(Buffer.alloc(64 * 1024 * 1024));
+    const body = Buffer.concat([
+      compress(head),
+      ...Array.from({ length: 16 }, () => zeros),
+      compress(str(")")),
+    ]);
+    assert.ok(body.length < 1024 * 1024, `${body.length} bytes of zstd`);
+    const rss = process.memoryUsage().rss;
+    const { here, there } = await both((ctx) => failure(ctx, body, 1024 * 1024));
+    const grown = process.memoryUsage().rss - rss;
+    assert.equal(here.code, "size_mismatch");
+    assert.deepEqual(there, here);
+    assert.ok(grown < 128 * 1024 * 1024, `RSS grew ${Math.round(grown / 2 ** 20)} MiB`);
+  });
+
   it("decodes in-thread when every worker is busy", async () => {
     const held = pool.acquire(() => {});
     assert.ok(held);

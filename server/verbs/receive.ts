@@ -93,7 +93,8 @@ export async function receiveNar({
         const verifying = pipeline(decode, narTap, feed, async (source: AsyncIterable<Buffer>) => {
           for await (const _ of source);
         });
-        await Promise.all([pipeInto(store, input.body, storedTap, new TeeTap(decode)), verifying]);
+        // The stored stream ends only after verification has: a decoder may fail after its last input.
+        await Promise.all([pipeInto(store, input.body, storedTap, new TeeTap(decode, verifying)), verifying]);
       }
     }
   } catch (error) {
