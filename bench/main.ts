@@ -295,16 +295,20 @@ async function measure3(
   const measure = `3 all NARs, ${connections} conn${connections > 1 ? "s" : ""}`;
   const isBase = peer.name === baseline || peer.name === s3Baseline;
   const floor = peer.name === NODE_FLOOR;
+  // Both rows (time and rate) compare with the same peers.
+  const compared: Partial<Row> = {
+    ...(isBase ? { isBaseline: true } : {}),
+    ...(peer.name === baseline ? {} : { baseline }),
+    ...(s3Baseline && !isBase && peer.name.includes("postgres") ? { baseline2: s3Baseline } : {}),
+    ...(peer.name.includes("sqlite") ? { baseline2: NODE_FLOOR } : {}),
+  };
   row({
     measure,
     peer: peer.name,
     unit: "s",
     values: [],
     lowerIsBetter: true,
-    ...(isBase ? { isBaseline: true } : {}),
-    ...(peer.name === baseline ? {} : { baseline }),
-    ...(s3Baseline && !isBase && peer.name.includes("postgres") ? { baseline2: s3Baseline } : {}),
-    ...(peer.name.includes("sqlite") ? { baseline2: NODE_FLOOR } : {}),
+    ...compared,
     ...(isBase || floor
       ? {}
       : {
@@ -320,10 +324,7 @@ async function measure3(
     unit: "MB/s",
     values: [],
     lowerIsBetter: false,
-    ...(isBase ? { isBaseline: true } : {}),
-    ...(peer.name === baseline ? {} : { baseline }),
-    ...(s3Baseline && !isBase && peer.name.includes("postgres") ? { baseline2: s3Baseline } : {}),
-    ...(peer.name.includes("sqlite") ? { baseline2: NODE_FLOOR } : {}),
+    ...compared,
   }).values.push(bytes / MB / seconds);
 }
 

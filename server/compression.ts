@@ -1,13 +1,12 @@
 // The compressions Nix writes NARs in (narinfo `Compression:`, `?compression=` on a store URL), their file
 // extensions, and streaming decoders for each. The server verifies every upload by decoding it; it stores the
 // client's bytes as sent, except uncompressed uploads, which it stores as zstd.
-import { createRequire } from "node:module";
 import { Duplex, Transform, type TransformCallback } from "node:stream";
 import { createBrotliDecompress, createGunzip } from "node:zlib";
 import lzma from "lzma-native";
 import unbzip2Stream from "unbzip2-stream";
-import type * as ZstdBinding from "zstd-napi/binding.js";
 import { decodeNix32 } from "../nix/index.ts";
+import { zstdBinding as zstd } from "./zstd-binding.ts";
 
 export const COMPRESSIONS = ["none", "zstd", "xz", "bzip2", "br", "gzip"] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
@@ -75,11 +74,6 @@ export function decompressor(compression: Exclude<Compression, "none">): Duplex 
       return createGunzip();
   }
 }
-
-// zstd-napi's native binding (CommonJS; dStreamOutSize is missing from its typings), as decode-worker.ts uses it.
-const zstd = createRequire(import.meta.url)("zstd-napi/binding.js") as typeof ZstdBinding & {
-  dStreamOutSize(): number;
-};
 
 /**
  * zstd decoding one block (ZSTD_DStreamOutSize, 128 KiB) at a time, each handed on only when the consumer

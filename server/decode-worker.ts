@@ -14,15 +14,8 @@
 //
 // The loop is zstd-napi's DecompressStream._transform on the same binding, and an input that ends inside a
 // frame fails with DecompressStream's message, so errors read as they do when the main thread decodes.
-import { createRequire } from "node:module";
 import { parentPort } from "node:worker_threads";
-import type * as Binding from "zstd-napi/binding.js";
-
-// zstd-napi's native binding, which DecompressStream drives; a CommonJS module ESM cannot import by name.
-// dStreamOutSize (ZSTD_DStreamOutSize) is missing from its typings.
-const binding = createRequire(import.meta.url)("zstd-napi/binding.js") as typeof Binding & {
-  dStreamOutSize(): number;
-};
+import { zstdBinding as binding } from "./zstd-binding.ts";
 
 export type ToWorker =
   | { t: "start" }

@@ -351,6 +351,30 @@ export function createRepo(database: Database) {
         ),
       "listing_by_hash",
     ),
+    log: prepare(
+      db
+        .select({ storageKey: t.buildLogs.storageKey, size: t.buildLogs.size })
+        .from(t.buildLogs)
+        .where(
+          and(
+            eq(t.buildLogs.cacheId, sql.placeholder("cacheId")),
+            eq(t.buildLogs.drv, sql.placeholder("drv")),
+          ),
+        ),
+      "log_by_drv",
+    ),
+    realisation: prepare(
+      db
+        .select({ content: t.realisations.content })
+        .from(t.realisations)
+        .where(
+          and(
+            eq(t.realisations.cacheId, sql.placeholder("cacheId")),
+            eq(t.realisations.outputId, sql.placeholder("outputId")),
+          ),
+        ),
+      "realisation_by_output",
+    ),
   };
 
   return {
@@ -1007,12 +1031,7 @@ export function createRepo(database: Database) {
       });
     },
     async log(cacheId: number, drv: string): Promise<{ storageKey: string; size: number } | undefined> {
-      const rows = await db
-        .select({ storageKey: t.buildLogs.storageKey, size: t.buildLogs.size })
-        .from(t.buildLogs)
-        .where(and(eq(t.buildLogs.cacheId, cacheId), eq(t.buildLogs.drv, drv)))
-        .limit(1);
-      return rows[0];
+      return (await hot.log.execute({ cacheId, drv }))[0];
     },
 
     // ---- realisations
@@ -1028,12 +1047,7 @@ export function createRepo(database: Database) {
       });
     },
     async realisation(cacheId: number, outputId: string): Promise<string | undefined> {
-      const rows = await db
-        .select({ content: t.realisations.content })
-        .from(t.realisations)
-        .where(and(eq(t.realisations.cacheId, cacheId), eq(t.realisations.outputId, outputId)))
-        .limit(1);
-      return rows[0]?.content;
+      return (await hot.realisation.execute({ cacheId, outputId }))[0]?.content;
     },
   };
 }

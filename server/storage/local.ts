@@ -22,6 +22,7 @@ import { access, mkdir, open, opendir, rename, stat, unlink } from "node:fs/prom
 import path from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { STAGE_BUFFER } from "../streams.ts";
 import {
   abortedError,
   asReadable,
@@ -108,7 +109,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         flags: "wx",
         mode: 0o644,
         flush: true,
-        highWaterMark: 256 * 1024,
+        highWaterMark: STAGE_BUFFER,
       });
       await pipeline(input, countBytes, file, { signal });
       if (expected !== undefined && written !== expected) {
