@@ -1,11 +1,13 @@
 // The compressions Nix writes NARs in (narinfo `Compression:`, `?compression=` on a store URL), their file
 // extensions, and streaming decoders for each. The server verifies every upload by decoding it; it stores the
-// client's bytes as sent, except uncompressed uploads, which it stores as zstd.
-import { Duplex, Transform, type TransformCallback } from "node:stream";
+// client's bytes as sent, except uncompressed uploads, which it stores as zstd. Every decoder makes output only
+// as its consumer reads (node:zlib's do; zstd, xz and bzip2 are driven so here): a body of extreme ratio must
+// reach the NarSize limit downstream before it can fill memory.
+import { Duplex, type Transform } from "node:stream";
 import { createBrotliDecompress, createGunzip } from "node:zlib";
 import lzma from "lzma-native";
-import unbzip2Stream from "unbzip2-stream";
 import { decodeNix32 } from "../nix/index.ts";
+import { bunzip2 } from "./bzip2.ts";
 import { zstdBinding as zstd } from "./zstd-binding.ts";
 
 export const COMPRESSIONS = ["none", "zstd", "xz", "bzip2", "br", "gzip"] as const;
@@ -65,9 +67,9 @@ export function decompressor(compression: Exclude<Compression, "none">): Duplex 
     case "zstd":
       return zstdDecoder();
     case "xz":
-      return lzma.createDecompressor({ memlimit: DECODER_MEMORY });
+      return xzDecoder();
     case "bzip2":
-      return new Bunzip2();
+      return bunzip2();
     case "br":
       return createBrotliDecompress();
     case "gzip":
@@ -105,36 +107,37 @@ function zstdDecoder(): Duplex {
 }
 
 /**
- * unbzip2-stream is an old-style "through" stream that node:stream's pipeline cannot track (it reports a
- * premature close); this wraps it in a real Transform and names its errors.
+ * Input handed to liblzma per call. lzma-native decodes all of a call's input on its thread pool before
+ * JS sees any of it, ignoring backpressure; LZMA2 reaches ~7,000:1 on zeros, so this bounds what one call
+ * can make to ~30 MB. Smaller slices cost a thread-pool round trip per 4 KiB of body.
  */
-class Bunzip2 extends Transform {
-  readonly #inner = unbzip2Stream();
-  constructor() {
-    super();
-    this.#inner.on("data", (data: Buffer) => this.push(data));
-    this.#inner.on("error", (error: Error) => this.destroy(bzip2Error(error)));
-  }
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    try {
-      this.#inner.write(chunk);
-      done();
-    } catch (error) {
-      done(bzip2Error(error as Error));
-    }
-  }
-  override _flush(done: TransformCallback): void {
-    this.#inner.once("end", () => done());
-    try {
-      this.#inner.end();
-    } catch (error) {
-      done(bzip2Error(error as Error));
-    }
-  }
-}
+const XZ_SLICE = 4 * 1024;
 
-function bzip2Error(cause: Error): Error {
-  return Object.assign(new Error(`corrupt or truncated bzip2 data (${cause.message})`, { cause }), {
-    code: "BZIP2_ERROR",
+/**
+ * xz decoding a slice of input at a time, the next slice fed only once the consumer has taken all the
+ * output of the last. The decoder's readable side never pushes back (it would hold back the write callback
+ * this waits for): what it holds is bounded by one slice's output instead.
+ */
+function xzDecoder(): Duplex {
+  return Duplex.from(async function* (source: AsyncIterable<Buffer>) {
+    const inner: Transform = lzma.createDecompressor({ memlimit: DECODER_MEMORY });
+    const output: Buffer[] = [];
+    inner.on("data", (chunk: Buffer) => output.push(chunk));
+    // lzma-native reports a failure with an 'error' event and never calls back the write that caused it.
+    const failed = new Promise<never>((_, reject) => inner.once("error", reject));
+    failed.catch(() => {});
+    try {
+      for await (const chunk of source) {
+        for (let at = 0; at < chunk.length; at += XZ_SLICE) {
+          const slice = chunk.subarray(at, at + XZ_SLICE);
+          await Promise.race([new Promise((resolve) => inner.write(slice, resolve)), failed]);
+          yield* output.splice(0);
+        }
+      }
+      await Promise.race([new Promise((resolve) => inner.once("end", resolve).end()), failed]);
+      yield* output.splice(0);
+    } finally {
+      inner.destroy();
+    }
   });
 }

@@ -1,15 +1,18 @@
 // receiveNar decodes zstd bodies on a worker thread when the context has a decoder pool, and in-thread
 // otherwise: both must store the same bytes, report the same facts, and fail with the same errors.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
+import { createBrotliCompress, gzipSync, constants as zlib } from "node:zlib";
 import { pino } from "pino";
 import { compress } from "zstd-napi";
 import { narOf } from "../../test/support/nar.ts";
 import { testTmp } from "../../test/support/services.ts";
+import type { Compression } from "../compression.ts";
 import type { Context } from "../context.ts";
 import { createDecoderPool, type DecoderPool } from "../decode-pool.ts";
 import { createLocalStorage } from "../storage/local.ts";
@@ -17,6 +20,36 @@ import type { Storage } from "../storage/storage.ts";
 import { type ReceivedNar, receiveNar } from "./receive.ts";
 
 const settings = { zstdLevel: 3, redirectNars: false, presignSeconds: 600, publicUrl: "http://127.0.0.1:1" };
+
+/**
+ * The NAR of one 1 GiB file of zeros, cut around its contents: `head` up to the file's size field, `tail`
+ * after the contents. Compressed, the zeros between them are a body of extreme ratio.
+ */
+function zerosNar(): { head: Buffer; tail: Buffer; size: number } {
+  const str = (text: string) => {
+    const bytes = Buffer.from(text);
+    const out = Buffer.alloc(8 + Math.ceil(bytes.length / 8) * 8);
+    out.writeBigUInt64LE(BigInt(bytes.length));
+    bytes.copy(out, 8);
+    return out;
+  };
+  const size = 1024 ** 3;
+  const sizeField = Buffer.alloc(8);
+  sizeField.writeBigUInt64LE(BigInt(size));
+  const head = Buffer.concat([...["nix-archive-1", "(", "type", "regular", "contents"].map(str), sizeField]);
+  return { head, tail: str(")"), size };
+}
+
+/** A body in slices as a socket delivers them: many chunks of uneven size. */
+function socketChunks(body: Buffer): Buffer[] {
+  const chunks: Buffer[] = [];
+  for (let at = 0; at < body.length; ) {
+    const n = 1 + Math.floor(Math.random() * 100_000);
+    chunks.push(body.subarray(at, at + n));
+    at += n;
+  }
+  return chunks;
+}
 
 async function waitIdle(pool: DecoderPool, workers: number): Promise<void> {
   for (let i = 0; i < 200 && pool.idle < workers; i++) await new Promise((r) => setTimeout(r, 25));
@@ -69,17 +102,10 @@ describe("receiveNar: zstd decoded on a worker thread or in-thread", () => {
 
   const receive = async (ctx: Context, body: Buffer, narSizeLimit?: number) => {
     const storageKey = `t/${randomBytes(8).toString("hex")}`;
-    // Slices as a socket delivers them: many chunks of uneven size.
-    const chunks: Buffer[] = [];
-    for (let at = 0; at < body.length; ) {
-      const n = 1 + Math.floor(Math.random() * 100_000);
-      chunks.push(body.subarray(at, at + n));
-      at += n;
-    }
     const result = await receiveNar({
       ctx,
       input: {
-        body: Readable.from(chunks),
+        body: Readable.from(socketChunks(body)),
         compression: "zstd",
         storageKey,
         what: "/nix/store/x-test",
@@ -176,22 +202,9 @@ describe("receiveNar: zstd decoded on a worker thread or in-thread", () => {
   it("stops a body of extreme ratio at the NarSize limit on both paths, with bounded memory", async () => {
     // A NAR of one 1 GiB file of zeros, as concatenated zstd frames of a few KiB: decoded all at once it
     // would be a GiB in memory before the limit downstream saw a byte.
-    const str = (text: string) => {
-      const bytes = Buffer.from(text);
-      const out = Buffer.alloc(8 + Math.ceil(bytes.length / 8) * 8);
-      out.writeBigUInt64LE(BigInt(bytes.length));
-      bytes.copy(out, 8);
-      return out;
-    };
-    const size = Buffer.alloc(8);
-    size.writeBigUInt64LE(BigInt(1024 ** 3));
-    const head = Buffer.concat([...["nix-archive-1", "(", "type", "regular", "contents"].map(str), size]);
+    const { head, tail } = zerosNar();
     const zeros = compress(Buffer.alloc(64 * 1024 * 1024));
-    const body = Buffer.concat([
-      compress(head),
-      ...Array.from({ length: 16 }, () => zeros),
-      compress(str(")")),
-    ]);
+    const body = Buffer.concat([compress(head), ...Array.from({ length: 16 }, () => zeros), compress(tail)]);
     assert.ok(body.length < 1024 * 1024, `${body.length} bytes of zstd`);
     const rss = process.memoryUsage().rss;
     const { here, there } = await both((ctx) => failure(ctx, body, 1024 * 1024));
@@ -212,4 +225,143 @@ describe("receiveNar: zstd decoded on a worker thread or in-thread", () => {
     held.destroy();
     await waitIdle(pool, 1);
   });
+});
+
+/** Compresses with the real tools: the xz and bzip2 commands, node:zlib for brotli and gzip. */
+async function compressed(compression: Exclude<Compression, "none" | "zstd">, data: Buffer): Promise<Buffer> {
+  switch (compression) {
+    case "xz":
+      return execFileSync("xz", ["-6", "-T1", "-c"], { input: data, maxBuffer: 1 << 30 });
+    case "bzip2":
+      return execFileSync("bzip2", ["-9", "-c"], { input: data, maxBuffer: 1 << 30 });
+    case "gzip":
+      return gzipSync(data, { level: 9 });
+    case "br": {
+      const encoder = createBrotliCompress({ params: { [zlib.BROTLI_PARAM_QUALITY]: 5 } });
+      const parts: Buffer[] = [];
+      encoder.on("data", (part: Buffer) => parts.push(part));
+      const done = new Promise((resolve, reject) => encoder.on("end", resolve).on("error", reject));
+      encoder.end(data);
+      await done;
+      return Buffer.concat(parts);
+    }
+  }
+}
+
+describe("receiveNar: xz, bzip2, br and gzip bodies", () => {
+  let dir = "";
+  let ctx: Context;
+  let nar: Buffer;
+  const others = ["xz", "bzip2", "br", "gzip"] as const;
+
+  before(() => {
+    dir = mkdtempSync(join(testTmp(), "receive-"));
+    const storage = createLocalStorage({ root: join(dir, "storage") });
+    ctx = { storage, settings, log: pino({ level: "silent" }) } as unknown as Context;
+    nar = narOf({
+      dir: {
+        bin: { dir: { tool: { executable: randomBytes(1024 * 1024) } } },
+        "share.txt": Buffer.from("nixstash ".repeat(200_000)),
+      },
+    });
+  });
+
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const receive = (compression: Compression, body: Buffer | Readable, narSizeLimit?: number) =>
+    receiveNar({
+      ctx,
+      input: {
+        body: Buffer.isBuffer(body) ? Readable.from(socketChunks(body)) : body,
+        compression,
+        storageKey: `t/${randomBytes(8).toString("hex")}`,
+        what: "/nix/store/x-test",
+        ...(narSizeLimit === undefined ? {} : { narSizeLimit }),
+      },
+    });
+
+  const failure = (compression: Compression, body: Buffer, narSizeLimit?: number) =>
+    receive(compression, body, narSizeLimit).then(
+      () => assert.fail("expected the upload to be refused"),
+      (e: unknown) => e as Error & { code?: unknown; status?: unknown },
+    );
+
+  /**
+   * A body of the NAR of 1 GiB of zeros, as concatenated streams (xz, bzip2, gzip members) of 64 MiB of
+   * zeros each; brotli has no concatenation, so that one is a single stream of the whole NAR.
+   */
+  const bomb = async (compression: (typeof others)[number]): Promise<Buffer> => {
+    const { head, tail, size } = zerosNar();
+    const chunk = 64 * 1024 * 1024;
+    if (compression === "br") {
+      const encoder = createBrotliCompress({ params: { [zlib.BROTLI_PARAM_QUALITY]: 5 } });
+      const parts: Buffer[] = [];
+      encoder.on("data", (part: Buffer) => parts.push(part));
+      const done = new Promise((resolve, reject) => encoder.on("end", resolve).on("error", reject));
+      const zeros = Buffer.alloc(1024 * 1024);
+      encoder.write(head);
+      for (let at = 0; at < size; at += zeros.length) {
+        if (!encoder.write(zeros)) await new Promise((resolve) => encoder.once("drain", resolve));
+      }
+      encoder.end(tail);
+      await done;
+      return Buffer.concat(parts);
+    }
+    const zeros = await compressed(compression, Buffer.alloc(chunk));
+    const middle = Array.from({ length: size / chunk }, () => zeros);
+    return Buffer.concat([
+      await compressed(compression, head),
+      ...middle,
+      await compressed(compression, tail),
+    ]);
+  };
+
+  for (const compression of others) {
+    it(`decodes ${compression}`, async () => {
+      const body = await compressed(compression, nar);
+      const result = await receive(compression, body);
+      assert.equal(result.narSize, nar.length);
+      assert.equal(result.received.fileSize, body.length);
+    });
+
+    it(`rejects ${compression} cut off before its end, and corrupt ${compression}, with a clear error`, async () => {
+      const body = await compressed(compression, nar);
+      const cut = await failure(compression, body.subarray(0, body.length - 100));
+      assert.equal(cut.status, 400, cut.message);
+      assert.match(cut.message, new RegExp(`is not valid ${compression}`));
+      const corrupt = Buffer.from(body);
+      for (let i = 0; i < 64; i++) {
+        // From the start: brotli stores incompressible data raw and unchecked, so corruption there is not
+        // the decoder's to see (the NarHash check sees it).
+        const at = 16 + i * 997;
+        corrupt[at] = corrupt[at]! ^ 0x5a;
+      }
+      const bad = await failure(compression, corrupt);
+      // Deflate and brotli carry no check before their end: corruption may first show as a broken NAR.
+      assert.ok(
+        (bad.status === 400 && /is not valid/.test(bad.message)) || bad.code === "invalid_nar",
+        `${bad.status} ${bad.message}`,
+      );
+      const garbage = await failure(compression, Buffer.from("not compressed at all ".repeat(1000)));
+      assert.equal(garbage.status, 400, garbage.message);
+    });
+
+    it(`stops a ${compression} body of extreme ratio at the NarSize limit, with bounded memory`, async (t) => {
+      const body = await bomb(compression);
+      assert.ok(body.length < 2 * 1024 * 1024, `${body.length} bytes of ${compression}`);
+      const rss = process.memoryUsage().rss;
+      let peak = rss;
+      const sampler = setInterval(() => {
+        peak = Math.max(peak, process.memoryUsage().rss);
+      }, 5);
+      const error = await failure(compression, body, 1024 * 1024).finally(() => clearInterval(sampler));
+      peak = Math.max(peak, process.memoryUsage().rss);
+      assert.equal(error.code, "size_mismatch", error.message);
+      const grown = peak - rss;
+      t.diagnostic(
+        `${body.length} bytes of ${compression}; RSS grew ${Math.round(grown / 2 ** 20)} MiB at most`,
+      );
+      assert.ok(grown < 128 * 1024 * 1024, `RSS grew ${Math.round(grown / 2 ** 20)} MiB`);
+    });
+  }
 });
