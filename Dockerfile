@@ -36,4 +36,5 @@ HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:8080/readyz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # SIGTERM drains: in-flight uploads and downloads get NIXSTASH_SHUTDOWN_TIMEOUT (default 30 s) to finish.
 STOPSIGNAL SIGTERM
-CMD ["node", "--enable-source-maps", "server/dist/main.mjs"]
+# The Node options of `npm start` (package.json; test/ops/compose.test.ts keeps the two equal).
+CMD ["node", "--max-semi-space-size=2", "--enable-source-maps", "server/dist/main.mjs"]

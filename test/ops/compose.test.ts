@@ -13,7 +13,7 @@ import { promisify } from "node:util";
 import { parseConfig } from "../../server/config.ts";
 import { freshPostgres, freshS3 } from "../support/harness.ts";
 import { fakeStorePath, hashOf, infoFor, narOf } from "../support/nar.ts";
-import { startServerProcess } from "../support/server-process.ts";
+import { startNodeOptions, startServerProcess } from "../support/server-process.ts";
 import { testTmp } from "../support/services.ts";
 
 const execFileP = promisify(execFile);
@@ -181,8 +181,11 @@ describe("docker-compose.yml and Dockerfile", () => {
     assert.ok(
       dockerfile.includes(`COPY --from=deps /opt/nixstash/${dirname(outfile)} ./${dirname(outfile)}`),
     );
-    const cmd = /^CMD \["node", "--enable-source-maps", "([^"]+)"\]$/m.exec(dockerfile);
-    assert.equal(cmd?.[1], outfile, "CMD runs the bundle");
+    const cmd = /^CMD (\["node",.*\])$/m.exec(dockerfile);
+    assert.ok(cmd, "the Dockerfile has a CMD that runs node");
+    const argv = JSON.parse(cmd[1]!) as string[];
+    assert.equal(argv.at(-1), outfile, "CMD runs the bundle");
+    assert.deepEqual(argv.slice(1, -1), startNodeOptions(), "CMD gives node the options npm start gives it");
     assert.ok(pkg.scripts.start?.includes(outfile), "npm start runs the same bundle");
     const copiedDirs = new Set(copied.filter((c) => statSync(join(root, c)).isDirectory()));
     const walk = (dir: string): string[] =>

@@ -18,6 +18,17 @@ export interface ServerProcess {
 const root = join(import.meta.dirname, "../..");
 const bundle = join(root, "server/dist/main.mjs");
 
+/**
+ * The Node options `npm start` gives the bundle (package.json is their one home; the Dockerfile's CMD is
+ * checked against them in test/ops/compose.test.ts), so tests and benchmarks run the server as users do.
+ */
+export function startNodeOptions(): string[] {
+  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { scripts: { start: string } };
+  const match = /\bnode((?: --\S+)*) server\/dist\/main\.mjs\b/.exec(pkg.scripts.start);
+  if (!match) throw new Error(`package.json's start script does not run node … server/dist/main.mjs`);
+  return match[1]!.trim().split(" ").filter(Boolean);
+}
+
 function newestSource(dir: string): number {
   let newest = 0;
   for (const entry of readdirSync(dir, { withFileTypes: true, recursive: true })) {
@@ -40,7 +51,7 @@ function ensureBundle(): void {
 
 export async function startServerProcess(env: Record<string, string>): Promise<ServerProcess> {
   ensureBundle();
-  const child = spawn(process.execPath, ["--enable-source-maps", bundle], {
+  const child = spawn(process.execPath, [...startNodeOptions(), bundle], {
     cwd: root,
     env: { PATH: process.env.PATH ?? "", NIXSTASH_LISTEN: "127.0.0.1:0", NIXSTASH_LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
