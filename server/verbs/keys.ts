@@ -157,7 +157,7 @@ export async function maintainSignatures({
   const keys = await ctx.repo.allSigningKeys(cache.id);
   const active = keys
     .filter((k) => k.active && k.retiredAt === null)
-    .map((k) => parseSecretKey(ctx.secrets.open(k.secretEncrypted)));
+    .map((k) => ctx.secrets.openSigningKey(k.secretEncrypted));
   const activeNames = new Set(active.map((k) => k.name));
   const retiredNames = new Set(
     keys.filter((k) => k.retiredAt !== null && !activeNames.has(k.name)).map((k) => k.name),

@@ -2,7 +2,6 @@
 import {
   type PublicKey,
   parsePublicKey,
-  parseSecretKey,
   type SecretKey,
   signFingerprint,
 } from "../../nix/index.ts";
@@ -11,7 +10,7 @@ import type { CacheRow } from "../db/repo.ts";
 
 export async function activeSecretKeys(ctx: Context, cacheId: number): Promise<SecretKey[]> {
   const rows = await ctx.repo.signingKeys(cacheId);
-  return rows.filter((row) => row.active).map((row) => parseSecretKey(ctx.secrets.open(row.secretEncrypted)));
+  return rows.filter((row) => row.active).map((row) => ctx.secrets.openSigningKey(row.secretEncrypted));
 }
 
 export async function signWithCacheKeys(
