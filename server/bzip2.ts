@@ -77,6 +77,8 @@ class Bzip2Decoder {
 
   /** 0 before a stream header (at the start, and after each stream's end); else the stream's level. */
   #level = 0;
+  /** Whether a stream header has been read: no input at all is not bzip2 data (bzip2 -d refuses it too). */
+  #started = false;
   #streamCrc = 0;
   #tt = new Int32Array(0);
 
@@ -116,7 +118,10 @@ class Bzip2Decoder {
       this.#join();
       const saved = { at: this.#at, bitBuffer: this.#bitBuffer, bits: this.#bits };
       try {
-        if (!this.#parseNext()) return;
+        if (!this.#parseNext()) {
+          if (final && !this.#started) throw bzip2Error("bzip2 data is empty (no BZh header)");
+          return;
+        }
         this.#wanted = 0;
       } catch (error) {
         if (error !== NEED_INPUT) throw error instanceof Error ? bzip2Error(error.message, error) : error;
@@ -166,6 +171,7 @@ class Bzip2Decoder {
       const level = this.#read(8) - 0x30;
       if (level < 1 || level > 9) throw new Error("not bzip2 data (bad block size)");
       this.#level = level;
+      this.#started = true;
       this.#streamCrc = 0;
       if (this.#tt.length < level * 100_000) this.#tt = new Int32Array(level * 100_000);
       return true;
