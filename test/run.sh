@@ -3,7 +3,7 @@
 # services the integration suites need (PostgreSQL, Ceph RGW) started here and stopped on exit.
 #   bash test/run.sh            everything
 #   bash test/run.sh --unit     no services (suites that need one skip loudly; in CI they fail)
-#   bash test/run.sh FILE...    only these test files (services still started)
+#   bash test/run.sh PATH...    only these test files, or the *.test.ts under these directories
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A scratch dir made here is removed on exit (a run leaves GBs: big NARs, Nix stores, Ceph's memstore),
@@ -20,7 +20,18 @@ files=()
 for arg in "$@"; do
   case "$arg" in
     --unit) with_services=0 ;;
-    *) files+=("$arg") ;;
+    *)
+      if [ -d "$arg" ]; then
+        mapfile -t found < <(find "$arg" -name '*.test.ts' -not -path '*/node_modules/*' | sort)
+        if [ ${#found[@]} -eq 0 ]; then echo "test/run.sh: no *.test.ts under $arg" >&2; exit 2; fi
+        files+=("${found[@]}")
+      elif [ -f "$arg" ]; then
+        files+=("$arg")
+      else
+        echo "test/run.sh: no such test file or directory: $arg" >&2
+        exit 2
+      fi
+      ;;
   esac
 done
 
