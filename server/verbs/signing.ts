@@ -1,10 +1,5 @@
 // The cache's signing keys, as verbs need them: decrypted only in memory, only to sign.
-import {
-  type PublicKey,
-  parsePublicKey,
-  type SecretKey,
-  signFingerprint,
-} from "../../nix/index.ts";
+import { type PublicKey, parsePublicKey, type SecretKey, signFingerprint } from "../../nix/index.ts";
 import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
 
