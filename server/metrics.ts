@@ -75,11 +75,31 @@ abstract class Series<V> implements Metric {
   abstract render(): string;
 }
 
+/** One labelled series of a counter, its labels resolved once (for the per-request hot path). */
+export interface BoundCounter {
+  inc(amount?: number): void;
+}
+
+/** One labelled series of a histogram, its labels resolved once. */
+export interface BoundHistogram {
+  observe(value: number): void;
+}
+
 export class Counter extends Series<number> {
   inc(labels?: Labels, amount = 1): void {
     if (!(amount >= 0)) throw new Error(`counter ${this.name} can only go up (got ${amount})`);
     const e = this.entry(labels, () => 0);
     e.value += amount;
+  }
+  /** The series for these labels, created now (exported from here on, as after a first inc of 0). */
+  bind(labels?: Labels): BoundCounter {
+    const e = this.entry(labels, () => 0);
+    return {
+      inc: (amount = 1) => {
+        if (!(amount >= 0)) throw new Error(`counter ${this.name} can only go up (got ${amount})`);
+        e.value += amount;
+      },
+    };
   }
   get(labels?: Labels): number {
     return this.series.get(keyOf(this.labelNames, labels).join("\u0000"))?.value ?? 0;
@@ -132,10 +152,18 @@ export class Histogram extends Series<HistogramValue> {
     super(name, help, labelNames);
   }
   observe(labels: Labels | undefined, value: number): void {
-    const e = this.entry(labels, () => ({ counts: this.buckets.map(() => 0), sum: 0, count: 0 }));
-    for (let i = 0; i < this.buckets.length; i++) if (value <= this.buckets[i]!) e.value.counts[i]!++;
-    e.value.sum += value;
-    e.value.count++;
+    this.#add(this.entry(labels, this.#empty).value, value);
+  }
+  /** The series for these labels, created now (exported from here on with zero counts). */
+  bind(labels?: Labels): BoundHistogram {
+    const e = this.entry(labels, this.#empty);
+    return { observe: (value) => this.#add(e.value, value) };
+  }
+  readonly #empty = (): HistogramValue => ({ counts: this.buckets.map(() => 0), sum: 0, count: 0 });
+  #add(h: HistogramValue, value: number): void {
+    for (let i = 0; i < this.buckets.length; i++) if (value <= this.buckets[i]!) h.counts[i]!++;
+    h.sum += value;
+    h.count++;
   }
   count(labels?: Labels): number {
     return this.series.get(keyOf(this.labelNames, labels).join("\u0000"))?.value.count ?? 0;

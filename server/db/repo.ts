@@ -331,11 +331,16 @@ export function createRepo(database: Database) {
         .where(
           and(
             eq(t.nars.fileHash, sql.placeholder("fileHash")),
+            // `+cache_id` keeps SQLite off the (cache_id, created_at) index: without statistics it picked
+            // that one and scanned every path of the cache per NAR request (33 µs at 300 paths, growing
+            // with the cache); on paths_nar (nar_id) it is one index probe (11 µs). PostgreSQL plans it alike.
             exists(
               db
                 .select({ one: sql`1` })
                 .from(t.paths)
-                .where(and(eq(t.paths.narId, t.nars.id), eq(t.paths.cacheId, sql.placeholder("cacheId")))),
+                .where(
+                  and(eq(t.paths.narId, t.nars.id), sql`+${t.paths.cacheId} = ${sql.placeholder("cacheId")}`),
+                ),
             ),
           ),
         ),

@@ -50,7 +50,8 @@ const PlatformResponse = globalThis.Response;
  * Answers with a Node stream as the body. Under @hono/node-server the stream is piped straight into the
  * socket response: converting it to a web stream and back cost NAR downloads more than half their speed
  * (issue 7). Headers set earlier by middleware (x-request-id, connection) are kept; the Response returned
- * carries the status for the request log and metrics. A failure mid-body or a client hanging up ends both.
+ * carries the status for the request log and metrics, not the headers (they are on the socket already).
+ * A failure mid-body or a client hanging up ends both.
  */
 export function sendStream(c: C, status: number, headers: Record<string, string>, body: Readable): Response {
   const outgoing = c.env?.outgoing;
@@ -65,8 +66,11 @@ export function sendStream(c: C, status: number, headers: Record<string, string>
     if (!body.readableEnded) body.destroy();
   });
   body.pipe(outgoing);
-  return new PlatformResponse(null, { status, headers: { ...merged, [ALREADY_SENT]: "true" } });
+  return new PlatformResponse(null, { status, headers: SENT });
 }
+
+/** The headers are already on the wire; the adapter reads this one only (a platform Response copies it). */
+const SENT = { [ALREADY_SENT]: "true" } as const;
 
 export async function caller(ctx: Context, c: C): Promise<Caller> {
   const known = c.get("caller");

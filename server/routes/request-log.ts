@@ -23,6 +23,7 @@ import { matchedRoutes } from "hono/route";
 import type { Context } from "../context.ts";
 import { AppError } from "../errors.ts";
 import type { Lifecycle } from "../lifecycle.ts";
+import type { BoundCounter, BoundHistogram, Labels } from "../metrics.ts";
 import type { C, Env } from "./http.ts";
 
 export interface RequestScope {
@@ -71,6 +72,11 @@ export function observeRequests(
   deps: { scope: RequestScope; lifecycle: Lifecycle },
 ): MiddlewareHandler<Env> {
   const { scope, lifecycle } = deps;
+  const metrics = ctx.metrics;
+  const log = ctx.log;
+  // The series a request lands in, resolved once per method/route/status: a label lookup joins and hashes
+  // the label values, which the hot routes would otherwise do several times per request.
+  const seriesOf = new Map<string, HttpSeries>();
   return async (c, next) => {
     const started = performance.now();
     const given = c.req.header("x-request-id");
@@ -81,15 +87,19 @@ export function observeRequests(
     // otherwise keep feeding this replica).
     if (lifecycle.draining) c.header("connection", "close");
     const done = lifecycle.begin();
-    const metrics = ctx.metrics;
     const method = c.req.method;
     const uploadApi = uploadApiOf(method, c.req.path);
     metrics?.httpInFlight.inc();
     if (uploadApi) metrics?.uploadsInFlight.inc({ api: uploadApi });
     const outgoing = c.env?.outgoing;
-    const closed = outgoing
-      ? new Promise<void>((resolve) => outgoing.once("close", () => resolve()))
-      : Promise.resolve();
+    // The response is complete (or the client went away) when the socket response closes; listened for
+    // from the start, as a client may hang up while the handler still runs.
+    let closed = !outgoing;
+    let onClosed: (() => void) | undefined;
+    outgoing?.once("close", () => {
+      closed = true;
+      onClosed?.();
+    });
 
     try {
       await scope.run(requestId, next);
@@ -97,7 +107,7 @@ export function observeRequests(
       const route = routeLabel(c);
       const status = c.res.status;
       const error = c.error;
-      void closed.then(() => {
+      const finish = () => {
         const aborted = outgoing ? !outgoing.writableFinished : false;
         const seconds = (performance.now() - started) / 1000;
         // The adapter sets Content-Length on the socket response for bodies it measured itself (JSON, text).
@@ -106,34 +116,63 @@ export function observeRequests(
         );
         const bytesOut = !aborted && Number.isFinite(declared) && method !== "HEAD" ? declared : 0;
         try {
-          if (metrics) record(metrics, { c, route, status, method, seconds, bytesOut, uploadApi, error });
-          const line = {
-            reqId: requestId,
-            method,
-            path: c.req.path,
-            route,
-            status,
-            ms: Math.round(seconds * 10_000) / 10,
-            bytesOut,
-            ...(c.req.header("content-length") ? { bytesIn: Number(c.req.header("content-length")) } : {}),
-            ...(aborted ? { aborted: true } : {}),
-            remote: c.env?.incoming?.socket?.remoteAddress,
-            userAgent: c.req.header("user-agent"),
-          };
-          if (status >= 500) ctx.log.warn(line, "request");
-          else ctx.log.info(line, "request");
+          if (metrics) {
+            const key = `${method} ${status} ${route}`;
+            let series = seriesOf.get(key);
+            if (!series) {
+              series = httpSeries(metrics, { method, route, status: String(status) });
+              seriesOf.set(key, series);
+            }
+            record(metrics, series, { c, route, status, method, seconds, bytesOut, uploadApi, error });
+          }
+          // Skipped whole, not just unwritten, when the level drops it (the benchmark runs at warn).
+          const level = status >= 500 ? "warn" : "info";
+          if (log.isLevelEnabled(level)) {
+            const line = {
+              reqId: requestId,
+              method,
+              path: c.req.path,
+              route,
+              status,
+              ms: Math.round(seconds * 10_000) / 10,
+              bytesOut,
+              ...(c.req.header("content-length") ? { bytesIn: Number(c.req.header("content-length")) } : {}),
+              ...(aborted ? { aborted: true } : {}),
+              remote: c.env?.incoming?.socket?.remoteAddress,
+              userAgent: c.req.header("user-agent"),
+            };
+            log[level](line, "request");
+          }
         } finally {
           metrics?.httpInFlight.dec();
           if (uploadApi) metrics?.uploadsInFlight.dec({ api: uploadApi });
           done();
         }
-      });
+      };
+      // Run after the handler's own continuation, as before (in-process requests have no socket response).
+      if (closed) queueMicrotask(finish);
+      else onClosed = finish;
     }
+  };
+}
+
+interface HttpSeries {
+  requests: BoundCounter;
+  duration: BoundHistogram;
+  /** Bound at the first bytes sent: a route that never sends a body exports no series. */
+  responseBytes?: BoundCounter;
+}
+
+function httpSeries(metrics: NonNullable<Context["metrics"]>, labels: Labels): HttpSeries {
+  return {
+    requests: metrics.httpRequests.bind(labels),
+    duration: metrics.httpDuration.bind(labels),
   };
 }
 
 function record(
   metrics: NonNullable<Context["metrics"]>,
+  series: HttpSeries,
   r: {
     c: C;
     route: string;
@@ -145,10 +184,12 @@ function record(
     error: Error | undefined;
   },
 ): void {
-  const labels = { method: r.method, route: r.route, status: String(r.status) };
-  metrics.httpRequests.inc(labels);
-  metrics.httpDuration.observe(labels, r.seconds);
-  if (r.bytesOut > 0) metrics.responseBytes.inc({ route: r.route }, r.bytesOut);
+  series.requests.inc();
+  series.duration.observe(r.seconds);
+  if (r.bytesOut > 0) {
+    series.responseBytes ??= metrics.responseBytes.bind({ route: r.route });
+    series.responseBytes.inc(r.bytesOut);
+  }
   const cache = r.c.req.param("cache") ?? "";
   // Only answers about a cache that exists carry its name (an unknown name fails in findCache: r.error).
   if (r.route === "/:cache/<hash>.narinfo" && !r.error && (r.status === 200 || r.status === 404)) {
