@@ -491,6 +491,20 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
   }
 }
 
+// CPU time from /proc (clock ticks of 1/100 s): of this process's finished children, and of a running process.
+function childrenCpuSeconds(): number {
+  const fields = statFields("self");
+  return (Number(fields[13]) + Number(fields[14])) / 100; // cutime, cstime
+}
+function processCpuSeconds(pid: number): number {
+  const fields = statFields(String(pid));
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime
+}
+function statFields(pid: string): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" "); // from field 3 (state) on
+}
+
 // ---- measure 6: pushing the closure
 async function measure6(workload: Workload, stacks: Stack[]) {
   const measure = "6 push the closure";
@@ -510,11 +524,22 @@ async function measure6(workload: Workload, stacks: Stack[]) {
       : {};
   rmSync(dir, { recursive: true, force: true });
   const env = nixEnvIn(join(TMP, "nix-push"));
+  // CPU seconds beside wall time: on 2 cores the pushes are CPU-bound, and this shows whose CPU it is.
+  const cpuUnit = "CPU s (client + server)";
   let t0 = now();
+  let cpu0 = childrenCpuSeconds();
   await sh("nix", ["copy", "--to", `file://${dir}?compression=zstd`, workload.top], env);
   row({ measure, peer: baseline, unit: "s", values: [], lowerIsBetter: true, isBaseline: true }).values.push(
     (now() - t0) / 1000,
   );
+  row({
+    measure,
+    peer: baseline,
+    unit: cpuUnit,
+    values: [],
+    lowerIsBetter: true,
+    isBaseline: true,
+  }).values.push(childrenCpuSeconds() - cpu0);
   rmSync(dir, { recursive: true, force: true });
   for (const stack of stacks) {
     for (const how of ["nixstash push", "nix copy --to http://"] as const) {
@@ -524,9 +549,13 @@ async function measure6(workload: Workload, stacks: Stack[]) {
         writeFileSync(netrc, `machine 127.0.0.1\nlogin nix\npassword ${peer.token}\n`, { mode: 0o600 });
         const pushEnv = nixEnvIn(join(TMP, "nix-push"), [`netrc-file = ${netrc}`]);
         t0 = now();
+        cpu0 = childrenCpuSeconds();
+        const server0 = processCpuSeconds(peer.pid!);
         if (how === "nixstash push") await nixstashPush(peer, [workload.top]);
         else await sh("nix", ["copy", "--to", `${peer.base}?compression=zstd`, workload.top], pushEnv);
         const seconds = (now() - t0) / 1000;
+        const clientCpu = childrenCpuSeconds() - cpu0;
+        const serverCpu = processCpuSeconds(peer.pid!) - server0;
         const check = await getText(`${peer.base}/${hashOf(workload.top)}.narinfo`);
         if (check.status !== 200) throw new Error(`${how} to ${peer.name}: top not in the cache afterwards`);
         row({
@@ -538,6 +567,17 @@ async function measure6(workload: Workload, stacks: Stack[]) {
           baseline,
           ...(how === "nixstash push" ? { target } : {}),
         }).values.push(seconds);
+        row({
+          measure,
+          peer: `${how} → ${peer.name}`,
+          unit: cpuUnit,
+          values: [],
+          lowerIsBetter: true,
+          baseline,
+        }).values.push(clientCpu + serverCpu);
+        log(
+          `${how} → ${peer.name}: ${seconds.toFixed(2)} s, CPU client ${clientCpu.toFixed(2)} s + server ${serverCpu.toFixed(2)} s`,
+        );
       } finally {
         await peer.stop();
         await peer.cleanupBackends();
