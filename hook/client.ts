@@ -4,7 +4,7 @@
 import http from "node:http";
 import https from "node:https";
 import type { Readable } from "node:stream";
-import { CompressStream } from "zstd-napi";
+import { createCompressorPool } from "./zstd-compress.ts";
 
 // A big NAR is compressed by zstd's own threads (ZSTD_c_nbWorkers), so the event loop only reads files and
 // writes the socket: pushing the benchmark's 300 MiB path to a local server took 3.4 s instead of 4.3 s here.
@@ -79,6 +79,8 @@ export function createClient(options: ClientOptions) {
   // Connections kept for the next upload; idle ones do not keep the process alive (Node unrefs them).
   const httpAgent = new http.Agent({ keepAlive: true });
   const httpsAgent = new https.Agent({ keepAlive: true });
+  // Compression contexts reused across uploads (zstd-compress.ts).
+  const compressors = createCompressorPool();
 
   async function call(url: string, init: RequestInit & { duplex?: "half" }): Promise<Response> {
     let res: Response;
@@ -127,10 +129,12 @@ export function createClient(options: ClientOptions) {
         info.storePath.lastIndexOf("/") + 1,
         info.storePath.lastIndexOf("/") + 33,
       );
+      const threaded = info.narSize >= THREADED_FROM;
       const body = nar.pipe(
-        new CompressStream({
-          compressionLevel: opts.zstdLevel ?? 3,
-          ...(info.narSize >= THREADED_FROM ? { nbWorkers: COMPRESSION_THREADS, jobSize: JOB_SIZE } : {}),
+        compressors.stream({
+          level: opts.zstdLevel ?? 3,
+          threads: threaded ? COMPRESSION_THREADS : 0,
+          ...(threaded ? { jobSize: JOB_SIZE } : {}),
         }),
       );
       nar.on("error", (error) => body.destroy(error));
