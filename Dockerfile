@@ -14,7 +14,7 @@ RUN npm ci --omit=dev --no-audit --no-fund
 COPY nix ./nix
 COPY schema ./schema
 COPY server ./server
-RUN npm run build --silent
+RUN npm run build:server --silent
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production \

@@ -170,14 +170,24 @@ describe("docker-compose.yml and Dockerfile", () => {
       scripts: Record<string, string>;
     };
     // The bundle of server/main.ts: --outfile, or main<out-extension> in --outdir (several entry points).
-    const build = pkg.scripts.build ?? "";
+    const build = pkg.scripts["build:server"] ?? "";
     const outdir = /--outdir=(\S+)/.exec(build)?.[1];
     const extension = /--out-extension:\.js=(\S+)/.exec(build)?.[1] ?? ".js";
     const outfile =
       /--outfile=(\S+)/.exec(build)?.[1] ??
       (outdir && build.includes("server/main.ts") ? `${outdir}/main${extension}` : undefined);
-    assert.ok(outfile, "package.json has a build script with an --outfile or an --outdir for server/main.ts");
-    assert.match(dockerfile, /^RUN npm run build/m);
+    assert.ok(
+      outfile,
+      "package.json has a build:server script with an --outfile or an --outdir for server/main.ts",
+    );
+    // The image holds no hook/ (the builder side): it builds the server alone, as npm start does.
+    assert.match(dockerfile, /^RUN npm run build:server/m);
+    assert.match(pkg.scripts.start ?? "", /^npm run build:server\b/);
+    assert.match(
+      pkg.scripts.build ?? "",
+      /npm run build:server\b/,
+      "npm run build includes the server bundle",
+    );
     assert.ok(
       dockerfile.includes(`COPY --from=deps /opt/nixstash/${dirname(outfile)} ./${dirname(outfile)}`),
     );
