@@ -58,7 +58,7 @@ const MAX_PART = 5 * 1024 * MiB;
  * 48 MiB with 16 MiB parts, which put a big NAR's ingest over its 200 MiB RSS budget (issue 7, measure 5).
  * A body of unknown size may then reach 10,000 x 8 MiB = 78 GiB; a declared size picks bigger parts.
  */
-const DEFAULT_PART = 8 * MiB;
+const DEFAULT_PART = 5 * MiB;
 const MAX_PARTS = 10_000;
 /** Below this, a body is collected in its own chunks; past it, part buffers are taken from the pool. */
 const SMALL_BODY = MiB;
@@ -276,7 +276,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   ): Promise<{ size: number }> {
     assertKey(key, "put");
     assertSize(opts.size, key);
-    const { size: expected, signal } = opts;
+    const { size: expected, sizeHint, signal } = opts;
     const name = nameOf(key);
     const input = asReadable(body);
     const onAbort = () => input.destroy(abortedError("put", key, signal!));
@@ -286,9 +286,10 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     }
     signal?.addEventListener("abort", onAbort, { once: true });
     const headers = { "Content-Type": opts.contentType ?? "application/octet-stream" };
-    // A known size may need bigger parts to fit S3's 10,000 parts.
+    // A known (or roughly known) size may need bigger parts to fit S3's 10,000 parts.
+    const planned = expected ?? sizeHint;
     const thisPartSize =
-      expected === undefined ? partSize : Math.max(partSize, Math.ceil(expected / MAX_PARTS / MiB) * MiB);
+      planned === undefined ? partSize : Math.max(partSize, Math.ceil(planned / MAX_PARTS / MiB) * MiB);
     const pool = new BufferPool(thisPartSize, concurrency + 1);
     const parts = cutParts(input, thisPartSize, pool, (total) => {
       if (expected !== undefined && total > expected) {

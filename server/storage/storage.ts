@@ -23,6 +23,11 @@ export interface ByteRange {
 export interface PutOptions {
   /** The declared length: a body that turns out longer or shorter fails the put and stores nothing. */
   size?: number;
+  /**
+   * About how long the body will be when its exact length is unknown (a NAR compressed on the way): not
+   * checked, only used to pick a part size that fits S3's 10,000 parts.
+   */
+  sizeHint?: number;
   contentType?: string;
   /** Aborting fails the put and stores nothing. */
   signal?: AbortSignal;

@@ -59,7 +59,12 @@ export async function receiveNar({
   // Counts the decoded NAR; its hash is the NarReader's.
   const narTap = new CountTap(input.narSizeLimit, tooLong);
   const feed = new FeedTap((chunk) => reader.update(chunk));
-  const store = (output: Readable) => ctx.storage.put(input.storageKey, output);
+  // What is stored is at most about the NAR's size (zstd of a NAR, or a compressed body as sent): the
+  // claimed NarSize lets S3 pick parts big enough for NARs past 10,000 default parts.
+  const sizeHint =
+    input.narSizeLimit === undefined ? undefined : Math.ceil(input.narSizeLimit * 1.01) + 65_536;
+  const store = (output: Readable) =>
+    ctx.storage.put(input.storageKey, output, sizeHint === undefined ? {} : { sizeHint });
   // An uncompressed body is the NAR itself: the reader's NarHash is its FileHash, so it is hashed once.
   const receivedTap = input.compression === "none" ? undefined : new HashTap();
   const storedTap = receivedTap ?? new HashTap();

@@ -124,6 +124,19 @@ if (!service) {
       assert.equal(hash(Buffer.concat(back)), hash(bytes));
     });
 
+    it("takes a size hint for its part size without holding the body to it", async () => {
+      const storage = await createS3Storage({ ...options(bucket), partSize: 5 * MiB });
+      const bytes = randomBytes(12 * MiB + 3);
+      const hash = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+      // A hint of 60 GiB picks 7 MiB parts (10,000 of them hold it); one of 1 MiB keeps 5 MiB parts. Neither
+      // is the body's length, and neither makes the put fail.
+      for (const sizeHint of [60 * 1024 * MiB, MiB]) {
+        await storage.put("hinted/key", Readable.from([bytes]), { sizeHint });
+        const back = await Readable.from((await storage.get("hinted/key"))!).toArray();
+        assert.equal(hash(Buffer.concat(back)), hash(bytes), `hint ${sizeHint}`);
+      }
+    });
+
     it("refuses part sizes S3 would refuse", async () => {
       await assert.rejects(createS3Storage({ ...options(bucket), partSize: 4 * MiB }), StorageError);
       await assert.rejects(createS3Storage({ ...options(bucket), endPoint: "127.0.0.1:7480" }), StorageError);
