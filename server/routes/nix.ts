@@ -130,7 +130,12 @@ export function nixRoutes(ctx: Context) {
 
   app.put("/:cache/nar/:file", async (c) => {
     const { cache } = await writableCache(c);
-    await stageNarUpload({ ctx, input: { cache, file: c.req.param("file"), body: requestBody(c) } });
+    const length = Number(c.req.header("content-length"));
+    const bodySize = Number.isSafeInteger(length) && length >= 0 ? length : undefined;
+    await stageNarUpload({
+      ctx,
+      input: { cache, file: c.req.param("file"), body: requestBody(c), bodySize },
+    });
     return ok(c);
   });
 

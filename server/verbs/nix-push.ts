@@ -36,7 +36,8 @@ export async function stageNarUpload({
   input,
 }: {
   ctx: Context;
-  input: { cache: CacheRow; file: string; body: Readable };
+  /** bodySize: the PUT's Content-Length, when sent (Nix sends it). */
+  input: { cache: CacheRow; file: string; body: Readable; bodySize?: number | undefined };
 }): Promise<{ file: string; narHash: string; narSize: number }> {
   const { cache, file } = input;
   const named = parseNarFile(file);
@@ -47,7 +48,13 @@ export async function stageNarUpload({
   try {
     const nar = await receiveNar({
       ctx,
-      input: { body: input.body, compression: named.compression, storageKey, what: `nar/${file}` },
+      input: {
+        body: input.body,
+        compression: named.compression,
+        storageKey,
+        what: `nar/${file}`,
+        ...(input.bodySize === undefined ? {} : { bodySize: input.bodySize }),
+      },
     });
     if (nar.received.fileHash !== named.fileHash) {
       throw new AppError(

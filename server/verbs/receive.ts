@@ -39,6 +39,8 @@ export interface ReceiveInput {
   storageKey: string;
   /** Fail as soon as the decoded NAR exceeds this many bytes (a claimed NarSize). */
   narSizeLimit?: number;
+  /** The body's declared length (Content-Length), when the client gave one; never checked here. */
+  bodySize?: number;
   /** Names the upload in error messages. */
   what: string;
 }
@@ -59,10 +61,10 @@ export async function receiveNar({
   // Counts the decoded NAR; its hash is the NarReader's.
   const narTap = new CountTap(input.narSizeLimit, tooLong);
   const feed = new FeedTap((chunk) => reader.update(chunk));
-  // What is stored is at most about the NAR's size (zstd of a NAR, or a compressed body as sent): the
-  // claimed NarSize lets S3 pick parts big enough for NARs past 10,000 default parts.
-  const sizeHint =
-    input.narSizeLimit === undefined ? undefined : Math.ceil(input.narSizeLimit * 1.01) + 65_536;
+  // What is stored is about as long as the body (a compressed body is stored as sent) or at most about the
+  // NAR (zstd of a plain one): either size lets S3 pick parts big enough for NARs past 10,000 default parts.
+  const known = [input.narSizeLimit, input.bodySize].filter((n): n is number => n !== undefined);
+  const sizeHint = known.length > 0 ? Math.ceil(Math.max(...known) * 1.01) + 65_536 : undefined;
   const store = (output: Readable) =>
     ctx.storage.put(input.storageKey, output, sizeHint === undefined ? {} : { sizeHint });
   // An uncompressed body is the NAR itself: the reader's NarHash is its FileHash, so it is hashed once.
