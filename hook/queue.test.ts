@@ -1,10 +1,10 @@
 // The daemon's durable queue on a real SQLite file: transitions, due times, crash recovery (reopening the
 // file as a restarted daemon would), the one-daemon claim, and the backoff schedule.
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import { backoffDelay } from "./backoff.ts";
 import { openQueue, QueueLockedError } from "./queue.ts";
 
@@ -12,8 +12,15 @@ const A = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a";
 const B = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b";
 const C = "/nix/store/cccccccccccccccccccccccccccccccc-c";
 
+const made: string[] = [];
+after(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
 function fresh() {
-  const file = join(mkdtempSync(join(tmpdir(), "nixstash-queue-")), "state", "queue.db");
+  const dir = mkdtempSync(join(tmpdir(), "nixstash-queue-"));
+  made.push(dir);
+  const file = join(dir, "state", "queue.db");
   let now = 1_000_000;
   const clock = () => now;
   return {

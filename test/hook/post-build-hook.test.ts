@@ -111,7 +111,7 @@ describe("post-build hook script", () => {
     assert.match(nothing.stderr, /nothing recorded/);
   });
 
-  it("finds the spool through NIXSTASH_STATE_DIR, and per user without it", () => {
+  it("finds the spool through NIXSTASH_STATE_DIR, and per user without it", (t) => {
     const dir = mkdtempSync(join(testTmp(), "hook-where-"));
     spawnSync(HOOK, [], { env: { ...baseEnv, NIXSTASH_STATE_DIR: dir, OUT_PATHS: OUT }, stdio: "ignore" });
     assert.equal(readdirSync(join(dir, "spool")).length, 1);
@@ -121,6 +121,7 @@ describe("post-build hook script", () => {
     if (setpriv.status !== 0 || process.getuid?.() !== 0) return;
     // (the test run's scratch dir is private to root: use one that nobody can reach)
     const userDir = mkdtempSync(join(tmpdir(), "nixstash-hook-user-"));
+    t.after(() => rmSync(userDir, { recursive: true, force: true }));
     chmodSync(userDir, 0o755);
     const home = join(userDir, "home");
     spawnSync("mkdir", ["-p", home]);
