@@ -2,10 +2,11 @@
 //
 // zstd-napi's CompressStream makes a compression context per stream and reports its memory to V8 as external
 // memory (a few MiB at level 3, tens of MiB with worker threads), given back only when the stream is garbage
-// collected. A push of a few hundred paths therefore had V8 run ~90 full collections to keep up (~1 s of the
-// client's CPU, as much as a quarter of what compressing the NARs costs). Here a context returns to its pool
-// when its stream ends and is reset (its parameters kept) before the next one; a stream that fails drops its
-// context instead. The compression loop is CompressStream's, on the same binding.
+// collected. A push of a few hundred paths therefore had V8 run a full collection every few paths to keep up
+// (a CPU profile of `nixstash push` shows it: `npm run bench -- --only 6 --profile`). Here a context returns
+// to its pool when its frame has ended, which leaves it clean for the next stream with its parameters kept;
+// a stream cut off or failed mid-frame drops its context instead. The compression loop is CompressStream's,
+// on the same binding.
 import { createRequire } from "node:module";
 import { Transform, type TransformCallback } from "node:stream";
 import type * as Binding from "zstd-napi/binding.js";

@@ -87,19 +87,19 @@ export interface BoundHistogram {
 
 export class Counter extends Series<number> {
   inc(labels?: Labels, amount = 1): void {
-    if (!(amount >= 0)) throw new Error(`counter ${this.name} can only go up (got ${amount})`);
-    const e = this.entry(labels, () => 0);
-    e.value += amount;
+    this.#add(
+      this.entry(labels, () => 0),
+      amount,
+    );
   }
   /** The series for these labels, created now (exported from here on, as after a first inc of 0). */
   bind(labels?: Labels): BoundCounter {
     const e = this.entry(labels, () => 0);
-    return {
-      inc: (amount = 1) => {
-        if (!(amount >= 0)) throw new Error(`counter ${this.name} can only go up (got ${amount})`);
-        e.value += amount;
-      },
-    };
+    return { inc: (amount = 1) => this.#add(e, amount) };
+  }
+  #add(e: { value: number }, amount: number): void {
+    if (!(amount >= 0)) throw new Error(`counter ${this.name} can only go up (got ${amount})`);
+    e.value += amount;
   }
   get(labels?: Labels): number {
     return this.series.get(keyOf(this.labelNames, labels).join("\u0000"))?.value ?? 0;

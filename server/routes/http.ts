@@ -105,9 +105,15 @@ function rangeNotSatisfiable(size: number): AppError {
   return new AppError("range_not_satisfiable", `range not satisfiable (object is ${size} bytes)`, { size });
 }
 
+/** The request's Content-Length, when it has a valid one. */
+export function declaredLength(c: C): number | undefined {
+  const length = Number(c.req.header("content-length") ?? Number.NaN);
+  return Number.isSafeInteger(length) && length >= 0 ? length : undefined;
+}
+
 export async function readJson(c: C, limit = 16 * 1024 * 1024): Promise<unknown> {
-  const length = Number(c.req.header("content-length") ?? 0);
-  if (length > limit) throw new AppError("payload_too_large", `JSON body larger than ${limit} bytes`);
+  if ((declaredLength(c) ?? 0) > limit)
+    throw new AppError("payload_too_large", `JSON body larger than ${limit} bytes`);
   const text = await c.req.text();
   if (text.length > limit) throw new AppError("payload_too_large", `JSON body larger than ${limit} bytes`);
   try {
@@ -122,8 +128,8 @@ export async function readJson(c: C, limit = 16 * 1024 * 1024): Promise<unknown>
  * newer Nix clients may use (gzip, br, zstd). Refused past `limit` bytes, before and after decoding.
  */
 export async function readTextBody(c: C, limit: number): Promise<string> {
-  const declared = Number(c.req.header("content-length") ?? 0);
-  if (declared > limit) throw new AppError("payload_too_large", `body larger than ${limit} bytes`);
+  if ((declaredLength(c) ?? 0) > limit)
+    throw new AppError("payload_too_large", `body larger than ${limit} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of requestBody(c) as AsyncIterable<Buffer>) {

@@ -17,7 +17,16 @@ import {
   realisationText,
 } from "../verbs/serve.ts";
 import { putLog, putRealisation } from "../verbs/uploads.ts";
-import { type C, caller, type Env, parseRange, readTextBody, requestBody, sendStream } from "./http.ts";
+import {
+  type C,
+  caller,
+  declaredLength,
+  type Env,
+  parseRange,
+  readTextBody,
+  requestBody,
+  sendStream,
+} from "./http.ts";
 
 const HASH_FILE = /^([0-9a-df-np-sv-z]{32})\.(narinfo|ls)$/;
 
@@ -130,11 +139,9 @@ export function nixRoutes(ctx: Context) {
 
   app.put("/:cache/nar/:file", async (c) => {
     const { cache } = await writableCache(c);
-    const length = Number(c.req.header("content-length"));
-    const bodySize = Number.isSafeInteger(length) && length >= 0 ? length : undefined;
     await stageNarUpload({
       ctx,
-      input: { cache, file: c.req.param("file"), body: requestBody(c), bodySize },
+      input: { cache, file: c.req.param("file"), body: requestBody(c), bodySize: declaredLength(c) },
     });
     return ok(c);
   });

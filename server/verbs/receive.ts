@@ -83,13 +83,10 @@ export async function receiveNar({
       // decodes on a worker thread when one is idle (decode-pool.ts), so decoding and the rest of the
       // pipeline use two cores; the worker hands back decoded blocks that are counted and parsed here, as
       // narTap and feed do below. Otherwise, and for the other compressions, everything runs here.
-      const limit = input.narSizeLimit ?? Number.POSITIVE_INFINITY;
-      let decodedSize = 0;
       const remote =
         input.compression === "zstd"
           ? ctx.decoders?.acquire((chunk) => {
-              decodedSize += chunk.length;
-              if (decodedSize > limit) throw tooLong();
+              narTap.count(chunk);
               reader.update(chunk);
             })
           : undefined;
