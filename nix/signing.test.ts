@@ -139,6 +139,23 @@ describe("keys", () => {
     assert.deepEqual(ours, cryptoSign(null, Buffer.from(fp), openssl));
   });
 
+  it("signs as OpenSSL does for many keys and messages, first and repeated use of a key alike", () => {
+    for (let i = 0; i < 40; i++) {
+      const sk = generateSecretKey(`k${i}`);
+      const pkcs8 = Buffer.concat([Buffer.from("302e020100300506032b657004220420", "hex"), sk.seed]);
+      const openssl = createPrivateKey({ key: pkcs8, format: "der", type: "pkcs8" });
+      for (const refs of [0, 1, i]) {
+        const fp = fingerprint({
+          ...hello,
+          narSize: 1 + i * 977,
+          references: hello.references.slice(0, refs),
+        });
+        const ours = Buffer.from(signFingerprint(sk, fp).slice(`k${i}:`.length), "base64");
+        assert.deepEqual(ours, cryptoSign(null, Buffer.from(fp), openssl), `key ${i}, ${refs} references`);
+      }
+    }
+  });
+
   it("trims whitespace around keys (files often end in a newline)", () => {
     const sk = generateSecretKey("k");
     assert.deepEqual(parseSecretKey(`  ${formatSecretKey(sk)}\n`), sk);
