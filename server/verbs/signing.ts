@@ -18,9 +18,21 @@ export async function signWithCacheKeys(
   return keys.map((key) => signFingerprint(key, fingerprint));
 }
 
-export function upstreamKeys(cache: CacheRow): PublicKey[] {
-  return cache.upstreamKeys
-    .split(/\s+/)
-    .filter((line) => line.length > 0)
-    .map((line) => parsePublicKey(line));
+// Parsing a public key decompresses its curve point; a push checks a cache's upstream keys once per path.
+// The parse of each distinct key list is kept (a pure function of the text), up to a bound.
+const parsedUpstreamKeys = new Map<string, readonly PublicKey[]>();
+const PARSED_LISTS_MAX = 64;
+
+export function upstreamKeys(cache: CacheRow): readonly PublicKey[] {
+  const text = cache.upstreamKeys;
+  let keys = parsedUpstreamKeys.get(text);
+  if (!keys) {
+    keys = text
+      .split(/\s+/)
+      .filter((line) => line.length > 0)
+      .map((line) => parsePublicKey(line));
+    if (parsedUpstreamKeys.size >= PARSED_LISTS_MAX) parsedUpstreamKeys.clear();
+    parsedUpstreamKeys.set(text, keys);
+  }
+  return keys;
 }
