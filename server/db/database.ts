@@ -9,6 +9,10 @@
 // Transactions: better-sqlite3 is synchronous and its drizzle transactions cannot await. We keep two SQLite
 // connections in WAL mode: a reader for plain queries and a writer whose transactions are serialised by an
 // in-process mutex and opened with BEGIN IMMEDIATE. The reader never sees a transaction before COMMIT.
+// On PostgreSQL a transaction runs on a connection taken from the pool. Either way the handle a transaction
+// gets is the same object every time it runs on the same connection (the one SQLite writer; one handle per
+// pooled PostgreSQL connection), so the repository can prepare the statements of its write transactions
+// once per connection instead of building and preparing their SQL on every call (repo.ts).
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -129,11 +133,39 @@ async function openPostgres(url: string): Promise<Database> {
     client.release();
   }
   const asDb = db as unknown as Db;
+  const handles = new WeakMap<pg.PoolClient, Db>();
   return {
     dialect: "postgres",
     db: asDb,
     t: pgSchema as unknown as Tables,
-    transaction: (fn) => db.transaction((tx) => fn(tx as unknown as Db)),
+    transaction: async (fn) => {
+      const client = await pool.connect();
+      let handle = handles.get(client);
+      if (!handle) {
+        handle = drizzlePg(client, { schema: pgSchema }) as unknown as Db;
+        handles.set(client, handle);
+      }
+      // A connection that failed BEGIN or ROLLBACK is in an unknown state: the pool drops it, not reuses it.
+      let broken: Error | undefined;
+      try {
+        await client.query("BEGIN");
+      } catch (error) {
+        client.release(error as Error);
+        throw error;
+      }
+      try {
+        const result = await fn(handle);
+        await client.query("COMMIT");
+        return result;
+      } catch (error) {
+        await client.query("ROLLBACK").catch((rollbackError: Error) => {
+          broken = rollbackError;
+        });
+        throw error;
+      } finally {
+        client.release(broken);
+      }
+    },
     ping: async () => {
       await db.execute(sql`SELECT 1`);
     },

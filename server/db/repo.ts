@@ -155,8 +155,96 @@ function prepare<Row>(query: PromiseLike<Row[]>, name: string): Prepared<Row> {
   return (query as unknown as { prepare(name: string): Prepared<Row> }).prepare(name);
 }
 
+/** A statement run with placeholder values on the connection it is given. */
+type Statement<Row> = (q: Db, values: Record<string, unknown>) => PromiseLike<Row[]>;
+
+/**
+ * A statement of the write transactions every push makes, built and prepared once per connection rather than
+ * on every call (drizzle building the SQL text and the driver preparing it were most of the database's CPU
+ * time in a push: `npm run bench -- --only 6 --profile`). `q` is a transaction's handle, the same object for
+ * every transaction on the same connection (database.ts), so the prepared statement is kept per handle.
+ */
+function statement<Row>(name: string, build: (q: Db) => PromiseLike<Row[]>): Statement<Row> {
+  const prepared = new WeakMap<Db, Prepared<Row>>();
+  return (q, values) => {
+    let ready = prepared.get(q);
+    if (!ready) {
+      ready = prepare(build(q), name);
+      prepared.set(q, ready);
+    }
+    return ready.execute(values);
+  };
+}
+
 export function createRepo(database: Database) {
   const { db, t } = database;
+  const p = sql.placeholder;
+
+  const writes = {
+    pathNarHash: statement("w_path_nar_hash", (q) =>
+      q
+        .select({ narHash: t.nars.narHash })
+        .from(t.paths)
+        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+        .where(and(eq(t.paths.cacheId, p("cacheId")), eq(t.paths.hash, p("hash")))),
+    ),
+    insertNar: statement("w_insert_nar", (q) =>
+      q
+        .insert(t.nars)
+        .values({
+          narHash: p("narHash"),
+          narSize: p("narSize"),
+          compression: p("compression"),
+          fileHash: p("fileHash"),
+          fileSize: p("fileSize"),
+          storageKey: p("storageKey"),
+        })
+        .onConflictDoNothing({ target: t.nars.narHash })
+        .returning({ id: t.nars.id }),
+    ),
+    narIdByNarHash: statement("w_nar_id_by_nar_hash", (q) =>
+      q
+        .select({ id: t.nars.id })
+        .from(t.nars)
+        .where(eq(t.nars.narHash, p("narHash"))),
+    ),
+    insertListing: statement("w_insert_listing", (q) =>
+      q
+        .insert(t.narListings)
+        .values({ narId: p("narId"), listing: p("listing") })
+        .returning({ narId: t.narListings.narId }),
+    ),
+    insertPending: statement("w_insert_pending", (q) =>
+      q
+        .insert(t.pendingUploads)
+        .values({ storageKey: p("storageKey") })
+        .returning({ storageKey: t.pendingUploads.storageKey }),
+    ),
+    deletePending: statement("w_delete_pending", (q) =>
+      q
+        .delete(t.pendingUploads)
+        .where(eq(t.pendingUploads.storageKey, p("storageKey")))
+        .returning({ storageKey: t.pendingUploads.storageKey }),
+    ),
+    insertPath: statement("w_insert_path", (q) =>
+      q
+        .insert(t.paths)
+        .values({
+          cacheId: p("cacheId"),
+          hash: p("hash"),
+          storePath: p("storePath"),
+          narId: p("narId"),
+          references: p("references"),
+          deriver: p("deriver"),
+          system: p("system"),
+          ca: p("ca"),
+          sigs: p("sigs"),
+          pushedBy: p("pushedBy"),
+        })
+        .onConflictDoNothing({ target: [t.paths.cacheId, t.paths.hash] })
+        .returning({ id: t.paths.id }),
+    ),
+  };
 
   async function presentHashes(q: Db, cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
     const present = new Set<string>();
@@ -204,12 +292,7 @@ export function createRepo(database: Database) {
 
   async function commitPathOnce(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
     return database.transaction(async (tx) => {
-      const existing = await tx
-        .select({ narHash: t.nars.narHash })
-        .from(t.paths)
-        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
-        .where(and(eq(t.paths.cacheId, path.cacheId), eq(t.paths.hash, path.hash)))
-        .limit(1);
+      const existing = await writes.pathNarHash(tx, { cacheId: path.cacheId, hash: path.hash });
       if (existing[0]) return { kind: "already-present", narHash: existing[0].narHash };
 
       // Row-locks the references (a no-op update) so that a concurrent garbage collection, which locks its
@@ -219,42 +302,30 @@ export function createRepo(database: Database) {
       if (missing.length > 0) return { kind: "missing-references", missing };
 
       const { listing, ...narColumns } = nar;
-      const inserted = await tx
-        .insert(t.nars)
-        .values(narColumns)
-        .onConflictDoNothing({ target: t.nars.narHash })
-        .returning({ id: t.nars.id });
+      const inserted = await writes.insertNar(tx, narColumns);
       let narId = inserted[0]?.id;
       const deduplicated = narId === undefined;
       if (narId === undefined) {
-        const reused = await tx
-          .select({ id: t.nars.id })
-          .from(t.nars)
-          .where(eq(t.nars.narHash, nar.narHash))
-          .limit(1);
+        const reused = await writes.narIdByNarHash(tx, { narHash: nar.narHash });
         narId = reused[0]!.id;
       } else {
-        await tx.insert(t.narListings).values({ narId, listing });
-        await tx.delete(t.pendingUploads).where(eq(t.pendingUploads.storageKey, nar.storageKey));
+        await writes.insertListing(tx, { narId, listing });
+        await writes.deletePending(tx, { storageKey: nar.storageKey });
       }
       if (path.stagedNarId !== undefined)
         await tx.delete(t.stagedNars).where(eq(t.stagedNars.id, path.stagedNarId));
-      const insertedPath = await tx
-        .insert(t.paths)
-        .values({
-          cacheId: path.cacheId,
-          hash: path.hash,
-          storePath: path.storePath,
-          narId,
-          references: [...path.references].sort().join(" "),
-          deriver: path.deriver,
-          system: path.system,
-          ca: path.ca,
-          sigs: path.sigs.join("\n"),
-          pushedBy: path.pushedBy,
-        })
-        .onConflictDoNothing({ target: [t.paths.cacheId, t.paths.hash] })
-        .returning({ id: t.paths.id });
+      const insertedPath = await writes.insertPath(tx, {
+        cacheId: path.cacheId,
+        hash: path.hash,
+        storePath: path.storePath,
+        narId,
+        references: [...path.references].sort().join(" "),
+        deriver: path.deriver,
+        system: path.system,
+        ca: path.ca,
+        sigs: path.sigs.join("\n"),
+        pushedBy: path.pushedBy,
+      });
       if (insertedPath.length === 0) throw new PathRaced();
       return { kind: "committed", narId, deduplicated };
     });
@@ -367,6 +438,15 @@ export function createRepo(database: Database) {
           ),
         ),
       "log_by_drv",
+    ),
+    // Every push signs with its cache's keys.
+    signingKeys: prepare(
+      db
+        .select()
+        .from(t.signingKeys)
+        .where(and(eq(t.signingKeys.cacheId, sql.placeholder("cacheId")), isNull(t.signingKeys.retiredAt)))
+        .orderBy(t.signingKeys.id),
+      "signing_keys_of_cache",
     ),
     realisation: prepare(
       db
@@ -492,11 +572,7 @@ export function createRepo(database: Database) {
 
     // ---- signing keys
     async signingKeys(cacheId: number): Promise<SigningKeyRow[]> {
-      return db
-        .select()
-        .from(t.signingKeys)
-        .where(and(eq(t.signingKeys.cacheId, cacheId), isNull(t.signingKeys.retiredAt)))
-        .orderBy(t.signingKeys.id);
+      return hot.signingKeys.execute({ cacheId });
     },
 
     /** Every key of the cache, retired ones included, oldest first. */
@@ -973,7 +1049,7 @@ export function createRepo(database: Database) {
     // ---- pending uploads (objects in storage no row owns yet)
     async addPendingUpload(storageKey: string): Promise<void> {
       await database.transaction(async (tx) => {
-        await tx.insert(t.pendingUploads).values({ storageKey });
+        await writes.insertPending(tx, { storageKey });
       });
     },
     /** Forgets an object that was deleted from storage (and any staged NAR it was). */

@@ -181,6 +181,40 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       assert.equal(outcomes.filter((o) => o.kind === "committed" && !o.deduplicated).length, 1);
     });
 
+    it("rolls a failed transaction back wholly, and its connection goes on committing", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const db = database;
+      const thrown = `nar/${hash32()}.nar.zst`;
+      await assert.rejects(
+        db.transaction(async (tx) => {
+          await tx.insert(db.t.pendingUploads).values({ storageKey: thrown });
+          throw new Error("boom");
+        }),
+        /boom/,
+      );
+      // A statement that fails inside a transaction (the storage key is unique) rolls it back too.
+      const twice = `nar/${hash32()}.nar.zst`;
+      await repo.addPendingUpload(twice);
+      await assert.rejects(repo.addPendingUpload(twice));
+      const known = await repo.knownStorageKeys();
+      assert.ok(!known.has(thrown));
+      assert.ok(known.has(twice));
+      // Transactions at once run on several pooled connections (PostgreSQL), each preparing the commit's
+      // statements once and reusing them in the next rounds.
+      for (let round = 0; round < 3; round++) {
+        const paths = Array.from({ length: 12 }, (_, i) => pathRow(`r${round}-${i}`));
+        const nars = paths.map(() => narRow());
+        const outcomes = await Promise.all(paths.map((path, i) => repo.commitPath(path, nars[i]!)));
+        assert.ok(outcomes.every((o) => o.kind === "committed" && !o.deduplicated));
+        for (const [i, path] of paths.entries()) {
+          const stored = await repo.path(cache.id, path.hash);
+          assert.equal(stored?.narHash, nars[i]!.narHash);
+          assert.equal(stored?.storePath, path.storePath);
+          assert.equal(await repo.listing(cache.id, path.hash), nars[i]!.listing);
+        }
+      }
+    });
+
     it("answers presence for thousands of hashes", async (t) => {
       if (!database) return t.skip("database unavailable");
       const present = pathRow("f");
