@@ -3,7 +3,7 @@
 // client's bytes as sent, except uncompressed uploads, which it stores as zstd. Every decoder makes output only
 // as its consumer reads (node:zlib's do; zstd, xz and bzip2 are driven so here): a body of extreme ratio must
 // reach the NarSize limit downstream before it can fill memory.
-import { Duplex, type Transform } from "node:stream";
+import { Duplex, type Transform, Writable } from "node:stream";
 import { createBrotliDecompress, createGunzip } from "node:zlib";
 import lzma from "lzma-native";
 import { decodeNix32 } from "../nix/index.ts";
@@ -104,6 +104,84 @@ function zstdDecoder(): Duplex {
     }
     if (inFrame) throw new Error("Stream ended in middle of compressed data frame");
   });
+}
+
+/** Decoded bytes a ZstdSinkDecoder makes in one turn of the event loop before it lets other work run. */
+const SINK_DECODE_TURN = 8 * 1024 * 1024;
+/** What a ZstdSinkDecoder takes in before it pushes back: about the size of one socket read or two. */
+const STAGE_INPUT = 64 * 1024;
+
+type DCtx = InstanceType<typeof zstd.DCtx>;
+
+/**
+ * zstd decoding on this thread, each decoded block handed to `sink` synchronously, into one block reused for
+ * the whole body: the shape of the worker's decoder (decode-pool.ts), for uploads that find no worker idle.
+ * The sink (count, parse, hash) is done with a block when it returns, so an upload allocates nothing per
+ * block, and memory stays one block however the body decodes. A body of extreme ratio is decoded at most
+ * SINK_DECODE_TURN bytes per turn of the event loop (the sink's NarSize limit ends it). `dctx` may come from
+ * a pool: `release` gets it back clean after the body ended at a frame's end; a failed body drops it.
+ */
+export class ZstdSinkDecoder extends Writable {
+  readonly #sink: (block: Buffer) => void;
+  #dctx: DCtx | undefined;
+  readonly #release: ((dctx: DCtx) => void) | undefined;
+  readonly #block = Buffer.allocUnsafeSlow(zstd.dStreamOutSize());
+  #inFrame = false;
+
+  constructor(sink: (block: Buffer) => void, dctx?: DCtx, release?: (dctx: DCtx) => void) {
+    super({ highWaterMark: STAGE_INPUT });
+    this.#sink = sink;
+    this.#dctx = dctx ?? new zstd.DCtx();
+    this.#release = release;
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: (error?: Error | null) => void): void {
+    this.#decode(chunk, done);
+  }
+
+  #decode(input: Uint8Array, done: (error?: Error | null) => void): void {
+    const dctx = this.#dctx;
+    if (!dctx) return done(new Error("zstd decoder used after its end"));
+    const block = this.#block;
+    let rest = input;
+    let made = 0;
+    try {
+      for (;;) {
+        const [ret, produced, consumed] = dctx.decompressStream(block, rest);
+        rest = rest.subarray(consumed);
+        if (produced > 0) this.#sink(block.subarray(0, produced));
+        made += produced;
+        if (rest.length === 0 && (produced < block.length || ret === 0)) {
+          this.#inFrame = ret !== 0;
+          break;
+        }
+        if (made >= SINK_DECODE_TURN) {
+          setImmediate(() => this.#decode(rest, done));
+          return;
+        }
+      }
+    } catch (error) {
+      done(error as Error);
+      return;
+    }
+    done();
+  }
+
+  override _final(done: (error?: Error | null) => void): void {
+    if (this.#inFrame) {
+      done(new Error("Stream ended in middle of compressed data frame"));
+      return;
+    }
+    const dctx = this.#dctx;
+    this.#dctx = undefined;
+    if (dctx) this.#release?.(dctx);
+    done();
+  }
+
+  override _destroy(error: Error | null, done: (error: Error | null) => void): void {
+    this.#dctx = undefined;
+    done(error);
+  }
 }
 
 /**

@@ -4,7 +4,9 @@
 // where receive.ts's TeeTap would write it into an in-thread decoder, and calls `sink` with each decoded
 // block; it finishes once the worker has decoded the whole body and every block went through the sink. A
 // decoder error comes back with its message and code, so it maps to the same HTTP error as in-thread. When
-// every worker is busy acquire() returns undefined and the caller decodes in-thread, as before.
+// every worker is busy, acquire() hands out the same shape decoding on this thread (ZstdSinkDecoder), on a
+// decoder context kept here for the next upload (each context holds zstd's window, a few MiB that the
+// garbage collector would otherwise be asked to reclaim once per upload).
 //
 // The worker script is loaded beside this module: server/dist/decode-worker.mjs from the bundle (a second
 // esbuild entry point, see package.json "build"), server/decode-worker.ts from the sources (`npm run dev`,
@@ -12,17 +14,21 @@
 import { Writable } from "node:stream";
 import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
+import { ZstdSinkDecoder } from "./compression.ts";
 import type { FromWorker, ToWorker } from "./decode-worker.ts";
 import { STAGE_BUFFER } from "./streams.ts";
+import { zstdBinding } from "./zstd-binding.ts";
 
 /** Encoded input goes to a worker in buffers of this size, at most INPUT_BUFFERS of them at a time. */
 const INPUT_BUFFER_SIZE = 256 * 1024;
 const INPUT_BUFFERS = 4;
+/** In-thread decoder contexts kept for reuse: about the uploads that run at once beside the workers. */
+const KEEP_CONTEXTS = 8;
 
 export interface DecoderPool {
   /**
-   * A zstd decoder on an idle worker that feeds `sink` the decoded bytes (an exception from sink fails the
-   * stream), or undefined when no worker is idle (decode in-thread then).
+   * A zstd decoder that feeds `sink` the decoded bytes (an exception from sink fails the stream): on an idle
+   * worker, or on this thread when none is; undefined once the pool is closed.
    */
   acquire(sink: (chunk: Buffer) => void): Writable | undefined;
   /** Workers free for an upload now (not starting, busy, resetting or dead). */
@@ -46,6 +52,7 @@ export function createDecoderPool({ size, log }: { size: number; log: Logger }):
   const bundled = import.meta.url.endsWith(".mjs");
   const script = new URL(bundled ? "./decode-worker.mjs" : "./decode-worker.ts", import.meta.url);
   const slots: Slot[] = [];
+  const contexts: InstanceType<typeof zstdBinding.DCtx>[] = [];
   let closed = false;
   for (let i = 0; i < size; i++) {
     const worker = bundled ? new Worker(script) : startSourceWorker(script);
@@ -84,7 +91,13 @@ export function createDecoderPool({ size, log }: { size: number; log: Logger }):
     acquire(sink) {
       if (closed) return undefined;
       const slot = slots.find((s) => s.state === "idle");
-      if (!slot) return undefined;
+      if (!slot) {
+        const dctx = contexts.pop() ?? new zstdBinding.DCtx();
+        return new ZstdSinkDecoder(sink, dctx, (ended) => {
+          ended.reset(zstdBinding.ResetDirective.sessionOnly);
+          if (contexts.length < KEEP_CONTEXTS) contexts.push(ended);
+        });
+      }
       slot.state = "busy";
       const post = (message: ToWorker, transfer?: ArrayBuffer[]) =>
         slot.worker.postMessage(message, transfer);

@@ -7,7 +7,7 @@ import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { CompressStream } from "zstd-napi";
 import { formatHash, formatListing, NarReader, NixFormatError } from "../../nix/index.ts";
-import { type Compression, decompressor } from "../compression.ts";
+import { type Compression, decompressor, ZstdSinkDecoder } from "../compression.ts";
 import type { Context } from "../context.ts";
 import { AppError, badRequest } from "../errors.ts";
 import { CountTap, FeedTap, HashTap, pipeInto, TeeTap } from "../streams.ts";
@@ -81,17 +81,16 @@ export async function receiveNar({
     } else {
       // Stored as sent; a decoded copy feeds the validator on the side. zstd (what `nixstash push` sends)
       // decodes on a worker thread when one is idle (decode-pool.ts), so decoding and the rest of the
-      // pipeline use two cores; the worker hands back decoded blocks that are counted and parsed here, as
-      // narTap and feed do below. Otherwise, and for the other compressions, everything runs here.
-      const remote =
-        input.compression === "zstd"
-          ? ctx.decoders?.acquire((chunk) => {
-              narTap.count(chunk);
-              reader.update(chunk);
-            })
-          : undefined;
-      if (remote) {
-        await pipeInto(store, input.body, storedTap, new TeeTap(remote));
+      // pipeline use two cores, or else here; either way decoded blocks come to a sink that counts and
+      // parses them at once, as narTap and feed do below for the other compressions.
+      const sink = (chunk: Buffer) => {
+        narTap.count(chunk);
+        reader.update(chunk);
+      };
+      const zstdDecoder =
+        input.compression === "zstd" ? (ctx.decoders?.acquire(sink) ?? new ZstdSinkDecoder(sink)) : undefined;
+      if (zstdDecoder) {
+        await pipeInto(store, input.body, storedTap, new TeeTap(zstdDecoder));
       } else {
         const decode = decompressor(input.compression);
         const verifying = pipeline(decode, narTap, feed, async (source: AsyncIterable<Buffer>) => {
