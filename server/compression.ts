@@ -141,7 +141,10 @@ export class ZstdSinkDecoder extends Writable {
 
   #decode(input: Uint8Array, done: (error?: Error | null) => void): void {
     const dctx = this.#dctx;
-    if (!dctx) return done(new Error("zstd decoder used after its end"));
+    if (!dctx) {
+      done(new Error("zstd decoder used after its end"));
+      return;
+    }
     const block = this.#block;
     let rest = input;
     let made = 0;
