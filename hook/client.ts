@@ -4,7 +4,7 @@
 import http from "node:http";
 import https from "node:https";
 import type { Readable } from "node:stream";
-import { createCompressorPool } from "./zstd-compress.ts";
+import { createCompressorPool, type PieceSource } from "./zstd-compress.ts";
 
 // A big NAR is compressed by zstd's own threads (ZSTD_c_nbWorkers), so the event loop only reads files and
 // writes the socket (bench measure 6 went from 2.14x to 1.54x file:// with this and zstd-compress.ts).
@@ -118,11 +118,13 @@ export function createClient(options: ClientOptions) {
     /**
      * Streams one path's NAR (compressed with zstd on the way) with its path info. Through node:http rather
      * than fetch: fetch's web streams cost as much CPU again as the zstd compression itself (measured on
-     * the benchmark closure: 9.3 s against 6.0 s of client CPU for 530 MiB of NAR).
+     * the benchmark closure: 9.3 s against 6.0 s of client CPU for 530 MiB of NAR). The NAR is best given
+     * as a source (hook/nar-dump.ts's narSource): it is then compressed as it is read, with no stream of
+     * NAR chunks in between (zstd-compress.ts); a Readable of it works too.
      */
     async upload(
       info: PushPathInfo,
-      nar: Readable,
+      nar: Readable | PieceSource,
       opts: { zstdLevel?: number; signal?: AbortSignal } = {},
     ): Promise<UploadResult> {
       const hash = info.storePath.slice(
@@ -130,14 +132,18 @@ export function createClient(options: ClientOptions) {
         info.storePath.lastIndexOf("/") + 33,
       );
       const threaded = info.narSize >= THREADED_FROM;
-      const body = nar.pipe(
-        compressors.stream({
-          level: opts.zstdLevel ?? 3,
-          threads: threaded ? COMPRESSION_THREADS : 0,
-          ...(threaded ? { jobSize: JOB_SIZE } : {}),
-        }),
-      );
-      nar.on("error", (error) => body.destroy(error));
+      const settings = {
+        level: opts.zstdLevel ?? 3,
+        threads: threaded ? COMPRESSION_THREADS : 0,
+        ...(threaded ? { jobSize: JOB_SIZE } : {}),
+      };
+      let body: Readable;
+      if (typeof nar === "function") {
+        body = compressors.compress(nar, settings);
+      } else {
+        body = nar.pipe(compressors.stream(settings));
+        nar.on("error", (error) => body.destroy(error));
+      }
       const { status, text } = await put(
         `${base}/paths/${hash}`,
         body,

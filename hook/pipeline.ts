@@ -15,7 +15,6 @@
 // (server down, 5xx, bad token): the caller tries again later. A pusher is reused across batches; a path
 // being uploaded for one batch is awaited, not uploaded again, by another.
 import { lstatSync } from "node:fs";
-import { type Readable, Transform } from "node:stream";
 import {
   DEFAULT_STORE_DIR,
   fingerprint,
@@ -25,12 +24,16 @@ import {
 } from "../nix/index.ts";
 import { type Client, PushError, type PushPathInfo } from "./client.ts";
 import {
-  dumpPath as dumpLocalPath,
   type LocalPathInfo,
   derivationOutputs as localDerivationOutputs,
   invalidPaths as localInvalidPaths,
+  pathNarSource as localNarSource,
   pathInfos as localPathInfos,
 } from "./local-store.ts";
+import type { NarSource } from "./nar-dump.ts";
+
+/** NAR bytes between two progress events: often enough for a progress line, rare enough to cost nothing. */
+const PROGRESS_STEP = 1 << 20;
 
 export type PathOutcomeKind =
   | "stored"
@@ -88,7 +91,8 @@ export interface LocalStore {
   pathInfos(paths: readonly string[], options: { closure: boolean }): Promise<LocalPathInfo[]>;
   invalidPaths(paths: readonly string[]): Promise<string[]>;
   derivationOutputs(drvs: readonly string[]): Promise<{ outputs: string[]; missing: string[] }>;
-  dumpPath(path: string): Readable;
+  /** The NAR of a path, serialised when the upload reads it (hook/nar-dump.ts). */
+  narSource(path: string): NarSource;
   /** Whether the path exists on disk (lstat), a cheap hint of validity; without it, always ask the store. */
   onDisk?(path: string): boolean;
 }
@@ -97,7 +101,7 @@ export const nixStore: LocalStore = {
   pathInfos: localPathInfos,
   invalidPaths: localInvalidPaths,
   derivationOutputs: localDerivationOutputs,
-  dumpPath: dumpLocalPath,
+  narSource: localNarSource,
   onDisk: (path) => lstatSync(path, { throwIfNoEntry: false }) !== undefined,
 };
 
@@ -133,6 +137,34 @@ function describeError(error: unknown): { code: string; reason: string; transien
   if (error instanceof PushError)
     return { code: error.code, reason: error.message, transient: isTransient(error) };
   return { code: "local_error", reason: (error as Error).message ?? String(error), transient: true };
+}
+
+/**
+ * A NAR source whose reads are reported (in steps of PROGRESS_STEP bytes, and the rest at the end) and whose
+ * failure is told apart from the upload's own: a dump that fails may mean the path left the store.
+ */
+function observed(source: NarSource, on: { bytes(n: number): void; failed(error: Error): void }): NarSource {
+  return function* counted(scratch) {
+    const pieces = source(scratch);
+    let unreported = 0;
+    try {
+      for (let next = pieces.next(); !next.done; next = pieces.next()) {
+        unreported += next.value.length;
+        if (unreported >= PROGRESS_STEP) {
+          on.bytes(unreported);
+          unreported = 0;
+        }
+        yield next.value;
+      }
+    } catch (error) {
+      on.failed(error as Error);
+      throw error;
+    } finally {
+      // Cut off early (the upload failed): the dump closes the file it was reading.
+      pieces.return?.();
+    }
+    if (unreported > 0) on.bytes(unreported);
+  };
 }
 
 function createSemaphore(limit: number) {
@@ -196,18 +228,12 @@ export function createPusher(options: PusherOptions) {
       events.started?.(info.path, info.narSize);
       const began = Date.now();
       let dumpError: Error | undefined;
-      const nar = store.dumpPath(info.path);
-      const counted = new Transform({
-        transform(chunk: Buffer, _encoding, callback) {
-          events.progress?.(info.path, chunk.length);
-          callback(null, chunk);
+      const nar = observed(store.narSource(info.path), {
+        bytes: (n) => events.progress?.(info.path, n),
+        failed: (error) => {
+          dumpError = error;
         },
       });
-      nar.on("error", (error) => {
-        dumpError = error;
-        counted.destroy(error);
-      });
-      nar.pipe(counted);
       let outcome: PathOutcome;
       try {
         const result = await options.client.upload(
@@ -220,12 +246,11 @@ export function createPusher(options: PusherOptions) {
             ca: info.ca,
             upstream: proofs?.length ? proofs : undefined,
           },
-          counted,
+          nar,
           { zstdLevel: options.zstdLevel ?? 3, signal: options.signal },
         );
         outcome = { ...base, kind: result.status };
       } catch (error) {
-        nar.destroy();
         if (dumpError && !options.signal?.aborted) {
           const gone = await store.invalidPaths([info.path]).catch(() => []);
           outcome = gone.length

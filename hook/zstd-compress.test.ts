@@ -1,9 +1,18 @@
+// Pooled zstd contexts: one frame per stream, contexts reused only after a complete frame. `compress` makes
+// the frame straight from a synchronous source: same bytes as the NAR dump, bounded read-ahead for a slow
+// consumer, the source's errors and a destroy mid-frame end the stream and drop the context.
 import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { Readable } from "node:stream";
-import { describe, it } from "node:test";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable, Writable } from "node:stream";
+import { after, describe, it } from "node:test";
+import { setImmediate as tick } from "node:timers/promises";
 import { decompress } from "zstd-napi";
-import { createCompressorPool } from "./zstd-compress.ts";
+import { narSource } from "./nar-dump.ts";
+import { createCompressorPool, type PieceSource, SCRATCH_SIZE } from "./zstd-compress.ts";
 
 async function collect(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -78,5 +87,182 @@ describe("zstd compression on pooled contexts", () => {
       Readable.from([sample(50_000, 4)]).pipe(pool.stream({ level: 3, threads: 0 })),
     );
     assert.equal(sha(decompress(again)), sha(sample(50_000, 4)));
+  });
+});
+
+/**
+ * A source of `count` pieces, each filling the scratch with `fill(i)`, that records how far it was read,
+ * whether it was let go of, and can fail at a given piece.
+ */
+function counting(count: number, fill: (i: number, scratch: Buffer) => void, failAt?: number) {
+  const seen = { pulled: 0, returned: false, scratches: new Set<Buffer>() };
+  const source: PieceSource = function* (scratch) {
+    seen.scratches.add(scratch);
+    try {
+      for (let i = 0; i < count; i++) {
+        if (i === failAt) throw new Error("file 'x' shrank while being read");
+        seen.pulled++;
+        fill(i, scratch);
+        yield scratch;
+      }
+    } finally {
+      seen.returned = true;
+    }
+  };
+  return { source, seen };
+}
+const randomFill = (_i: number, scratch: Buffer) => {
+  randomBytes(scratch.length).copy(scratch);
+};
+/** What the pieces of a counting source with randomFill were cannot be known; this one is reproducible. */
+const textFill = (i: number, scratch: Buffer) => {
+  scratch.fill(`piece ${i} of a source with some repetition; `);
+};
+
+const hasNix = spawnSync("nix-store", ["--version"]).status === 0;
+const made: string[] = [];
+after(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
+describe("zstd compression straight from a source", () => {
+  for (const threads of [0, 2]) {
+    it(`compresses a NAR to what nix-store --dump writes, reusing context and scratch (threads ${threads})`, {
+      skip: hasNix ? false : "nix-store is not installed",
+    }, async () => {
+      const dir = mkdtempSync(join(tmpdir(), "zstd-compress-"));
+      made.push(dir);
+      mkdirSync(join(dir, "out/lib"), { recursive: true });
+      writeFileSync(join(dir, "out/lib/big"), sample(3 * SCRATCH_SIZE + 4321, 9));
+      writeFileSync(join(dir, "out/empty"), "");
+      for (let i = 0; i < 50; i++) writeFileSync(join(dir, `out/lib/f${i}`), sample(i * 1000, i));
+      symlinkSync("lib/big", join(dir, "out/link"));
+      const expected = execFileSync("nix-store", ["--dump", join(dir, "out")], { maxBuffer: 1 << 28 });
+      const pool = createCompressorPool();
+      const settings = { level: 3, threads, jobSize: 1 << 20 };
+      for (let round = 0; round < 2; round++) {
+        const compressed = await collect(pool.compress(narSource(join(dir, "out")), settings));
+        assert.ok(decompress(compressed).equals(expected), `round ${round}`);
+        assert.equal(pool.idle, 1, "the context is back in the pool");
+        assert.equal(pool.idleScratch, 1, "the scratch is back in the pool");
+      }
+    });
+  }
+
+  it("compresses an empty source to a valid empty frame", async () => {
+    const pool = createCompressorPool();
+    const compressed = await collect(pool.compress(counting(0, textFill).source, { level: 3, threads: 0 }));
+    assert.equal(decompress(compressed).length, 0);
+  });
+
+  it("reads no further ahead than a slow consumer takes", async () => {
+    const pool = createCompressorPool();
+    const pieces = 48;
+    // Incompressible, so that every piece gives a scratch-full of output.
+    const { source, seen } = counting(pieces, randomFill);
+    const body = pool.compress(source, { level: 3, threads: 0 });
+    const received: Buffer[] = [];
+    let release: (() => void) | undefined;
+    const slow = new Writable({
+      highWaterMark: 1,
+      write(chunk: Buffer, _encoding, done) {
+        received.push(chunk);
+        release = done;
+      },
+    });
+    body.pipe(slow);
+    for (let i = 0; i < 20; i++) await tick();
+    assert.ok(seen.pulled <= 2, `pulled ${seen.pulled} pieces for a consumer that took one chunk`);
+    assert.ok(
+      body.readableLength <= body.readableHighWaterMark + 2 * SCRATCH_SIZE,
+      `${body.readableLength} bytes buffered`,
+    );
+    // Taken at the pace of the consumer, it all comes through.
+    while (!body.readableEnded || release) {
+      const done = release;
+      release = undefined;
+      done?.();
+      await tick();
+      assert.ok(seen.pulled <= received.length + 2, "never far ahead of the consumer");
+    }
+    assert.equal(seen.pulled, pieces);
+    assert.equal(decompress(Buffer.concat(received)).length, pieces * SCRATCH_SIZE);
+  });
+
+  it("lets the event loop run while a consumer that always takes more reads it", async () => {
+    const pool = createCompressorPool();
+    const pieces = 64;
+    const { source, seen } = counting(pieces, textFill);
+    const body = pool.compress(source, { level: 1, threads: 0 });
+    let pulledAtFirstTurn: number | undefined;
+    setImmediate(() => {
+      pulledAtFirstTurn = seen.pulled;
+    });
+    let bytes = 0;
+    body.on("data", (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    await new Promise((resolve) => body.once("end", resolve));
+    assert.ok(bytes > 0);
+    assert.ok(
+      pulledAtFirstTurn !== undefined && pulledAtFirstTurn < pieces,
+      `the event loop ran only after ${pulledAtFirstTurn} of ${pieces} pieces`,
+    );
+  });
+
+  it("fails with the source's error, and drops the context", async () => {
+    const pool = createCompressorPool();
+    const { source, seen } = counting(10, textFill, 3);
+    await assert.rejects(collect(pool.compress(source, { level: 3, threads: 0 })), /shrank while being read/);
+    assert.equal(seen.pulled, 3);
+    assert.equal(pool.idle, 0, "a context left mid-frame is not reused");
+    assert.equal(pool.idleScratch, 1);
+  });
+
+  for (const threads of [0, 2]) {
+    it(`drops the context and lets go of the source when destroyed mid-frame (threads ${threads})`, async () => {
+      const pool = createCompressorPool();
+      const settings = { level: 3, threads, jobSize: 1 << 20 };
+      const { source, seen } = counting(1000, randomFill);
+      const body = pool.compress(source, settings);
+      body.on("error", () => {});
+      await new Promise((resolve) =>
+        body.once("data", () => {
+          body.pause();
+          resolve(undefined);
+        }),
+      );
+      body.destroy(new Error("server gone"));
+      await new Promise((resolve) => body.once("close", resolve));
+      assert.ok(seen.returned, "the source was closed");
+      assert.ok(seen.pulled < 1000);
+      assert.equal(pool.idle, 0, "the context was dropped");
+      assert.equal(pool.idleScratch, 1, "the scratch is reusable");
+      // The next stream gets a fresh context and the same scratch, and makes a good frame.
+      const next = counting(5, textFill);
+      const compressed = await collect(pool.compress(next.source, settings));
+      assert.deepEqual([...next.seen.scratches], [...seen.scratches]);
+      const expected = Buffer.concat(
+        Array.from({ length: 5 }, (_, i) => {
+          const b = Buffer.alloc(SCRATCH_SIZE);
+          textFill(i, b);
+          return b;
+        }),
+      );
+      assert.ok(decompress(compressed).equals(expected));
+      assert.equal(pool.idle, 1);
+    });
+  }
+
+  it("stops at once when a consumer destroys it from a data handler", async () => {
+    const pool = createCompressorPool();
+    const { source, seen } = counting(100, randomFill);
+    const body = pool.compress(source, { level: 3, threads: 0 });
+    const closed = new Promise((resolve) => body.once("close", resolve));
+    body.on("data", () => body.destroy());
+    await closed;
+    assert.ok(seen.pulled <= 2, `pulled ${seen.pulled}`);
+    assert.ok(seen.returned);
+    assert.equal(pool.idle, 0);
   });
 });

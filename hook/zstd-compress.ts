@@ -7,8 +7,15 @@
 // to its pool when its frame has ended, which leaves it clean for the next stream with its parameters kept;
 // a stream cut off or failed mid-frame drops its context instead. The compression loop is CompressStream's,
 // on the same binding.
+//
+// `compress` makes the compressed body straight from a synchronous source (hook/nar-dump.ts) without a
+// stream of NAR chunks in between: each piece the source leaves in the stream's scratch buffer goes to
+// compressStream2 whole (zstd copies what it consumes into its own buffers, so the scratch is free again when
+// the call returns), and what zstd produces is gathered in one output buffer, kept with the context, then
+// pushed as an exact-size copy. Per upload that allocates the compressed bytes and nothing else, where a
+// fresh 128 KiB output buffer per push (and a fresh buffer per file read) kept V8's full collections busy.
 import { createRequire } from "node:module";
-import { Transform, type TransformCallback } from "node:stream";
+import { Readable, Transform, type TransformCallback } from "node:stream";
 import type * as Binding from "zstd-napi/binding.js";
 
 const zstd = createRequire(import.meta.url)("zstd-napi/binding.js") as typeof Binding;
@@ -22,33 +29,83 @@ export interface CompressionSettings {
   jobSize?: number;
 }
 
+/**
+ * Pieces of input produced on demand into a caller's scratch buffer, each valid until the next `next()`;
+ * `return()` lets the source let go of what it holds (an open file). A NarSource is one.
+ */
+export type PieceSource = (scratch: Buffer) => Iterator<Uint8Array, unknown, undefined>;
+
 export interface CompressorPool {
   /** A Transform that compresses what goes through it into one zstd frame. */
   stream(settings: CompressionSettings): Transform;
+  /**
+   * One zstd frame of what `source` produces, as a Readable that pulls from the source only while its
+   * consumer wants more; the source's errors fail the stream, with their own message.
+   */
+  compress(source: PieceSource, settings: CompressionSettings): Readable;
   /** Contexts waiting for reuse (for tests). */
   readonly idle: number;
+  /** Scratch buffers waiting for reuse (for tests). */
+  readonly idleScratch: number;
 }
 
 /** Idle contexts kept per setting: more than the uploads a push runs at once is memory for nothing. */
 const KEEP_IDLE = 8;
 const EMPTY = new Uint8Array(0);
+/** What `compress` gives its source to fill: big pieces mean few calls into zstd and few reads. */
+export const SCRATCH_SIZE = 1 << 20;
+/**
+ * Input compressed before `compress` lets the event loop run. Reads and compression are synchronous, and
+ * a consumer that always takes more (a socket whose kernel buffer drains as fast as it fills) would
+ * otherwise keep one upload going in a chain of process.nextTick callbacks, with the other uploads, the
+ * server's answers and timers waiting.
+ */
+const INPUT_PER_TURN = 8 << 20;
+
+/** A context with the output buffer that goes with it (reused as long as the context is). */
+interface Pooled {
+  cctx: CCtx;
+  out: Buffer;
+}
 
 export function createCompressorPool(): CompressorPool {
-  const idle = new Map<string, CCtx[]>();
+  const idle = new Map<string, Pooled[]>();
+  const scratches: Buffer[] = [];
+  const take = (settings: CompressionSettings) => {
+    const key = `${settings.level}/${settings.threads}/${settings.jobSize ?? 0}`;
+    const pooled = idle.get(key)?.pop() ?? {
+      cctx: newContext(settings),
+      out: Buffer.allocUnsafe(zstd.cStreamOutSize()),
+    };
+    const release = (done: Pooled) => {
+      const list = idle.get(key) ?? [];
+      if (list.length < KEEP_IDLE) list.push(done);
+      idle.set(key, list);
+    };
+    return { pooled, release };
+  };
   return {
     stream(settings) {
-      const key = `${settings.level}/${settings.threads}/${settings.jobSize ?? 0}`;
-      const cctx = idle.get(key)?.pop() ?? newContext(settings);
-      return new PooledCompressStream(cctx, (done) => {
-        const list = idle.get(key) ?? [];
-        if (list.length < KEEP_IDLE) list.push(done);
-        idle.set(key, list);
+      const { pooled, release } = take(settings);
+      return new PooledCompressStream(pooled.cctx, (cctx) => release({ ...pooled, cctx }));
+    },
+    compress(source, settings) {
+      const { pooled, release } = take(settings);
+      const scratch = scratches.pop() ?? Buffer.allocUnsafe(SCRATCH_SIZE);
+      return new PooledCompressReadable(pooled, source(scratch), {
+        release,
+        releaseScratch: () => {
+          if (scratches.length < KEEP_IDLE) scratches.push(scratch);
+        },
       });
     },
     get idle() {
       let n = 0;
       for (const list of idle.values()) n += list.length;
       return n;
+    },
+    get idleScratch() {
+      return scratches.length;
     },
   };
 }
@@ -117,6 +174,134 @@ class PooledCompressStream extends Transform {
   override _destroy(error: Error | null, done: (error: Error | null) => void): void {
     // Cut off mid-frame (or failed): the context is not reused; the garbage collector frees it.
     this.#cctx = undefined;
+    done(error);
+  }
+}
+
+/**
+ * The body of an upload: pulls pieces from a source, compresses each as soon as it is there, and pushes
+ * what zstd produced. Stops pulling when push() says the consumer has enough (at most one piece's output,
+ * plus the frame's end, goes over that), so a slow socket never makes it read ahead.
+ */
+class PooledCompressReadable extends Readable {
+  #pooled: Pooled | undefined;
+  #pieces: Iterator<Uint8Array, unknown, undefined> | undefined;
+  readonly #release: (pooled: Pooled) => void;
+  #releaseScratch: (() => void) | undefined;
+  /** Bytes of the output buffer filled and not pushed yet. */
+  #outFill = 0;
+  /** push() asked for no more, or the stream was destroyed from a consumer called by push(). */
+  #stop = false;
+  /** Input taken since the event loop last ran (see INPUT_PER_TURN). */
+  #inputThisTurn = 0;
+  #turnPending = false;
+
+  constructor(
+    pooled: Pooled,
+    pieces: Iterator<Uint8Array, unknown, undefined>,
+    hooks: { release: (pooled: Pooled) => void; releaseScratch: () => void },
+  ) {
+    super();
+    this.#pooled = pooled;
+    this.#pieces = pieces;
+    this.#release = hooks.release;
+    this.#releaseScratch = hooks.releaseScratch;
+  }
+
+  override _read(): void {
+    if (this.#turnPending) return;
+    this.#stop = false;
+    try {
+      while (!this.#stop) {
+        const pieces = this.#pieces;
+        if (!pieces) return;
+        if (this.#inputThisTurn >= INPUT_PER_TURN) {
+          // Carry on after the event loop's next turn; Readable calls _read again only after a push.
+          this.#turnPending = true;
+          setImmediate(() => {
+            this.#turnPending = false;
+            this.#inputThisTurn = 0;
+            if (!this.destroyed) this._read();
+          });
+          return;
+        }
+        const next = pieces.next();
+        if (this.destroyed) return;
+        if (next.done) {
+          this.#finish();
+          return;
+        }
+        this.#inputThisTurn += next.value.length;
+        this.#compress(next.value, zstd.EndDirective.continue);
+        // The whole piece is in zstd's buffers; what it produced so far goes out now.
+        this.#flushOut();
+      }
+    } catch (error) {
+      this.destroy(error as Error);
+    }
+  }
+
+  /** Feeds all of `input` (and, for `end`, the rest of the frame) to zstd; output gathers in `out`. */
+  #compress(input: Uint8Array, end: Binding.EndDirective): void {
+    const pooled = this.#pooled;
+    if (!pooled) throw new Error("zstd stream used after its end");
+    const { cctx, out } = pooled;
+    let rest = input;
+    for (;;) {
+      const [ret, produced, consumed] = cctx.compressStream2(out.subarray(this.#outFill), rest, end);
+      this.#outFill += produced;
+      if (this.#outFill === out.length) this.#flushOut();
+      rest = rest.subarray(consumed);
+      if (rest.length === 0 && (end === zstd.EndDirective.continue || ret === 0)) return;
+      // A consumer called by push() may have destroyed the stream: the context is not ours any more.
+      if (this.destroyed) throw new Error("zstd stream destroyed while compressing");
+    }
+  }
+
+  /** Pushes an exact-size copy of the gathered output (small ones come from Node's shared pool). */
+  #flushOut(): void {
+    const pooled = this.#pooled;
+    if (!pooled || this.#outFill === 0) return;
+    const chunk = Buffer.allocUnsafe(this.#outFill);
+    pooled.out.copy(chunk, 0, 0, this.#outFill);
+    this.#outFill = 0;
+    if (!this.push(chunk)) this.#stop = true;
+  }
+
+  #finish(): void {
+    this.#compress(EMPTY, zstd.EndDirective.end);
+    this.#flushOut();
+    if (this.destroyed) return;
+    // The frame is complete: the context is clean for the next stream, and the source is spent.
+    const pooled = this.#pooled!;
+    this.#pooled = undefined;
+    this.#release(pooled);
+    this.#letGoOfSource();
+    this.push(null);
+  }
+
+  #letGoOfSource(): void {
+    const pieces = this.#pieces;
+    this.#pieces = undefined;
+    const releaseScratch = this.#releaseScratch;
+    this.#releaseScratch = undefined;
+    try {
+      pieces?.return?.();
+    } finally {
+      // Nothing refers to the scratch any more: pushed chunks are copies, and the source is closed.
+      releaseScratch?.();
+    }
+  }
+
+  override _destroy(error: Error | null, done: (error: Error | null) => void): void {
+    // Cut off mid-frame (or failed): the context is not reused; the garbage collector frees it.
+    this.#pooled = undefined;
+    try {
+      this.#letGoOfSource();
+    } catch (closeError) {
+      done(error ?? (closeError as Error));
+      return;
+    }
     done(error);
   }
 }
