@@ -167,18 +167,78 @@ function observed(source: NarSource, on: { bytes(n: number): void; failed(error:
   };
 }
 
-function createSemaphore(limit: number) {
+/** What one upload costs beyond its NAR bytes (its requests, its commit), in NAR bytes. */
+const UPLOAD_OVERHEAD_BYTES = 256 * 1024;
+
+/**
+ * Upload order, longest chain first. Uploads start as their references are in the cache; when more are ready
+ * than may run at once, the one that heads the most work goes first: its weight is its NAR size (plus a fixed
+ * cost) and the largest weight among the uploads that refer to it. In plain closure order, the one big NAR
+ * of a closure started only after the many small paths queued before it, and the paths that refer to it
+ * were left for the end, running one after another while the machine had cores to spare.
+ */
+export function criticalPathWeights(toUpload: readonly LocalPathInfo[]): Map<string, number> {
+  const uploading = new Set(toUpload.map((info) => info.path));
+  const dependents = new Map<string, LocalPathInfo[]>();
+  for (const info of toUpload)
+    for (const ref of info.references) {
+      if (ref === info.path || !uploading.has(ref)) continue;
+      const list = dependents.get(ref);
+      if (list) list.push(info);
+      else dependents.set(ref, [info]);
+    }
+  const weights = new Map<string, number>();
+  // Depth first without recursion (a chain may be thousands of paths long): a path is weighed once all its
+  // dependents are. A path met again before it is weighed would be a cycle, which store paths cannot form
+  // (self-references aside); it counts as weightless rather than looping.
+  const entered = new Set<string>();
+  for (const start of toUpload) {
+    const stack = [start];
+    while (stack.length > 0) {
+      const info = stack[stack.length - 1]!;
+      if (weights.has(info.path)) {
+        stack.pop();
+        continue;
+      }
+      entered.add(info.path);
+      let waiting = false;
+      for (const dependent of dependents.get(info.path) ?? [])
+        if (!weights.has(dependent.path) && !entered.has(dependent.path)) {
+          stack.push(dependent);
+          waiting = true;
+        }
+      if (waiting) continue;
+      let heaviest = 0;
+      for (const dependent of dependents.get(info.path) ?? [])
+        heaviest = Math.max(heaviest, weights.get(dependent.path) ?? 0);
+      weights.set(info.path, info.narSize + UPLOAD_OVERHEAD_BYTES + heaviest);
+      stack.pop();
+    }
+  }
+  return weights;
+}
+
+/**
+ * At most `limit` holders at once; a free place goes to the waiter of highest priority (the earliest among
+ * equals).
+ */
+export function createSemaphore(limit: number) {
   let active = 0;
-  const waiters: (() => void)[] = [];
-  return async (): Promise<() => void> => {
-    if (active >= limit) await new Promise<void>((resolve) => waiters.push(resolve));
+  const waiters: { priority: number; wake: () => void }[] = [];
+  return async (priority = 0): Promise<() => void> => {
+    if (active >= limit)
+      await new Promise<void>((wake) => {
+        let at = waiters.length;
+        while (at > 0 && waiters[at - 1]!.priority < priority) at--;
+        waiters.splice(at, 0, { priority, wake });
+      });
     else active++;
     let released = false;
     return () => {
       if (released) return;
       released = true;
       const next = waiters.shift();
-      if (next) next();
+      if (next) next.wake();
       else active--;
     };
   };
@@ -218,8 +278,9 @@ export function createPusher(options: PusherOptions) {
     info: LocalPathInfo,
     proofs: PushPathInfo["upstream"],
     isHalted: () => string | undefined,
+    priority: number,
   ): Promise<PathOutcome> {
-    const release = await acquire();
+    const release = await acquire(priority);
     const base = { path: info.path, narSize: info.narSize };
     try {
       const halted = isHalted();
@@ -362,6 +423,7 @@ export function createPusher(options: PusherOptions) {
       upload: toUpload.map((info) => ({ path: info.path, narSize: info.narSize })),
     });
 
+    const weights = criticalPathWeights(toUpload);
     // A failure that is not the path's fault (server gone) stops this batch from starting more uploads.
     let halted: string | undefined;
     const tasks = new Map<string, Promise<PathOutcome>>();
@@ -395,7 +457,9 @@ export function createPusher(options: PusherOptions) {
                 sigs: proof.signatures ?? [],
               };
             });
-          upload = uploadOne(info, proofs, () => halted).finally(() => running.delete(info.path));
+          upload = uploadOne(info, proofs, () => halted, weights.get(info.path) ?? 0).finally(() =>
+            running.delete(info.path),
+          );
           running.set(info.path, upload);
         }
         const outcome = await upload;
