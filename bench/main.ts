@@ -33,6 +33,7 @@ import {
   freePort,
   NGINX_WORKERS,
   NIXSTASH_CLI,
+  NIXSTASH_CLI_ARGS,
   type NixstashPeer,
   NODE_FLOOR,
   nixstashPush,
@@ -130,6 +131,17 @@ async function version(cmd: string, args: string[]): Promise<string> {
   }
 }
 
+/** The commit measured, and whether the checkout differed from it when the run began. */
+async function codeVersion(): Promise<string> {
+  try {
+    const commit = (await sh("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"])).trim();
+    const dirty = (await sh("git", ["-C", ROOT, "status", "--porcelain", "--untracked-files=no"])).trim();
+    return `commit ${commit}${dirty ? " with uncommitted changes to tracked files" : ", working tree clean"}; server and CLI from the bundles built at the start of the run`;
+  } catch {
+    return "not a git checkout; server and CLI from the bundles built at the start of the run";
+  }
+}
+
 async function machineFacts(): Promise<string[]> {
   const cpu = os.cpus();
   return [
@@ -140,6 +152,7 @@ async function machineFacts(): Promise<string[]> {
       .join(" ")} (the machine is shared with other engineers' test runs)`,
     `- node ${process.version}; ${await version("nix", ["--version"])}; ${await version("nginx", ["-v"])} (worker_processes ${NGINX_WORKERS}, sendfile, access_log off); ${await version("wrk", ["-v"])}`,
     `- ${await version("psql", ["--version"])}; ${await version("radosgw", ["--version"])} (single node, memstore OSD, beast tcp_nodelay=1)`,
+    `- code: ${await codeVersion()}`,
     `- nixstash: NIXSTASH_LOG_LEVEL=warn, NIXSTASH_ZSTD_LEVEL=3 (default), S3 NAR downloads as 302 to presigned URLs (default); everything on 127.0.0.1`,
   ];
 }
@@ -601,6 +614,7 @@ async function measure7(workload: Workload, server: NixstashPeer | undefined) {
         : spawn(
             NIXSTASH_CLI,
             [
+              ...NIXSTASH_CLI_ARGS,
               "daemon",
               "--server",
               url,

@@ -17,7 +17,15 @@ import { type ServerProcess, startServerProcess } from "../test/support/server-p
 
 const execFileP = promisify(execFile);
 export const ROOT = join(import.meta.dirname, "..");
-export const NIXSTASH_CLI = join(ROOT, "hook/bin/nixstash");
+/**
+ * The builder-side command as `npm run build` bundled it when the run began (bench/run.sh builds first), run
+ * by node directly: `[NIXSTASH_CLI, ...NIXSTASH_CLI_ARGS, command, ...]`. Not hook/bin/nixstash, which runs
+ * the TypeScript sources through tsx whenever one is newer than the bundle: an edit made in the checkout
+ * while the benchmark ran would have been measured, compiled on the fly (it was, once: measure 6 took 2 CPU
+ * seconds more).
+ */
+export const NIXSTASH_CLI = process.execPath;
+export const NIXSTASH_CLI_ARGS = ["--enable-source-maps", join(ROOT, "hook/cli.mjs")];
 
 export interface Peer {
   name: string;
@@ -195,6 +203,7 @@ export async function nixstashPush(peer: NixstashPeer, paths: string[], jobs = 4
   await execFileP(
     NIXSTASH_CLI,
     [
+      ...NIXSTASH_CLI_ARGS,
       "push",
       "--server",
       url,
