@@ -48,6 +48,12 @@ const TMP = ".tmp";
 const READ_CHUNK = 512 * 1024;
 /** Objects (or ranges) up to this size are read in one synchronous call when served. */
 const SMALL_READ = 64 * 1024;
+/**
+ * Bytes written to an object between two early writebacks (see put). Linux starts writing dirty pages back
+ * only past ~10% of RAM or after 30 s, so the fsync that ends a put had all of a big object to write at
+ * once, with nothing else left for the CPU to do meanwhile.
+ */
+const WRITEBACK_EVERY = 32 * 1024 * 1024;
 
 function errnoCode(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
@@ -92,8 +98,13 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     }
     const tmp = path.join(tmpDir, `${randomUUID()}.part`);
     let written = 0;
+    // A big object's pages go to disk while it is still being received (fdatasync on the thread pool, one
+    // at a time; its error, if any, the final fsync reports again), so the fsync at the end is short.
+    let writeback: Promise<void> | undefined;
+    let writebackAt = WRITEBACK_EVERY;
     try {
       await mkdir(tmpDir, { recursive: true });
+      const handle = await open(tmp, "wx", 0o644);
       const countBytes = async function* (source: AsyncIterable<Buffer | string>) {
         for await (const chunk of source) {
           const bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
@@ -101,17 +112,29 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
           if (expected !== undefined && written > expected) {
             throw new StorageError("put", key, `body is longer than the declared size ${expected}`);
           }
+          if (written >= writebackAt && !writeback) {
+            writebackAt = written + WRITEBACK_EVERY;
+            writeback = handle
+              .datasync()
+              .catch(() => {})
+              .finally(() => {
+                writeback = undefined;
+              });
+          }
           yield bytes;
         }
       };
       // flush: fsync before the stream closes its file, which pipeline waits for.
-      const file = createWriteStream(tmp, {
-        flags: "wx",
-        mode: 0o644,
+      const file = createWriteStream("", {
+        fd: handle,
         flush: true,
         highWaterMark: STAGE_BUFFER,
       });
-      await pipeline(input, countBytes, file, { signal });
+      try {
+        await pipeline(input, countBytes, file, { signal });
+      } finally {
+        await writeback;
+      }
       if (expected !== undefined && written !== expected) {
         throw new StorageError("put", key, `body has ${written} bytes, declared size is ${expected}`);
       }
