@@ -126,6 +126,8 @@ export type CommitOutcome =
   | { kind: "missing-references"; missing: string[] };
 
 const CHUNK = 500;
+/** Lists of hashes up to this length are looked up with a statement prepared for their length. */
+const PREPARED_IN_MAX = 16;
 /** How long a cache row read by name is reused (see cacheByName). */
 const CACHE_ROW_TTL_MS = 1000;
 /** Names remembered at most (misses included), so random names cannot grow the memo without bound. */
@@ -246,13 +248,52 @@ export function createRepo(database: Database) {
     ),
   };
 
+  // Every push checks its path's references (before reading the body, and again, locking them, when it
+  // commits): a list of a few hashes, prepared once per list length up to PREPARED_IN_MAX; longer lists
+  // (a batch's "which are missing", a path with many references) are built per call, CHUNK at a time.
+  const inPlaceholders = (n: number) => Array.from({ length: n }, (_, i) => p(`h${i}`));
+  const inValues = (cacheId: number, hashes: readonly string[]) =>
+    Object.fromEntries([["cacheId", cacheId], ...hashes.map((h, i) => [`h${i}`, h])]);
+  const presentByLength = new Map<number, Statement<{ hash: string }>>();
+  const lockByLength = new Map<number, Statement<{ hash: string }>>();
+  const presentStatement = (n: number) => {
+    let ready = presentByLength.get(n);
+    if (!ready) {
+      ready = statement(`present_hashes_${n}`, (q) =>
+        q
+          .select({ hash: t.paths.hash })
+          .from(t.paths)
+          .where(and(eq(t.paths.cacheId, p("cacheId")), inArray(t.paths.hash, inPlaceholders(n)))),
+      );
+      presentByLength.set(n, ready);
+    }
+    return ready;
+  };
+  const lockStatement = (n: number) => {
+    let ready = lockByLength.get(n);
+    if (!ready) {
+      ready = statement(`lock_present_hashes_${n}`, (q) =>
+        q
+          .update(t.paths)
+          .set({ pinned: sql`${t.paths.pinned}` })
+          .where(and(eq(t.paths.cacheId, p("cacheId")), inArray(t.paths.hash, inPlaceholders(n))))
+          .returning({ hash: t.paths.hash }),
+      );
+      lockByLength.set(n, ready);
+    }
+    return ready;
+  };
+
   async function presentHashes(q: Db, cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
     const present = new Set<string>();
     for (const part of chunks([...new Set(hashes)])) {
-      const rows = await q
-        .select({ hash: t.paths.hash })
-        .from(t.paths)
-        .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)));
+      const rows =
+        part.length <= PREPARED_IN_MAX
+          ? await presentStatement(part.length)(q, inValues(cacheId, part))
+          : await q
+              .select({ hash: t.paths.hash })
+              .from(t.paths)
+              .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)));
       for (const row of rows) present.add(row.hash);
     }
     return present;
@@ -261,11 +302,14 @@ export function createRepo(database: Database) {
   async function lockPresentHashes(q: Db, cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
     const present = new Set<string>();
     for (const part of chunks([...new Set(hashes)])) {
-      const rows = await q
-        .update(t.paths)
-        .set({ pinned: sql`${t.paths.pinned}` })
-        .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)))
-        .returning({ hash: t.paths.hash });
+      const rows =
+        part.length <= PREPARED_IN_MAX
+          ? await lockStatement(part.length)(q, inValues(cacheId, part))
+          : await q
+              .update(t.paths)
+              .set({ pinned: sql`${t.paths.pinned}` })
+              .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)))
+              .returning({ hash: t.paths.hash });
       for (const row of rows) present.add(row.hash);
     }
     return present;

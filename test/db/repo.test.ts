@@ -215,6 +215,28 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       }
     });
 
+    it("answers presence, and commits with required references, for lists of every short length", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      // Short lists run on statements prepared per length (up to 16), longer ones are built per call.
+      const stored = Array.from({ length: 20 }, (_, i) => pathRow(`len-${i}`));
+      for (const path of stored) await repo.commitPath(path, narRow());
+      for (let n = 1; n <= 20; n++) {
+        const have = stored.slice(0, Math.ceil(n / 2)).map((s) => s.hash);
+        const lack = Array.from({ length: n - have.length }, hash32);
+        const query = [...lack, ...have];
+        assert.deepEqual([...(await repo.presentHashes(cache.id, query))].sort(), [...have].sort(), `${n}`);
+        assert.equal((await repo.presentHashes(other.id, query)).size, 0);
+        const needs = stored.slice(0, n).map((s) => s.hash);
+        const committed = await repo.commitPath(pathRow(`needs-${n}`, { requiredHashes: needs }), narRow());
+        assert.equal(committed.kind, "committed", `${n} required references present`);
+        const missing = await repo.commitPath(
+          pathRow(`lacks-${n}`, { requiredHashes: [...needs.slice(1), hash32()] }),
+          narRow(),
+        );
+        assert.equal(missing.kind, "missing-references", `${n} required, one absent`);
+      }
+    });
+
     it("answers presence for thousands of hashes", async (t) => {
       if (!database) return t.skip("database unavailable");
       const present = pathRow("f");
