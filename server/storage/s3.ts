@@ -250,11 +250,25 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     }
   }
 
+  // Over https the payload is not part of the signature (UNSIGNED-PAYLOAD): S3 checks an MD5 instead. Over
+  // plain http minio signs the payload's SHA-256, which checks it already.
+  const integrity = (bytes: Buffer): Record<string, string> =>
+    client.enableSHA256 ? {} : { "Content-MD5": createHash("md5").update(bytes).digest("base64") };
+
+  /**
+   * An object in one PUT. Not minio's putObject, which hashes a buffer twice (MD5 always, and SHA-256 for
+   * the signature over plain http): most NARs are stored this way, and one hash checks them as well.
+   */
+  async function putWhole(name: string, bytes: Buffer, headers: Record<string, string>) {
+    await client.makeRequestAsyncOmit(
+      { method: "PUT", bucketName: bucket, objectName: name, headers: { ...headers, ...integrity(bytes) } },
+      bytes,
+      [200],
+    );
+  }
+
   async function uploadPart(name: string, uploadId: string, partNumber: number, bytes: Buffer) {
-    // Over https the payload is not part of the signature (UNSIGNED-PAYLOAD): let S3 check an MD5 instead.
-    const headers: Record<string, string> = client.enableSHA256
-      ? {}
-      : { "Content-MD5": createHash("md5").update(bytes).digest("base64") };
+    const headers = integrity(bytes);
     for (let attempt = 1; ; attempt++) {
       try {
         const { etag } = await client.uploadPart(
@@ -317,7 +331,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
             // The whole body fitted in the first part: one plain PUT.
             checkTotal(total);
             if (signal?.aborted) throw abortedError("put", key, signal);
-            await client.putObject(bucket, name, part.bytes, part.bytes.length, headers);
+            await putWhole(name, part.bytes, headers);
             return { size: total };
           }
           uploadId = await client.initiateNewMultipartUpload(bucket, name, headers);
