@@ -15,6 +15,7 @@ import {
   lte,
   notExists,
   or,
+  type Placeholder,
   sql,
 } from "drizzle-orm";
 import type { Database, Db, Tables } from "./database.ts";
@@ -249,71 +250,56 @@ export function createRepo(database: Database) {
   };
 
   // Every push checks its path's references (before reading the body, and again, locking them, when it
-  // commits): a list of a few hashes, prepared once per list length up to PREPARED_IN_MAX; longer lists
-  // (a batch's "which are missing", a path with many references) are built per call, CHUNK at a time.
-  const inPlaceholders = (n: number) => Array.from({ length: n }, (_, i) => p(`h${i}`));
-  const inValues = (cacheId: number, hashes: readonly string[]) =>
-    Object.fromEntries([["cacheId", cacheId], ...hashes.map((h, i) => [`h${i}`, h])]);
-  const presentByLength = new Map<number, Statement<{ hash: string }>>();
-  const lockByLength = new Map<number, Statement<{ hash: string }>>();
-  const presentStatement = (n: number) => {
-    let ready = presentByLength.get(n);
-    if (!ready) {
-      ready = statement(`present_hashes_${n}`, (q) =>
-        q
-          .select({ hash: t.paths.hash })
-          .from(t.paths)
-          .where(and(eq(t.paths.cacheId, p("cacheId")), inArray(t.paths.hash, inPlaceholders(n)))),
-      );
-      presentByLength.set(n, ready);
-    }
-    return ready;
-  };
-  const lockStatement = (n: number) => {
-    let ready = lockByLength.get(n);
-    if (!ready) {
-      ready = statement(`lock_present_hashes_${n}`, (q) =>
-        q
-          .update(t.paths)
-          .set({ pinned: sql`${t.paths.pinned}` })
-          .where(and(eq(t.paths.cacheId, p("cacheId")), inArray(t.paths.hash, inPlaceholders(n))))
-          .returning({ hash: t.paths.hash }),
-      );
-      lockByLength.set(n, ready);
-    }
-    return ready;
-  };
-
-  async function presentHashes(q: Db, cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
-    const present = new Set<string>();
-    for (const part of chunks([...new Set(hashes)])) {
-      const rows =
-        part.length <= PREPARED_IN_MAX
-          ? await presentStatement(part.length)(q, inValues(cacheId, part))
-          : await q
-              .select({ hash: t.paths.hash })
-              .from(t.paths)
-              .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)));
-      for (const row of rows) present.add(row.hash);
-    }
-    return present;
+  // commits): a list of a few hashes, run on a statement prepared once per list length up to
+  // PREPARED_IN_MAX; longer lists (a batch's "which are missing", a path with many references) are built per
+  // call, CHUNK at a time. Each query is written once, for values or for placeholders.
+  type HashQuery = (
+    q: Db,
+    cacheId: number | Placeholder,
+    hashes: (string | Placeholder)[],
+  ) => PromiseLike<{ hash: string }[]>;
+  function hashesBy(name: string, query: HashQuery) {
+    const byLength = new Map<number, Statement<{ hash: string }>>();
+    const prepared = (n: number) => {
+      let ready = byLength.get(n);
+      if (!ready) {
+        const slots = Array.from({ length: n }, (_, i) => p(`h${i}`));
+        ready = statement(`${name}_${n}`, (q) => query(q, p("cacheId"), slots));
+        byLength.set(n, ready);
+      }
+      return ready;
+    };
+    return async (q: Db, cacheId: number, hashes: readonly string[]): Promise<Set<string>> => {
+      const found = new Set<string>();
+      for (const part of chunks([...new Set(hashes)])) {
+        const rows =
+          part.length <= PREPARED_IN_MAX
+            ? await prepared(part.length)(
+                q,
+                Object.fromEntries([["cacheId", cacheId], ...part.map((h, i) => [`h${i}`, h])]),
+              )
+            : await query(q, cacheId, part);
+        for (const row of rows) found.add(row.hash);
+      }
+      return found;
+    };
   }
 
-  async function lockPresentHashes(q: Db, cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
-    const present = new Set<string>();
-    for (const part of chunks([...new Set(hashes)])) {
-      const rows =
-        part.length <= PREPARED_IN_MAX
-          ? await lockStatement(part.length)(q, inValues(cacheId, part))
-          : await q
-              .update(t.paths)
-              .set({ pinned: sql`${t.paths.pinned}` })
-              .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)))
-              .returning({ hash: t.paths.hash });
-      for (const row of rows) present.add(row.hash);
-    }
-    return present;
-  }
+  const presentHashes = hashesBy("present_hashes", (q, cacheId, hashes) =>
+    q
+      .select({ hash: t.paths.hash })
+      .from(t.paths)
+      .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, hashes))),
+  );
+
+  // Row-locks what it finds (a no-op update); see commitPathOnce.
+  const lockPresentHashes = hashesBy("lock_present_hashes", (q, cacheId, hashes) =>
+    q
+      .update(t.paths)
+      .set({ pinned: sql`${t.paths.pinned}` })
+      .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, hashes)))
+      .returning({ hash: t.paths.hash }),
+  );
 
   /** Marks the NARs among narIds that no path refers to any more as unreferenced since now. */
   async function markUnreferenced(q: Db, narIds: readonly number[], now: number): Promise<number[]> {
