@@ -1,8 +1,9 @@
 // The compressions Nix writes NARs in (narinfo `Compression:`, `?compression=` on a store URL), their file
 // extensions, and streaming decoders for each. The server verifies every upload by decoding it; it stores the
 // client's bytes as sent, except uncompressed uploads, which it stores as zstd. Every decoder makes output only
-// as its consumer reads (node:zlib's do; zstd, xz and bzip2 are driven so here): a body of extreme ratio must
-// reach the NarSize limit downstream before it can fill memory.
+// as its consumer takes it (node:zlib's do; xz and bzip2 are driven so here; zstd hands each block to a
+// synchronous sink before it decodes the next): a body of extreme ratio must reach the NarSize limit
+// downstream before it can fill memory.
 import { Duplex, type Transform, Writable } from "node:stream";
 import { createBrotliDecompress, createGunzip } from "node:zlib";
 import lzma from "lzma-native";
@@ -62,10 +63,9 @@ export function parseNarFileName(
 /** Memory a decoder may use: bounds what a hostile upload (say, a huge xz dictionary) can make us allocate. */
 const DECODER_MEMORY = 512 * 1024 * 1024;
 
-export function decompressor(compression: Exclude<Compression, "none">): Duplex {
+/** A streaming decoder for the compressions other than zstd (which ZstdSinkDecoder decodes). */
+export function decompressor(compression: Exclude<Compression, "none" | "zstd">): Duplex {
   switch (compression) {
-    case "zstd":
-      return zstdDecoder();
     case "xz":
       return xzDecoder();
     case "bzip2":
@@ -75,35 +75,6 @@ export function decompressor(compression: Exclude<Compression, "none">): Duplex 
     case "gzip":
       return createGunzip();
   }
-}
-
-/**
- * zstd decoding one block (ZSTD_DStreamOutSize, 128 KiB) at a time, each handed on only when the consumer
- * asks for more. zstd-napi's DecompressStream pushes all the output of an input chunk at once, ignoring
- * backpressure: zeros compress about 30,000:1, so one 256 KiB chunk of a hostile body could have become
- * gigabytes in memory before the NarSize limit downstream saw its first byte. The loop and the error for
- * a body that ends inside a frame are DecompressStream's.
- */
-function zstdDecoder(): Duplex {
-  return Duplex.from(async function* (source: AsyncIterable<Buffer>) {
-    const dctx = new zstd.DCtx();
-    const blockSize = zstd.dStreamOutSize();
-    let inFrame = false;
-    for await (const chunk of source) {
-      let rest: Uint8Array = chunk;
-      for (;;) {
-        const block = Buffer.allocUnsafe(blockSize);
-        const [ret, produced, consumed] = dctx.decompressStream(block, rest);
-        rest = rest.subarray(consumed);
-        if (produced > 0) yield block.subarray(0, produced);
-        if (rest.length === 0 && (produced < blockSize || ret === 0)) {
-          inFrame = ret !== 0;
-          break;
-        }
-      }
-    }
-    if (inFrame) throw new Error("Stream ended in middle of compressed data frame");
-  });
 }
 
 /** Decoded bytes a ZstdSinkDecoder makes in one turn of the event loop before it lets other work run. */
@@ -116,6 +87,9 @@ type DCtx = InstanceType<typeof zstd.DCtx>;
 /**
  * zstd decoding on this thread, each decoded block handed to `sink` synchronously, into one block reused for
  * the whole body: the shape of the worker's decoder (decode-pool.ts), for uploads that find no worker idle.
+ * Not zstd-napi's DecompressStream, which pushes all the output of an input chunk at once whatever the
+ * consumer's backpressure (zeros compress ~30,000:1: one 256 KiB chunk of a hostile body could become
+ * gigabytes); its loop and its error for a body that ends inside a frame are kept.
  * The sink (count, parse, hash) is done with a block when it returns, so an upload allocates nothing per
  * block, and memory stays one block however the body decodes. A body of extreme ratio is decoded at most
  * SINK_DECODE_TURN bytes per turn of the event loop (the sink's NarSize limit ends it). `dctx` may come from

@@ -83,14 +83,13 @@ export async function receiveNar({
       // decodes on a worker thread when one is idle (decode-pool.ts), so decoding and the rest of the
       // pipeline use two cores, or else here; either way decoded blocks come to a sink that counts and
       // parses them at once, as narTap and feed do below for the other compressions.
-      const sink = (chunk: Buffer) => {
-        narTap.count(chunk);
-        reader.update(chunk);
-      };
-      const zstdDecoder =
-        input.compression === "zstd" ? (ctx.decoders?.acquire(sink) ?? new ZstdSinkDecoder(sink)) : undefined;
-      if (zstdDecoder) {
-        await pipeInto(store, input.body, storedTap, new TeeTap(zstdDecoder));
+      if (input.compression === "zstd") {
+        const sink = (chunk: Buffer) => {
+          narTap.count(chunk);
+          reader.update(chunk);
+        };
+        const decoder = ctx.decoders?.acquire(sink) ?? new ZstdSinkDecoder(sink);
+        await pipeInto(store, input.body, storedTap, new TeeTap(decoder));
       } else {
         const decode = decompressor(input.compression);
         const verifying = pipeline(decode, narTap, feed, async (source: AsyncIterable<Buffer>) => {
