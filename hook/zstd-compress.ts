@@ -87,7 +87,7 @@ export function createCompressorPool(): CompressorPool {
   return {
     stream(settings) {
       const { pooled, release } = take(settings);
-      return new PooledCompressStream(pooled.cctx, (cctx) => release({ ...pooled, cctx }));
+      return new PooledCompressStream(pooled, release);
     },
     compress(source, settings) {
       const { pooled, release } = take(settings);
@@ -120,32 +120,59 @@ function newContext(settings: CompressionSettings): CCtx {
   return cctx;
 }
 
-class PooledCompressStream extends Transform {
-  #cctx: CCtx | undefined;
-  readonly #release: (cctx: CCtx) => void;
-  readonly #outSize = zstd.cStreamOutSize();
-  #out: Buffer;
+/**
+ * Feeds all of `input` to the pooled context (for `end`, the rest of the frame too). What zstd produces
+ * gathers in the context's output buffer and goes to `emit` as exact-size copies (small ones come from
+ * Node's shared pool) whenever the buffer is full and once the input is in. `gone()` is asked between calls
+ * into zstd: a consumer called by `emit` may have destroyed the stream, and the context is not its any more.
+ */
+function compressInto(
+  pooled: Pooled | undefined,
+  input: Uint8Array,
+  end: Binding.EndDirective,
+  emit: (chunk: Buffer) => void,
+  gone: () => boolean,
+): void {
+  if (!pooled) throw new Error("zstd stream used after its end");
+  const { cctx, out } = pooled;
+  let fill = 0;
+  const flush = () => {
+    if (fill === 0) return;
+    const chunk = Buffer.allocUnsafe(fill);
+    out.copy(chunk, 0, 0, fill);
+    fill = 0;
+    emit(chunk);
+  };
+  let rest = input;
+  for (;;) {
+    const [ret, produced, consumed] = cctx.compressStream2(out.subarray(fill), rest, end);
+    fill += produced;
+    if (fill === out.length) flush();
+    rest = rest.subarray(consumed);
+    if (rest.length === 0 && (end === zstd.EndDirective.continue || ret === 0)) break;
+    if (gone()) throw new Error("zstd stream destroyed while compressing");
+  }
+  flush();
+}
 
-  constructor(cctx: CCtx, release: (cctx: CCtx) => void) {
+class PooledCompressStream extends Transform {
+  #pooled: Pooled | undefined;
+  readonly #release: (pooled: Pooled) => void;
+
+  constructor(pooled: Pooled, release: (pooled: Pooled) => void) {
     super();
-    this.#cctx = cctx;
+    this.#pooled = pooled;
     this.#release = release;
-    this.#out = Buffer.allocUnsafe(this.#outSize);
   }
 
   #compress(input: Uint8Array, end: Binding.EndDirective): void {
-    const cctx = this.#cctx;
-    if (!cctx) throw new Error("zstd stream used after its end");
-    let rest = input;
-    for (;;) {
-      const [ret, produced, consumed] = cctx.compressStream2(this.#out, rest, end);
-      if (produced > 0) {
-        this.push(this.#out.subarray(0, produced));
-        this.#out = Buffer.allocUnsafe(this.#outSize);
-      }
-      rest = rest.subarray(consumed);
-      if (rest.length === 0 && (end === zstd.EndDirective.continue || ret === 0)) return;
-    }
+    compressInto(
+      this.#pooled,
+      input,
+      end,
+      (chunk) => this.push(chunk),
+      () => this.destroyed,
+    );
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
@@ -165,15 +192,15 @@ class PooledCompressStream extends Transform {
       return;
     }
     // The frame is complete: the context is clean for the next stream.
-    const cctx = this.#cctx!;
-    this.#cctx = undefined;
-    this.#release(cctx);
+    const pooled = this.#pooled!;
+    this.#pooled = undefined;
+    this.#release(pooled);
     done();
   }
 
   override _destroy(error: Error | null, done: (error: Error | null) => void): void {
     // Cut off mid-frame (or failed): the context is not reused; the garbage collector frees it.
-    this.#cctx = undefined;
+    this.#pooled = undefined;
     done(error);
   }
 }
@@ -188,8 +215,6 @@ class PooledCompressReadable extends Readable {
   #pieces: Iterator<Uint8Array, unknown, undefined> | undefined;
   readonly #release: (pooled: Pooled) => void;
   #releaseScratch: (() => void) | undefined;
-  /** Bytes of the output buffer filled and not pushed yet. */
-  #outFill = 0;
   /** push() asked for no more, or the stream was destroyed from a consumer called by push(). */
   #stop = false;
   /** Input taken since the event loop last ran (see INPUT_PER_TURN). */
@@ -232,45 +257,29 @@ class PooledCompressReadable extends Readable {
           return;
         }
         this.#inputThisTurn += next.value.length;
+        // The whole piece goes into zstd's buffers; what it produced so far goes out now.
         this.#compress(next.value, zstd.EndDirective.continue);
-        // The whole piece is in zstd's buffers; what it produced so far goes out now.
-        this.#flushOut();
       }
     } catch (error) {
       this.destroy(error as Error);
     }
   }
 
-  /** Feeds all of `input` (and, for `end`, the rest of the frame) to zstd; output gathers in `out`. */
+  /** Feeds all of `input` (and, for `end`, the rest of the frame) to zstd and pushes what it produced. */
   #compress(input: Uint8Array, end: Binding.EndDirective): void {
-    const pooled = this.#pooled;
-    if (!pooled) throw new Error("zstd stream used after its end");
-    const { cctx, out } = pooled;
-    let rest = input;
-    for (;;) {
-      const [ret, produced, consumed] = cctx.compressStream2(out.subarray(this.#outFill), rest, end);
-      this.#outFill += produced;
-      if (this.#outFill === out.length) this.#flushOut();
-      rest = rest.subarray(consumed);
-      if (rest.length === 0 && (end === zstd.EndDirective.continue || ret === 0)) return;
-      // A consumer called by push() may have destroyed the stream: the context is not ours any more.
-      if (this.destroyed) throw new Error("zstd stream destroyed while compressing");
-    }
-  }
-
-  /** Pushes an exact-size copy of the gathered output (small ones come from Node's shared pool). */
-  #flushOut(): void {
-    const pooled = this.#pooled;
-    if (!pooled || this.#outFill === 0) return;
-    const chunk = Buffer.allocUnsafe(this.#outFill);
-    pooled.out.copy(chunk, 0, 0, this.#outFill);
-    this.#outFill = 0;
-    if (!this.push(chunk)) this.#stop = true;
+    compressInto(
+      this.#pooled,
+      input,
+      end,
+      (chunk) => {
+        if (!this.push(chunk)) this.#stop = true;
+      },
+      () => this.destroyed,
+    );
   }
 
   #finish(): void {
     this.#compress(EMPTY, zstd.EndDirective.end);
-    this.#flushOut();
     if (this.destroyed) return;
     // The frame is complete: the context is clean for the next stream, and the source is spent.
     const pooled = this.#pooled!;
