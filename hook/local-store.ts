@@ -4,7 +4,7 @@
 import { execFile } from "node:child_process";
 import type { Readable } from "node:stream";
 import { promisify } from "node:util";
-import { dumpNar, type NarSource, narSource } from "./nar-dump.ts";
+import { dumpNar } from "./nar-dump.ts";
 
 const run = promisify(execFile);
 
@@ -80,12 +80,4 @@ export async function derivationOutputs(
  */
 export function dumpPath(path: string): Readable {
   return dumpNar(path);
-}
-
-/**
- * The NAR of a store path as a source that serialises it on demand into the reader's buffer
- * (hook/nar-dump.ts): what uploads compress from, without a stream of NAR chunks.
- */
-export function pathNarSource(path: string): NarSource {
-  return narSource(path);
 }

@@ -27,10 +27,9 @@ import {
   type LocalPathInfo,
   derivationOutputs as localDerivationOutputs,
   invalidPaths as localInvalidPaths,
-  pathNarSource as localNarSource,
   pathInfos as localPathInfos,
 } from "./local-store.ts";
-import type { NarSource } from "./nar-dump.ts";
+import { type NarSource, narSource } from "./nar-dump.ts";
 
 /** NAR bytes between two progress events: often enough for a progress line, rare enough to cost nothing. */
 const PROGRESS_STEP = 1 << 20;
@@ -101,7 +100,7 @@ export const nixStore: LocalStore = {
   pathInfos: localPathInfos,
   invalidPaths: localInvalidPaths,
   derivationOutputs: localDerivationOutputs,
-  narSource: localNarSource,
+  narSource,
   onDisk: (path) => lstatSync(path, { throwIfNoEntry: false }) !== undefined,
 };
 
