@@ -750,12 +750,7 @@ export function createRepo(database: Database) {
         if (!(error instanceof PathRaced)) throw error;
         // The same path was committed concurrently (another replica, or the same push twice at once): this
         // transaction rolled back, and the caller learns which NAR the cache has.
-        const rows = await db
-          .select({ narHash: t.nars.narHash })
-          .from(t.paths)
-          .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
-          .where(and(eq(t.paths.cacheId, path.cacheId), eq(t.paths.hash, path.hash)))
-          .limit(1);
+        const rows = await writes.pathNarHash(db, { cacheId: path.cacheId, hash: path.hash });
         return { kind: "already-present", narHash: rows[0]?.narHash ?? "" };
       }
     },
