@@ -3,8 +3,8 @@
 // Stored form: "v1:" + base64(iv ‖ tag ‖ ciphertext). No API ever returns the plaintext.
 //
 // Opened signing keys are kept, parsed, for the life of the process (at most OPENED_KEYS of them): parsing
-// checks the embedded public key against the seed, one ed25519 scalar multiplication: a third of the
-// signing cost of every pushed path (signing is two more). Holding them adds no exposure: the server secret that
+// checks the embedded public key against the seed, one ed25519 scalar multiplication: half the signing
+// cost of every pushed path (signing is one more). Holding them adds no exposure: the server secret that
 // opens every key is in this process's memory anyway.
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";

@@ -24,7 +24,7 @@ import type { Context } from "../context.ts";
 import { AppError } from "../errors.ts";
 import type { Lifecycle } from "../lifecycle.ts";
 import type { BoundCounter, BoundHistogram, Labels } from "../metrics.ts";
-import type { C, Env } from "./http.ts";
+import { type C, declaredLength, type Env } from "./http.ts";
 
 export interface RequestScope {
   /** Runs fn with the request id visible to every log line written inside it. */
@@ -128,6 +128,7 @@ export function observeRequests(
           // Skipped whole, not just unwritten, when the level drops it (the benchmark runs at warn).
           const level = status >= 500 ? "warn" : "info";
           if (log.isLevelEnabled(level)) {
+            const bytesIn = declaredLength(c);
             const line = {
               reqId: requestId,
               method,
@@ -136,7 +137,7 @@ export function observeRequests(
               status,
               ms: Math.round(seconds * 10_000) / 10,
               bytesOut,
-              ...(c.req.header("content-length") ? { bytesIn: Number(c.req.header("content-length")) } : {}),
+              ...(bytesIn === undefined ? {} : { bytesIn }),
               ...(aborted ? { aborted: true } : {}),
               remote: c.env?.incoming?.socket?.remoteAddress,
               userAgent: c.req.header("user-agent"),
