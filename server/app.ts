@@ -11,13 +11,20 @@ import { dashboardRoutes } from "./routes/dashboard.ts";
 import type { Env } from "./routes/http.ts";
 import { nixRoutes } from "./routes/nix.ts";
 import { opsRoutes } from "./routes/ops.ts";
-import { createRequestScope, observeRequests, type RequestScope } from "./routes/request-log.ts";
+import {
+  createRequestScope,
+  observeRequests,
+  type RequestRecord,
+  type RequestScope,
+} from "./routes/request-log.ts";
 
 export interface AppOptions {
   /** Puts the request id on log lines; start.ts shares it with the pino logger's mixin. */
   requestScope?: RequestScope | undefined;
   /** In-flight requests and draining state, for graceful shutdown and /readyz. */
   lifecycle?: Lifecycle | undefined;
+  /** Meters and logs answered requests; start.ts shares it with the fast lane. */
+  recorder?: ((r: RequestRecord) => void) | undefined;
 }
 
 export function createApp(ctx: Context, options: AppOptions = {}) {
@@ -27,7 +34,13 @@ export function createApp(ctx: Context, options: AppOptions = {}) {
   // routes in about half the time (2.2 against 4.5 µs for a narinfo or NAR path, 49 routes).
   const app = new Hono<Env>({ router: new PatternRouter() });
   const lifecycle = options.lifecycle ?? createLifecycle();
-  app.use(observeRequests(ctx, { scope: options.requestScope ?? createRequestScope(), lifecycle }));
+  app.use(
+    observeRequests(ctx, {
+      scope: options.requestScope ?? createRequestScope(),
+      lifecycle,
+      recorder: options.recorder,
+    }),
+  );
 
   app.onError((error, c) => {
     const api = c.req.path.startsWith("/api/") || c.req.path.startsWith("/-/");

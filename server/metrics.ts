@@ -236,6 +236,11 @@ export function createServerMetrics(build: { version: string; database: string; 
       DURATION_BUCKETS,
     ),
     httpInFlight: registry.gauge("nixstash_http_requests_in_flight", "HTTP requests being handled now."),
+    fastLaneHandoffs: registry.counter(
+      "nixstash_fast_lane_handoffs_total",
+      "Connections the fast lane (narinfo and nix-cache-info reads) handed to the full HTTP server, by reason.",
+      ["reason"],
+    ),
     narServedBytes: registry.counter(
       "nixstash_nar_served_bytes_total",
       "NAR bytes sent to clients by this server (redirected downloads are counted in nixstash_nar_redirects_total).",

@@ -5,7 +5,7 @@ import type { Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
-import { type ServerType, serve } from "@hono/node-server";
+import { createAdaptorServer } from "@hono/node-server";
 import { pino } from "pino";
 import { createApp } from "./app.ts";
 import type { Config, StorageConfig } from "./config.ts";
@@ -15,7 +15,9 @@ import { createRepo } from "./db/repo.ts";
 import { createDecoderPool } from "./decode-pool.ts";
 import { createLifecycle } from "./lifecycle.ts";
 import { createServerMetrics } from "./metrics.ts";
-import { createRequestScope } from "./routes/request-log.ts";
+import { installFastLane } from "./routes/fast-lane.ts";
+import { nixFastReads } from "./routes/nix.ts";
+import { createRequestRecorder, createRequestScope } from "./routes/request-log.ts";
 import { createSecretBox, loadServerSecret } from "./secrets.ts";
 import { createLocalStorage } from "./storage/local.ts";
 import { createS3Storage } from "./storage/s3.ts";
@@ -94,23 +96,30 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const cleanupTimer = setInterval(cleanup, CLEANUP_INTERVAL_MS);
   cleanupTimer.unref();
   const background = startBackgroundJobs(ctx, { gcIntervalSeconds: config.gcIntervalSeconds });
-  const app = createApp(ctx, { requestScope, lifecycle });
-  const server: ServerType = await new Promise((resolve, reject) => {
-    const s = serve(
-      {
-        fetch: app.fetch,
-        hostname: config.listen.host,
-        port: config.listen.port,
-        // Path info of a push travels in a header; references of a big closure can be long.
-        serverOptions: { maxHeaderSize: 4 * 1024 * 1024, requestTimeout: 0 },
-      },
-      () => resolve(s),
-    );
-    s.once("error", reject);
+  const recorder = createRequestRecorder(ctx);
+  const app = createApp(ctx, { requestScope, lifecycle, recorder });
+  // Without a createServer option the adapter makes a plain node:http server.
+  const httpServer = createAdaptorServer({
+    fetch: app.fetch,
+    hostname: config.listen.host,
+    // Path info of a push travels in a header; references of a big closure can be long.
+    serverOptions: { maxHeaderSize: 4 * 1024 * 1024, requestTimeout: 0 },
+  }) as HttpServer;
+  // Narinfo and nix-cache-info reads skip node:http and Hono (routes/fast-lane.ts); the rest goes through.
+  const lane = installFastLane(httpServer, {
+    answer: nixFastReads(ctx, { lifecycle, recorder }),
+    draining: () => lifecycle.draining,
+    onHandoff: (reason) => ctx.metrics?.fastLaneHandoffs.inc({ reason }),
+    onError: (error) => log.warn({ err: error }, "fast lane: answer failed; handed to the full server"),
   });
-  // serve() without a createServer option makes a plain node:http server.
-  const httpServer = server as HttpServer;
-  const address = server.address() as AddressInfo;
+  await new Promise<void>((resolve, reject) => {
+    httpServer.once("error", reject);
+    httpServer.listen(config.listen.port, config.listen.host, () => {
+      httpServer.removeListener("error", reject);
+      resolve();
+    });
+  });
+  const address = httpServer.address() as AddressInfo;
   const wildcard = address.address === "0.0.0.0" || address.address === "::";
   const host = wildcard ? "127.0.0.1" : address.family === "IPv6" ? `[${address.address}]` : address.address;
   ctx.settings.publicUrl ||= `http://${host}:${address.port}`;
@@ -122,19 +131,25 @@ export async function startServer(config: Config): Promise<RunningServer> {
       clearInterval(cleanupTimer);
       lifecycle.startDraining();
       log.info({ inFlight: lifecycle.active, timeoutMs: config.shutdownTimeoutMs }, "draining");
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      const closed = new Promise<void>((resolve) => httpServer.close(() => resolve()));
       // Connections that go idle while draining (keep-alive after their last response) are closed as well.
-      const idleSweep = setInterval(() => httpServer.closeIdleConnections(), 100);
-      httpServer.closeIdleConnections();
+      const closeIdle = () => {
+        httpServer.closeIdleConnections();
+        lane.closeIdleConnections();
+      };
+      const idleSweep = setInterval(closeIdle, 100);
+      closeIdle();
       const finished = await lifecycle.waitIdle(config.shutdownTimeoutMs);
       if (!finished) {
         log.warn({ inFlight: lifecycle.active }, "shutdown timeout: cutting the requests still in flight");
         httpServer.closeAllConnections();
+        lane.closeAllConnections();
         // Let the cut handlers run their failure paths (discard the partial upload) before the database goes.
         await lifecycle.waitIdle(10_000);
       }
       clearInterval(idleSweep);
       httpServer.closeAllConnections();
+      lane.closeAllConnections();
       await closed;
       await background.stop();
       ctx.metrics?.stop();

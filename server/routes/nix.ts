@@ -1,10 +1,12 @@
 // The binary cache protocol under /<cache>/…, as Nix substituters read it (see PROTOCOL.md). Routes only
 // parse, authorise and call a verb; errors become one plain-text line Nix shows to the user.
+import { performance } from "node:perf_hooks";
 import { Readable } from "node:stream";
 import { Hono } from "hono";
 import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
-import { allows, authorize } from "../verbs/auth.ts";
+import type { Lifecycle } from "../lifecycle.ts";
+import { allows, authorize, type Caller, identify } from "../verbs/auth.ts";
 import { findCache } from "../verbs/caches.ts";
 import { checkCacheInfo, narKnown, putNarInfo, stageNarUpload } from "../verbs/nix-push.ts";
 import {
@@ -15,8 +17,10 @@ import {
   openLog,
   openNar,
   realisationText,
+  rememberedNarInfoText,
 } from "../verbs/serve.ts";
 import { putLog, putRealisation } from "../verbs/uploads.ts";
+import type { FastAnswer, FastAnswerer, FastRequest } from "./fast-lane.ts";
 import {
   type C,
   caller,
@@ -27,8 +31,25 @@ import {
   requestBody,
   sendStream,
 } from "./http.ts";
+import { type RequestRecord, requestIdOf } from "./request-log.ts";
 
 const HASH_FILE = /^([0-9a-df-np-sv-z]{32})\.(narinfo|ls)$/;
+const NARINFO_TYPE = "text/x-nix-narinfo";
+const CACHE_INFO_TYPE = "text/x-nix-cache-info";
+
+/**
+ * A narinfo (`hash` given) or the nix-cache-info of a cache the caller may read; undefined body: no such
+ * path. Both lanes answer these: the Hono routes below, and the fast lane (nixFastReads).
+ */
+async function readHot(
+  ctx: Context,
+  input: { cacheName: string; hash: string | undefined; caller: () => Promise<Caller> },
+): Promise<{ cache: CacheRow; body: string | undefined }> {
+  const cache = await findCache({ ctx, input: { name: input.cacheName } });
+  authorize(await input.caller(), cache, "pull");
+  if (input.hash === undefined) return { cache, body: cacheInfoText(cache) };
+  return { cache, body: await narInfoText({ ctx, input: { cache, hash: input.hash } }) };
+}
 
 export function nixRoutes(ctx: Context) {
   const app = new Hono<Env>();
@@ -51,18 +72,17 @@ export function nixRoutes(ctx: Context) {
     return c.req.method === "HEAD" ? c.body(null, 200, headers) : c.body(body, 200, headers);
   };
 
-  app.get("/:cache/nix-cache-info", async (c) => {
-    const cache = await readableCache(c);
-    return text(c, cacheInfoText(cache), "text/x-nix-cache-info");
-  });
+  const hot = (c: C, hash: string | undefined) =>
+    readHot(ctx, { cacheName: c.req.param("cache") ?? "", hash, caller: () => caller(ctx, c) });
+
+  app.get("/:cache/nix-cache-info", async (c) => text(c, (await hot(c, undefined)).body, CACHE_INFO_TYPE));
 
   app.get("/:cache/:file", async (c) => {
     const match = HASH_FILE.exec(c.req.param("file"));
     if (!match) return c.text("not found\n", 404);
+    if (match[2] === "narinfo") return text(c, (await hot(c, match[1]!)).body, NARINFO_TYPE);
     const cache = await readableCache(c);
-    const input = { cache, hash: match[1]! };
-    if (match[2] === "narinfo") return text(c, await narInfoText({ ctx, input }), "text/x-nix-narinfo");
-    return text(c, await listingText({ ctx, input }), "application/json");
+    return text(c, await listingText({ ctx, input: { cache, hash: match[1]! } }), "application/json");
   });
 
   app.get("/:cache/nar/:file", async (c) => {
@@ -182,4 +202,98 @@ export function nixRoutes(ctx: Context) {
   }
 
   return app;
+}
+
+const FAST_TARGET = /^\/([a-z0-9][a-z0-9._-]{0,62})\/(?:([0-9a-df-np-sv-z]{32})\.narinfo|nix-cache-info)$/;
+const NOBODY: Caller = { principal: null };
+const NOT_FOUND = "not found\n";
+const NOT_FOUND_TYPE = "text/plain; charset=UTF-8";
+
+/**
+ * readHot without waiting, for an anonymous caller: the answer when all it needs is remembered (a public
+ * cache's row, the path's record: repo.ts keeps both for a second), else undefined. Most narinfo reads of a
+ * busy cache are answered this way, without a promise.
+ */
+function readHotNow(
+  ctx: Context,
+  input: { cacheName: string; hash: string | undefined },
+): { cache: CacheRow; body: string } | undefined {
+  const cache = ctx.repo.peekCacheByName(input.cacheName);
+  if (!cache?.public) return undefined;
+  if (input.hash === undefined) return { cache, body: cacheInfoText(cache) };
+  const body = rememberedNarInfoText({ ctx, input: { cache, hash: input.hash } });
+  return body === undefined ? undefined : { cache, body };
+}
+
+/**
+ * The fast lane's answers (fast-lane.ts): GET/HEAD of narinfos and nix-cache-info, read by readHot exactly
+ * as the routes above read them. Whatever readHot refuses or fails on (no such cache, credentials that do
+ * not allow reading, a database error) is declined, and the Hono app answers it with its usual message.
+ */
+export function nixFastReads(
+  ctx: Context,
+  deps: { lifecycle: Lifecycle; recorder: (r: RequestRecord) => void },
+): FastAnswerer {
+  const metrics = ctx.metrics;
+  const answer = (
+    request: FastRequest,
+    hash: string | undefined,
+    read: { cache: CacheRow; body: string | undefined },
+    started: number,
+    end: () => void,
+  ): FastAnswer => {
+    const requestId = requestIdOf(request.requestId);
+    const status = read.body === undefined ? 404 : 200;
+    return {
+      status,
+      contentType: status === 404 ? NOT_FOUND_TYPE : hash ? NARINFO_TYPE : CACHE_INFO_TYPE,
+      body: read.body ?? NOT_FOUND,
+      requestId,
+      done: (bytesOut) => {
+        try {
+          deps.recorder({
+            requestId,
+            method: request.method,
+            path: request.target,
+            route: hash ? "/:cache/<hash>.narinfo" : "/:cache/nix-cache-info",
+            status,
+            seconds: (performance.now() - started) / 1000,
+            bytesOut,
+            cache: read.cache.name,
+            remote: request.remoteAddress,
+            userAgent: request.userAgent,
+          });
+        } finally {
+          end();
+        }
+      },
+    };
+  };
+  return (request) => {
+    const match = FAST_TARGET.exec(request.target);
+    if (!match) return undefined;
+    const cacheName = match[1]!;
+    const hash = match[2];
+    const started = performance.now();
+    const finish = deps.lifecycle.begin();
+    metrics?.httpInFlight.inc();
+    const end = () => {
+      metrics?.httpInFlight.dec();
+      finish();
+    };
+    const authorization = request.authorization;
+    const now = authorization ? undefined : readHotNow(ctx, { cacheName, hash });
+    if (now) return answer(request, hash, now, started, end);
+    return readHot(ctx, {
+      cacheName,
+      hash,
+      caller: async () => (authorization ? identify({ ctx, input: { authorization } }) : NOBODY),
+    }).then(
+      (read) => answer(request, hash, read, started, end),
+      () => {
+        end();
+        return undefined;
+      },
+    );
+  };
 }

@@ -67,20 +67,78 @@ export function routeLabel(c: C): string {
   return route.path;
 }
 
-export function observeRequests(
-  ctx: Context,
-  deps: { scope: RequestScope; lifecycle: Lifecycle },
-): MiddlewareHandler<Env> {
-  const { scope, lifecycle } = deps;
+/** What one answered request was, for the metrics and the access line (both lanes report the same). */
+export interface RequestRecord {
+  requestId: string;
+  method: string;
+  path: string;
+  route: string;
+  status: number;
+  seconds: number;
+  bytesOut: number;
+  bytesIn?: number | undefined;
+  aborted?: boolean | undefined;
+  /** The cache named in the path, when the request reached one that exists. */
+  cache: string | undefined;
+  uploadApi?: UploadApi | undefined;
+  error?: Error | undefined;
+  remote: string | undefined;
+  userAgent: string | undefined;
+}
+
+/** The caller's request id when it looks like one, else a fresh UUID. */
+export function requestIdOf(given: string | undefined): string {
+  return given && REQUEST_ID.test(given) ? given : randomUUID();
+}
+
+/** Meters and logs answered requests: the Hono middleware below and the fast lane (fast-lane.ts) share it. */
+export function createRequestRecorder(ctx: Context): (r: RequestRecord) => void {
   const metrics = ctx.metrics;
   const log = ctx.log;
   // The series a request lands in, resolved once per method/route/status: a label lookup joins and hashes
   // the label values, which the hot routes would otherwise do several times per request.
   const seriesOf = new Map<string, HttpSeries>();
+  return (r) => {
+    if (metrics) {
+      const key = `${r.method} ${r.status} ${r.route}`;
+      let series = seriesOf.get(key);
+      if (!series) {
+        series = httpSeries(metrics, { method: r.method, route: r.route, status: String(r.status) });
+        seriesOf.set(key, series);
+      }
+      record(metrics, series, r);
+    }
+    // Skipped whole, not just unwritten, when the level drops it (the benchmark runs at warn).
+    const level = r.status >= 500 ? "warn" : "info";
+    if (log.isLevelEnabled(level)) {
+      const line = {
+        reqId: r.requestId,
+        method: r.method,
+        path: r.path,
+        route: r.route,
+        status: r.status,
+        ms: Math.round(r.seconds * 10_000) / 10,
+        bytesOut: r.bytesOut,
+        ...(r.bytesIn === undefined ? {} : { bytesIn: r.bytesIn }),
+        ...(r.aborted ? { aborted: true } : {}),
+        remote: r.remote,
+        userAgent: r.userAgent,
+      };
+      log[level](line, "request");
+    }
+  };
+}
+
+export function observeRequests(
+  ctx: Context,
+  deps: { scope: RequestScope; lifecycle: Lifecycle; recorder?: ((r: RequestRecord) => void) | undefined },
+): MiddlewareHandler<Env> {
+  const { scope, lifecycle } = deps;
+  const metrics = ctx.metrics;
+  const recordRequest = deps.recorder ?? createRequestRecorder(ctx);
   return async (c, next) => {
     const started = performance.now();
-    const given = c.req.header("x-request-id");
-    const requestId = given && REQUEST_ID.test(given) ? given : randomUUID();
+    const requestId = requestIdOf(c.req.header("x-request-id"));
     c.set("requestId", requestId);
     c.header("x-request-id", requestId);
     // While draining, every response asks the client to reconnect elsewhere (keep-alive connections would
@@ -109,41 +167,27 @@ export function observeRequests(
       const error = c.error;
       const finish = () => {
         const aborted = outgoing ? !outgoing.writableFinished : false;
-        const seconds = (performance.now() - started) / 1000;
         // The adapter sets Content-Length on the socket response for bodies it measured itself (JSON, text).
         const declared = Number(
           outgoing?.getHeader("content-length") ?? c.res.headers.get("content-length") ?? Number.NaN,
         );
-        const bytesOut = !aborted && Number.isFinite(declared) && method !== "HEAD" ? declared : 0;
         try {
-          if (metrics) {
-            const key = `${method} ${status} ${route}`;
-            let series = seriesOf.get(key);
-            if (!series) {
-              series = httpSeries(metrics, { method, route, status: String(status) });
-              seriesOf.set(key, series);
-            }
-            record(metrics, series, { c, route, status, method, seconds, bytesOut, uploadApi, error });
-          }
-          // Skipped whole, not just unwritten, when the level drops it (the benchmark runs at warn).
-          const level = status >= 500 ? "warn" : "info";
-          if (log.isLevelEnabled(level)) {
-            const bytesIn = declaredLength(c);
-            const line = {
-              reqId: requestId,
-              method,
-              path: c.req.path,
-              route,
-              status,
-              ms: Math.round(seconds * 10_000) / 10,
-              bytesOut,
-              ...(bytesIn === undefined ? {} : { bytesIn }),
-              ...(aborted ? { aborted: true } : {}),
-              remote: c.env?.incoming?.socket?.remoteAddress,
-              userAgent: c.req.header("user-agent"),
-            };
-            log[level](line, "request");
-          }
+          recordRequest({
+            requestId,
+            method,
+            path: c.req.path,
+            route,
+            status,
+            seconds: (performance.now() - started) / 1000,
+            bytesOut: !aborted && Number.isFinite(declared) && method !== "HEAD" ? declared : 0,
+            bytesIn: declaredLength(c),
+            aborted,
+            cache: c.req.param("cache"),
+            uploadApi,
+            error,
+            remote: c.env?.incoming?.socket?.remoteAddress,
+            userAgent: c.req.header("user-agent"),
+          });
         } finally {
           metrics?.httpInFlight.dec();
           if (uploadApi) metrics?.uploadsInFlight.dec({ api: uploadApi });
@@ -171,27 +215,14 @@ function httpSeries(metrics: NonNullable<Context["metrics"]>, labels: Labels): H
   };
 }
 
-function record(
-  metrics: NonNullable<Context["metrics"]>,
-  series: HttpSeries,
-  r: {
-    c: C;
-    route: string;
-    status: number;
-    method: string;
-    seconds: number;
-    bytesOut: number;
-    uploadApi: UploadApi | undefined;
-    error: Error | undefined;
-  },
-): void {
+function record(metrics: NonNullable<Context["metrics"]>, series: HttpSeries, r: RequestRecord): void {
   series.requests.inc();
   series.duration.observe(r.seconds);
   if (r.bytesOut > 0) {
     series.responseBytes ??= metrics.responseBytes.bind({ route: r.route });
     series.responseBytes.inc(r.bytesOut);
   }
-  const cache = r.c.req.param("cache") ?? "";
+  const cache = r.cache ?? "";
   // Only answers about a cache that exists carry its name (an unknown name fails in findCache: r.error).
   if (r.route === "/:cache/<hash>.narinfo" && !r.error && (r.status === 200 || r.status === 404)) {
     metrics.narinfoRequests.inc({ cache, result: r.status === 200 ? "hit" : "miss" });

@@ -32,6 +32,21 @@ export function cacheInfoText(cache: CacheRow): string {
   return `StoreDir: ${cache.storeDir}\nWantMassQuery: 1\nPriority: ${cache.priority}\n`;
 }
 
+/**
+ * Rendered narinfos, by the record they were rendered from: the repository hands out the same record object
+ * while it remembers a path (repo.ts, path), so a hot narinfo is formatted once, not on every request.
+ */
+const rendered = new WeakMap<PathRecord, string>();
+
+function narInfoTextOf(record: PathRecord): string {
+  let text = rendered.get(record);
+  if (text === undefined) {
+    text = formatNarInfo(narInfoOf(record));
+    rendered.set(record, text);
+  }
+  return text;
+}
+
 export async function narInfoText({
   ctx,
   input,
@@ -41,7 +56,21 @@ export async function narInfoText({
 }) {
   const record = await ctx.repo.path(input.cache.id, input.hash);
   ctx.access?.narinfo(input.cache.id, input.hash, record !== undefined);
-  return record ? formatNarInfo(narInfoOf(record)) : undefined;
+  return record ? narInfoTextOf(record) : undefined;
+}
+
+/** narInfoText without waiting: the text when the repository remembers the path, else undefined. */
+export function rememberedNarInfoText({
+  ctx,
+  input,
+}: {
+  ctx: Context;
+  input: { cache: CacheRow; hash: string };
+}): string | undefined {
+  const record = ctx.repo.peekPath(input.cache.id, input.hash);
+  if (!record) return undefined;
+  ctx.access?.narinfo(input.cache.id, input.hash, true);
+  return narInfoTextOf(record);
 }
 
 /** The NAR behind a narinfo URL file name such as `<nix32 FileHash>.nar.zst`, if this cache serves it. */

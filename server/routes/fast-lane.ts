@@ -1,0 +1,365 @@
+// The fast lane: the hottest reads of a binary cache (narinfo, nix-cache-info) answered straight from the
+// socket, and every other request handed, with its connection, to node:http and the Hono app.
+//
+// Why: a substituter asks for one narinfo per store path, one after another, and a warm cache answers each
+// from memory or one indexed row. Behind node:http and Hono every such request cost ~80 µs of parsing, header
+// objects, routing and middleware, ten times the lookup; this lane costs a few µs per request, and the
+// measured floor of one Node.js process on raw sockets is above nginx's static files (issue 7, BENCHMARKS.md).
+//
+// How it stays safe: it takes only what it fully understands, and gives up a connection for good at the
+// first request it does not. Taken (RFC 9112 message syntax, checked byte for byte): one complete request
+// head, `GET` or `HEAD` of an origin-form target, `HTTP/1.1`, a Host header, every byte printable ASCII or
+// tab, every line ending in CRLF, header names tokens, at most one Authorization and X-Request-Id, and no
+// Content-Length, Transfer-Encoding, Expect or Upgrade (so no body, and nothing to smuggle). The answer
+// itself may also decline (unknown cache, bad token, any error): node:http then parses the same bytes and
+// the Hono app answers, with the same messages as always. Anything else — a partial head, a body, HTTP/1.0,
+// pipelined bytes cut mid-request, a shutdown under way — hands the connection over with every byte read so
+// far, synchronously, before the event loop can read more: node:http's own parser then owns it until it
+// closes, timeouts and limits included.
+//
+// Responses are what node:http and Hono would send for the same answer (status line, Content-Type,
+// Content-Length, X-Request-Id, Date, Connection, Keep-Alive), and each request is metered and logged by the
+// same recorder as the rest (request-log.ts).
+import type { Server as HttpServer } from "node:http";
+import type { Socket } from "node:net";
+
+/** A request the lane can answer without a body. */
+export interface FastRequest {
+  method: "GET" | "HEAD";
+  /** The request target, origin-form (`/cache/hash.narinfo`), unparsed. */
+  target: string;
+  authorization: string | undefined;
+  requestId: string | undefined;
+  userAgent: string | undefined;
+  remoteAddress: string | undefined;
+}
+
+/** What the answerer decided: a response, or undefined to let the full server answer it. */
+export interface FastAnswer {
+  status: 200 | 404;
+  contentType: string;
+  /** The body of a GET (HEAD sends the headers only). */
+  body: string;
+  /** The request id echoed in X-Request-Id (request-log.ts chooses it). */
+  requestId: string;
+  /** Called once the response is written (or the socket failed first), with the bytes of the body sent. */
+  done?: ((bytesOut: number) => void) | undefined;
+}
+
+export type FastAnswerer = (request: FastRequest) => FastAnswer | undefined | Promise<FastAnswer | undefined>;
+
+/** Why a connection left the lane (a Prometheus label: bounded). */
+export type HandoffReason = "declined" | "not_fast" | "partial" | "draining" | "error";
+
+export interface FastLaneOptions {
+  answer: FastAnswerer;
+  /** True once the server drains: every request then goes to node:http, which asks clients to reconnect. */
+  draining: () => boolean;
+  onHandoff?: ((reason: HandoffReason) => void) | undefined;
+  onError?: ((error: unknown) => void) | undefined;
+}
+
+export interface FastLane {
+  /** Connections in the lane now (not yet handed over). */
+  readonly connections: number;
+  /** Closes the lane's connections that sit between requests, as http.Server#closeIdleConnections does. */
+  closeIdleConnections(): void;
+  /** Destroys every connection still in the lane. */
+  closeAllConnections(): void;
+}
+
+/** A head larger than this is node:http's business (it takes up to its maxHeaderSize). */
+const MAX_FAST_HEAD = 8 * 1024;
+const CRLF_CRLF = Buffer.from("\r\n\r\n", "latin1");
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const REQUEST_LINE = /^(GET|HEAD) (\/[!$&'()*+,\-./0-9:;=@A-Z_a-z~%]*) HTTP\/1\.1$/;
+
+/**
+ * Puts the lane in front of `server`: its connections arrive here first, and node:http's own connection
+ * listener receives those handed over. `server` is a node:http server made by createServer (or
+ * @hono/node-server), with node:http's listener as its only `connection` listener.
+ */
+export function installFastLane(server: HttpServer, options: FastLaneOptions): FastLane {
+  const listeners = server.listeners("connection");
+  if (listeners.length !== 1) throw new Error("fast lane: expected node:http's connection listener alone");
+  const nodeConnection = listeners[0] as (socket: Socket) => void;
+  server.removeListener("connection", nodeConnection);
+  const lane = new Set<LaneConnection>();
+  const handOver = (socket: Socket, pending: Buffer | undefined) => {
+    nodeConnection.call(server, socket);
+    // node:http now reads the socket itself; the bytes read so far go to its parser first, before the
+    // event loop can deliver any newer ones.
+    if (pending && pending.length > 0) socket.emit("data", pending);
+  };
+  server.on("connection", (socket: Socket) => {
+    const connection = new LaneConnection(socket, server, options, (pending, reason) => {
+      lane.delete(connection);
+      options.onHandoff?.(reason);
+      handOver(socket, pending);
+    });
+    lane.add(connection);
+    socket.once("close", () => lane.delete(connection));
+  });
+  return {
+    get connections() {
+      return lane.size;
+    },
+    closeIdleConnections() {
+      for (const c of lane) c.closeIfIdle();
+    },
+    closeAllConnections() {
+      for (const c of lane) c.socket.destroy();
+    },
+  };
+}
+
+/** A date header value, recomputed once a second (as node:http does). */
+let dateSecond = -1;
+let dateValue = "";
+function httpDate(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateValue = new Date(now).toUTCString();
+  }
+  return dateValue;
+}
+
+class LaneConnection {
+  /** Bytes received and not yet answered, starting at the head of the next request. */
+  #pending: Buffer | undefined;
+  /** An answer is being computed (asynchronously): new bytes wait in #pending. */
+  #busy = false;
+  /** The client asked to close, or the client ended its side: no more requests. */
+  #closing = false;
+  #gone = false;
+  /** Read once: the getter asks the kernel each time. */
+  readonly #remote: string | undefined;
+  readonly #onData = (chunk: Buffer) => {
+    this.#pending = this.#pending ? Buffer.concat([this.#pending, chunk]) : chunk;
+    if (!this.#busy) this.#drain();
+  };
+  readonly #onEnd = () => {
+    this.#closing = true;
+    if (!this.#busy) this.socket.end();
+  };
+  readonly #onTimeout = () => this.socket.destroy();
+  readonly #onError = () => this.socket.destroy();
+
+  constructor(
+    readonly socket: Socket,
+    readonly server: HttpServer,
+    readonly options: FastLaneOptions,
+    readonly handoff: (pending: Buffer | undefined, reason: HandoffReason) => void,
+  ) {
+    // As node:http configures its own connections (noDelay is its default; half-open so that a response
+    // can still be written after the client ended its side).
+    this.#remote = socket.remoteAddress;
+    socket.setNoDelay(true);
+    socket.setTimeout(server.keepAliveTimeout);
+    socket.on("data", this.#onData);
+    socket.on("end", this.#onEnd);
+    socket.on("timeout", this.#onTimeout);
+    socket.on("error", this.#onError);
+  }
+
+  closeIfIdle(): void {
+    if (!this.#busy && !this.#pending) this.socket.end();
+  }
+
+  #leave(reason: HandoffReason): void {
+    if (this.#gone) return;
+    this.#gone = true;
+    const socket = this.socket;
+    socket.removeListener("data", this.#onData);
+    socket.removeListener("end", this.#onEnd);
+    socket.removeListener("timeout", this.#onTimeout);
+    socket.removeListener("error", this.#onError);
+    socket.setTimeout(0);
+    const pending = this.#pending;
+    this.#pending = undefined;
+    this.handoff(pending, reason);
+  }
+
+  /** Answers the complete requests at the front of #pending, in order, until one needs the full server. */
+  #drain(): void {
+    while (this.#pending && !this.#gone) {
+      if (this.#closing) {
+        // Bytes after a `Connection: close` request are ignored, as node:http ignores them.
+        this.#pending = undefined;
+        return;
+      }
+      const buffer = this.#pending;
+      const end = buffer.indexOf(CRLF_CRLF);
+      if (end < 0 || end > MAX_FAST_HEAD) {
+        this.#leave(end < 0 ? "partial" : "not_fast");
+        return;
+      }
+      if (this.options.draining()) {
+        this.#leave("draining");
+        return;
+      }
+      const head = parseHead(buffer, end);
+      if (!head) {
+        this.#leave("not_fast");
+        return;
+      }
+      const request: FastRequest = {
+        method: head.method,
+        target: head.target,
+        authorization: head.authorization,
+        requestId: head.requestId,
+        userAgent: head.userAgent,
+        remoteAddress: this.#remote,
+      };
+      let answer: ReturnType<FastAnswerer>;
+      try {
+        answer = this.options.answer(request);
+      } catch (error) {
+        this.options.onError?.(error);
+        this.#leave("error");
+        return;
+      }
+      if (answer instanceof Promise) {
+        this.#busy = true;
+        answer.then(
+          (a) => this.#settle(a, head, end),
+          (error: unknown) => {
+            this.options.onError?.(error);
+            this.#busy = false;
+            this.#leave("error");
+          },
+        );
+        return;
+      }
+      if (!answer) {
+        this.#leave("declined");
+        return;
+      }
+      this.#respond(answer, head, end);
+    }
+  }
+
+  #settle(answer: FastAnswer | undefined, head: Head, end: number): void {
+    this.#busy = false;
+    if (this.#gone) return;
+    if (this.socket.destroyed) {
+      answer?.done?.(0);
+      return;
+    }
+    if (!answer) {
+      this.#leave("declined");
+      return;
+    }
+    this.#respond(answer, head, end);
+    if (this.#closing) {
+      // The client ended its side, or asked to close: this was the last answer.
+      this.#pending = undefined;
+      this.socket.end();
+      return;
+    }
+    this.#drain();
+  }
+
+  #respond(answer: FastAnswer, head: Head, end: number): void {
+    const rest = this.#pending!.subarray(end + 4);
+    this.#pending = rest.length > 0 ? rest : undefined;
+    const close = head.close;
+    if (close) this.#closing = true;
+    const bodyLength = Buffer.byteLength(answer.body);
+    const response =
+      `HTTP/1.1 ${answer.status === 200 ? "200 OK" : "404 Not Found"}\r\n` +
+      `content-type: ${answer.contentType}\r\n` +
+      `content-length: ${bodyLength}\r\n` +
+      `x-request-id: ${answer.requestId}\r\n` +
+      `Date: ${httpDate()}\r\n` +
+      (close
+        ? "Connection: close\r\n\r\n"
+        : `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(this.server.keepAliveTimeout / 1000)}\r\n\r\n`);
+    const socket = this.socket;
+    const bytesOut = head.method === "HEAD" ? 0 : bodyLength;
+    socket.write(head.method === "HEAD" ? response : response + answer.body);
+    answer.done?.(bytesOut);
+    if (close) socket.end();
+  }
+}
+
+interface Head {
+  method: "GET" | "HEAD";
+  target: string;
+  authorization: string | undefined;
+  requestId: string | undefined;
+  userAgent: string | undefined;
+  close: boolean;
+}
+
+/**
+ * The head `buffer[0, end)` (without its final CRLF CRLF) if the lane may answer it, else undefined. Only
+ * what node:http would parse to the same meaning passes: see the module comment.
+ */
+export function parseHead(buffer: Buffer, end: number): Head | undefined {
+  for (let i = 0; i < end; i++) {
+    const b = buffer[i]!;
+    if (b >= 0x20 && b <= 0x7e) continue;
+    if (b === 0x09) continue;
+    // CR only before LF, LF only after CR.
+    if (b === 0x0d && buffer[i + 1] === 0x0a) {
+      i++;
+      continue;
+    }
+    return undefined;
+  }
+  const lines = buffer.toString("latin1", 0, end).split("\r\n");
+  const requestLine = REQUEST_LINE.exec(lines[0]!);
+  if (!requestLine) return undefined;
+  const head: Head = {
+    method: requestLine[1] as "GET" | "HEAD",
+    target: requestLine[2]!,
+    authorization: undefined,
+    requestId: undefined,
+    userAgent: undefined,
+    close: false,
+  };
+  let host = false;
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(":");
+    if (colon <= 0) return undefined;
+    const name = line.slice(0, colon);
+    if (!TOKEN.test(name)) return undefined;
+    const value = line.slice(colon + 1).trim();
+    switch (name.toLowerCase()) {
+      case "host":
+        if (host) return undefined;
+        host = true;
+        break;
+      case "authorization":
+        if (head.authorization !== undefined) return undefined;
+        head.authorization = value;
+        break;
+      case "x-request-id":
+        if (head.requestId !== undefined) return undefined;
+        head.requestId = value;
+        break;
+      case "user-agent":
+        head.userAgent = value;
+        break;
+      case "connection": {
+        const tokens = value.toLowerCase().split(",");
+        for (const token of tokens) {
+          const t = token.trim();
+          if (t === "close") head.close = true;
+          else if (t !== "keep-alive" && t !== "") return undefined;
+        }
+        break;
+      }
+      case "content-length":
+      case "transfer-encoding":
+      case "expect":
+      case "upgrade":
+        return undefined;
+    }
+  }
+  return host ? head : undefined;
+}
