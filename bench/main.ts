@@ -216,6 +216,9 @@ async function measure1(peer: Peer, workload: Workload, baseline: string) {
   const base = new URL(peer.base);
   const paths = workload.paths.map((p) => `${base.pathname.replace(/\/$/, "")}/${hashOf(p.path)}.narinfo`);
   const passes = 10;
+  // One unmeasured pass first, for every peer alike: the measure is a warm server's latency (JIT-compiled
+  // code, page cache), not the first requests after a start.
+  await sequentialGets(base, paths);
   const t0 = now();
   const statuses = await sequentialGets(base, Array.from({ length: passes }, () => paths).flat());
   const ms = (now() - t0) / passes;
