@@ -38,8 +38,8 @@ export interface FastRequest {
 export interface FastAnswer {
   status: 200 | 404;
   contentType: string;
-  /** The body of a GET (HEAD sends the headers only). */
-  body: string;
+  /** The body of a GET (HEAD sends the headers only); bytes are written as they are, text as UTF-8. */
+  body: string | Buffer;
   /** The request id echoed in X-Request-Id (request-log.ts chooses it). */
   requestId: string;
   /** Called once the response is written (or the socket failed first), with the bytes of the body sent. */
@@ -134,6 +134,8 @@ class LaneConnection {
   /** The client asked to close, or the client ended its side: no more requests. */
   #closing = false;
   #gone = false;
+  /** The end of every keep-alive response head. */
+  readonly #keepAlive: string;
   /** Read once: the getter asks the kernel each time. */
   readonly #remote: string | undefined;
   readonly #onData = (chunk: Buffer) => {
@@ -156,6 +158,7 @@ class LaneConnection {
     // As node:http configures its own connections (noDelay is its default; half-open so that a response
     // can still be written after the client ended its side).
     this.#remote = socket.remoteAddress;
+    this.#keepAlive = `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(server.keepAliveTimeout / 1000)}\r\n\r\n`;
     socket.setNoDelay(true);
     socket.setTimeout(server.keepAliveTimeout);
     socket.on("data", this.#onData);
@@ -267,19 +270,26 @@ class LaneConnection {
     this.#pending = rest.length > 0 ? rest : undefined;
     const close = head.close;
     if (close) this.#closing = true;
-    const bodyLength = Buffer.byteLength(answer.body);
+    const body = answer.body;
+    const bodyLength = typeof body === "string" ? Buffer.byteLength(body) : body.length;
     const response =
       `HTTP/1.1 ${answer.status === 200 ? "200 OK" : "404 Not Found"}\r\n` +
       `content-type: ${answer.contentType}\r\n` +
       `content-length: ${bodyLength}\r\n` +
       `x-request-id: ${answer.requestId}\r\n` +
       `Date: ${httpDate()}\r\n` +
-      (close
-        ? "Connection: close\r\n\r\n"
-        : `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(this.server.keepAliveTimeout / 1000)}\r\n\r\n`);
+      (close ? "Connection: close\r\n\r\n" : this.#keepAlive);
     const socket = this.socket;
     const bytesOut = head.method === "HEAD" ? 0 : bodyLength;
-    socket.write(head.method === "HEAD" ? response : response + answer.body);
+    if (head.method === "HEAD") socket.write(response);
+    else if (typeof body === "string") socket.write(response + body);
+    else {
+      // One buffer, one write (one syscall): the head is ASCII by construction.
+      const out = Buffer.allocUnsafe(response.length + bodyLength);
+      out.write(response, 0, "latin1");
+      body.copy(out, response.length);
+      socket.write(out);
+    }
     answer.done?.(bytesOut);
     if (close) socket.end();
   }

@@ -17,7 +17,7 @@ import {
   openLog,
   openNar,
   realisationText,
-  rememberedNarInfoText,
+  rememberedNarInfo,
 } from "../verbs/serve.ts";
 import { putLog, putRealisation } from "../verbs/uploads.ts";
 import type { FastAnswer, FastAnswerer, FastRequest } from "./fast-lane.ts";
@@ -206,6 +206,7 @@ export function nixRoutes(ctx: Context) {
 
 const FAST_TARGET = /^\/([a-z0-9][a-z0-9._-]{0,62})\/(?:([0-9a-df-np-sv-z]{32})\.narinfo|nix-cache-info)$/;
 const NOBODY: Caller = { principal: null };
+const NOTHING = () => {};
 const NOT_FOUND = "not found\n";
 const NOT_FOUND_TYPE = "text/plain; charset=UTF-8";
 
@@ -217,11 +218,11 @@ const NOT_FOUND_TYPE = "text/plain; charset=UTF-8";
 function readHotNow(
   ctx: Context,
   input: { cacheName: string; hash: string | undefined },
-): { cache: CacheRow; body: string } | undefined {
+): { cache: CacheRow; body: string | Buffer } | undefined {
   const cache = ctx.repo.peekCacheByName(input.cacheName);
   if (!cache?.public) return undefined;
   if (input.hash === undefined) return { cache, body: cacheInfoText(cache) };
-  const body = rememberedNarInfoText({ ctx, input: { cache, hash: input.hash } });
+  const body = rememberedNarInfo({ ctx, input: { cache, hash: input.hash } });
   return body === undefined ? undefined : { cache, body };
 }
 
@@ -238,7 +239,7 @@ export function nixFastReads(
   const answer = (
     request: FastRequest,
     hash: string | undefined,
-    read: { cache: CacheRow; body: string | undefined },
+    read: { cache: CacheRow; body: string | Buffer | undefined },
     started: number,
     end: () => void,
   ): FastAnswer => {
@@ -275,15 +276,17 @@ export function nixFastReads(
     const cacheName = match[1]!;
     const hash = match[2];
     const started = performance.now();
+    const authorization = request.authorization;
+    // Answered before this call returns (the lane writes it at once): nothing can see it in flight, so
+    // neither the lifecycle nor the in-flight gauge counts it.
+    const now = authorization ? undefined : readHotNow(ctx, { cacheName, hash });
+    if (now) return answer(request, hash, now, started, NOTHING);
     const finish = deps.lifecycle.begin();
     metrics?.httpInFlight.inc();
     const end = () => {
       metrics?.httpInFlight.dec();
       finish();
     };
-    const authorization = request.authorization;
-    const now = authorization ? undefined : readHotNow(ctx, { cacheName, hash });
-    if (now) return answer(request, hash, now, started, end);
     return readHot(ctx, {
       cacheName,
       hash,

@@ -34,17 +34,18 @@ export function cacheInfoText(cache: CacheRow): string {
 
 /**
  * Rendered narinfos, by the record they were rendered from: the repository hands out the same record object
- * while it remembers a path (repo.ts, path), so a hot narinfo is formatted once, not on every request.
+ * while it remembers a path (repo.ts, path), so a hot narinfo is formatted (and encoded, for the fast lane)
+ * once, not on every request.
  */
-const rendered = new WeakMap<PathRecord, string>();
+const rendered = new WeakMap<PathRecord, { text: string; bytes?: Buffer }>();
 
-function narInfoTextOf(record: PathRecord): string {
-  let text = rendered.get(record);
-  if (text === undefined) {
-    text = formatNarInfo(narInfoOf(record));
-    rendered.set(record, text);
+function renderedOf(record: PathRecord): { text: string; bytes?: Buffer } {
+  let r = rendered.get(record);
+  if (!r) {
+    r = { text: formatNarInfo(narInfoOf(record)) };
+    rendered.set(record, r);
   }
-  return text;
+  return r;
 }
 
 export async function narInfoText({
@@ -56,21 +57,23 @@ export async function narInfoText({
 }) {
   const record = await ctx.repo.path(input.cache.id, input.hash);
   ctx.access?.narinfo(input.cache.id, input.hash, record !== undefined);
-  return record ? narInfoTextOf(record) : undefined;
+  return record ? renderedOf(record).text : undefined;
 }
 
-/** narInfoText without waiting: the text when the repository remembers the path, else undefined. */
-export function rememberedNarInfoText({
+/** narInfoText without waiting, as UTF-8: the bytes when the repository remembers the path, else undefined. */
+export function rememberedNarInfo({
   ctx,
   input,
 }: {
   ctx: Context;
   input: { cache: CacheRow; hash: string };
-}): string | undefined {
+}): Buffer | undefined {
   const record = ctx.repo.peekPath(input.cache.id, input.hash);
   if (!record) return undefined;
   ctx.access?.narinfo(input.cache.id, input.hash, true);
-  return narInfoTextOf(record);
+  const r = renderedOf(record);
+  r.bytes ??= Buffer.from(r.text);
+  return r.bytes;
 }
 
 /** The NAR behind a narinfo URL file name such as `<nix32 FileHash>.nar.zst`, if this cache serves it. */
