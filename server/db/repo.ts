@@ -133,10 +133,10 @@ const PREPARED_IN_MAX = 16;
 const CACHE_ROW_TTL_MS = 1000;
 /** Names remembered at most (misses included), so random names cannot grow the memo without bound. */
 const CACHE_ROWS_MAX = 1000;
-/** How long a path read by hash is reused (see path). */
-const PATH_ROW_TTL_MS = 1000;
-/** Paths remembered at most (~1 KiB each); past it the oldest entry goes. */
-const PATH_ROWS_MAX = 20_000;
+/** How long a path read by hash, or a NAR by file hash, is reused (see rememberRow). */
+const ROW_TTL_MS = 1000;
+/** Rows remembered at most (~1 KiB each); past it the oldest entry goes. */
+const ROWS_MAX = 20_000;
 
 /** Thrown inside commitPath's transaction to roll it back when the path was committed concurrently. */
 class PathRaced extends Error {}
@@ -402,19 +402,39 @@ export function createRepo(database: Database) {
   const cacheRows = new Map<string, { row: CacheRow | undefined; until: number }>();
   const forgetCacheRows = () => cacheRows.clear();
 
-  // Every narinfo request reads one path by hash, most of them again and again (a substituter walks the
-  // same closures; wrk's measure 2 hits 300 paths). Found paths are kept for PATH_ROW_TTL_MS, as cache rows
-  // are: a path this process deletes or re-signs is forgotten at once (deletePathsGuarded, purgeCache,
-  // replaceSigs clear the memo), one deleted through another replica is served for at most that long, as
-  // Nix clients themselves keep narinfos for 30 days. Absent paths are never remembered: a push is visible
-  // at once everywhere. On SQLite a point read costs ~10 µs here (its read transaction locks the WAL index),
-  // on PostgreSQL a round trip; the memo answers in well under 1 µs.
-  const pathRows = new Map<string, { row: PathRecord; until: number }>();
-  let pathEpoch = 0;
-  const forgetPathRows = () => {
-    pathEpoch++;
-    pathRows.clear();
+  // Every narinfo request reads one path by hash and every NAR request one NAR by file hash, most of them
+  // again and again (a substituter walks the same closures; wrk's measure 2 hits 300 paths). Found rows are
+  // kept for ROW_TTL_MS, as cache rows are: a path this process deletes or re-signs is forgotten at once
+  // (deletePathsGuarded, purgeCache, replaceSigs and dropUnreferencedNar clear the memo), one deleted
+  // through another replica is served for at most that long, as Nix clients themselves keep narinfos for
+  // 30 days. Absent rows are never remembered: a push is visible at once everywhere. On SQLite a point read
+  // costs ~10 µs here (its read transaction locks the WAL index), on PostgreSQL a round trip; the memo
+  // answers in well under 1 µs.
+  const rows = new Map<string, { row: unknown; until: number }>();
+  let rowEpoch = 0;
+  const forgetRows = () => {
+    rowEpoch++;
+    rows.clear();
   };
+  const peekRow = <T>(key: string): T | undefined => {
+    const known = rows.get(key);
+    return known && known.until > performance.now() ? (known.row as T) : undefined;
+  };
+  async function rememberRow<T>(key: string, read: () => Promise<T | undefined>): Promise<T | undefined> {
+    const now = performance.now();
+    const known = rows.get(key);
+    if (known && known.until > now) return known.row as T;
+    // Taken before the read: a deletion committed while it runs clears the memo first, and the row read
+    // must not be remembered then (it may be the deleted one).
+    const epoch = rowEpoch;
+    const row = await read();
+    if (known) rows.delete(key);
+    if (row !== undefined && epoch === rowEpoch) {
+      if (rows.size >= ROWS_MAX) rows.delete(rows.keys().next().value!);
+      rows.set(key, { row, until: now + ROW_TTL_MS });
+    }
+    return row;
+  }
 
   // Every key here is unique, so none of these reads has a LIMIT: drizzle binds LIMIT as a parameter, and
   // SQLite then ran each point lookup 4x slower (33 µs against 8 µs for the same row).
@@ -604,7 +624,7 @@ export function createRepo(database: Database) {
           await markUnreferenced(tx, narIds, now);
           return { paths: Number(count[0]?.n ?? 0), objects };
         })
-        .finally(forgetPathRows);
+        .finally(forgetRows);
       forgetCacheRows();
       return purged;
     },
@@ -709,7 +729,7 @@ export function createRepo(database: Database) {
           }
           return changed;
         })
-        .finally(forgetPathRows);
+        .finally(forgetRows);
     },
 
     // ---- tokens
@@ -752,24 +772,10 @@ export function createRepo(database: Database) {
     // ---- paths
     /** path without waiting: the remembered row, or undefined when none is remembered (or live). */
     peekPath(cacheId: number, hash: string): PathRecord | undefined {
-      const known = pathRows.get(`${cacheId}/${hash}`);
-      return known && known.until > performance.now() ? known.row : undefined;
+      return peekRow(`p/${cacheId}/${hash}`);
     },
     async path(cacheId: number, hash: string): Promise<PathRecord | undefined> {
-      const key = `${cacheId}/${hash}`;
-      const now = performance.now();
-      const known = pathRows.get(key);
-      if (known && known.until > now) return known.row;
-      // Taken before the read: a deletion committed while it runs clears the memo first, and the row read
-      // must not be remembered then (it may be the deleted one).
-      const epoch = pathEpoch;
-      const row = (await hot.path.execute({ cacheId, hash }))[0];
-      if (known) pathRows.delete(key);
-      if (row && epoch === pathEpoch) {
-        if (pathRows.size >= PATH_ROWS_MAX) pathRows.delete(pathRows.keys().next().value!);
-        pathRows.set(key, { row, until: now + PATH_ROW_TTL_MS });
-      }
-      return row;
+      return rememberRow(`p/${cacheId}/${hash}`, async () => (await hot.path.execute({ cacheId, hash }))[0]);
     },
     /** The subset of hashes this cache has. */
     async presentHashes(cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
@@ -777,7 +783,10 @@ export function createRepo(database: Database) {
     },
     /** A NAR this cache serves, by the FileHash in its narinfo URL. */
     async narByFileHash(cacheId: number, fileHash: string): Promise<NarRow | undefined> {
-      return (await hot.narByFileHash.execute({ cacheId, fileHash }))[0];
+      return rememberRow(
+        `n/${cacheId}/${fileHash}`,
+        async () => (await hot.narByFileHash.execute({ cacheId, fileHash }))[0],
+      );
     },
     async narByNarHash(narHash: string): Promise<NarRow | undefined> {
       const rows = await db.select().from(t.nars).where(eq(t.nars.narHash, narHash)).limit(1);
@@ -923,7 +932,7 @@ export function createRepo(database: Database) {
           );
           return { deleted, unreferencedNars };
         })
-        .finally(forgetPathRows);
+        .finally(forgetRows);
     },
 
     // ---- NARs no path refers to (collected after a grace period)
@@ -963,21 +972,23 @@ export function createRepo(database: Database) {
      * undefined when the NAR is in use again or already gone.
      */
     async dropUnreferencedNar(id: number, cutoff: number): Promise<string | undefined> {
-      return database.transaction(async (tx) => {
-        const rows = await tx
-          .delete(t.nars)
-          .where(
-            and(
-              eq(t.nars.id, id),
-              lte(t.nars.unreferencedAt, cutoff),
-              notExists(tx.select({ one: sql`1` }).from(t.paths).where(eq(t.paths.narId, t.nars.id))),
-            ),
-          )
-          .returning({ storageKey: t.nars.storageKey });
-        const key = rows[0]?.storageKey;
-        if (key) await tx.insert(t.pendingUploads).values({ storageKey: key }).onConflictDoNothing();
-        return key;
-      });
+      return database
+        .transaction(async (tx) => {
+          const rows = await tx
+            .delete(t.nars)
+            .where(
+              and(
+                eq(t.nars.id, id),
+                lte(t.nars.unreferencedAt, cutoff),
+                notExists(tx.select({ one: sql`1` }).from(t.paths).where(eq(t.paths.narId, t.nars.id))),
+              ),
+            )
+            .returning({ storageKey: t.nars.storageKey });
+          const key = rows[0]?.storageKey;
+          if (key) await tx.insert(t.pendingUploads).values({ storageKey: key }).onConflictDoNothing();
+          return key;
+        })
+        .finally(forgetRows);
     },
     /** Every storage key some row knows (NARs, logs, staged NARs, pending uploads). */
     async knownStorageKeys(): Promise<Set<string>> {

@@ -23,7 +23,7 @@ import { matchedRoutes } from "hono/route";
 import type { Context } from "../context.ts";
 import { AppError } from "../errors.ts";
 import type { Lifecycle } from "../lifecycle.ts";
-import type { BoundCounter, BoundHistogram, Labels } from "../metrics.ts";
+import type { BoundCounter, BoundHistogram, Counter, Labels } from "../metrics.ts";
 import { type C, declaredLength, type Env } from "./http.ts";
 
 export interface RequestScope {
@@ -95,17 +95,18 @@ export function requestIdOf(given: string | undefined): string {
 export function createRequestRecorder(ctx: Context): (r: RequestRecord) => void {
   const metrics = ctx.metrics;
   const log = ctx.log;
-  // The series a request lands in, resolved once per method/route/status: a label lookup joins and hashes
-  // the label values, which the hot routes would otherwise do several times per request.
-  const seriesOf = new Map<string, HttpSeries>();
+  // The series a request lands in, resolved once per route/method/status: a label lookup joins and hashes
+  // the label values, which the hot routes would otherwise do several times per request. Looked up through
+  // maps keyed by the values themselves (route and method strings are the same objects request after
+  // request, their hashes cached), not by a key string built per request.
+  const seriesOf = new Map<string, Map<string, Map<number, HttpSeries>>>();
   return (r) => {
     if (metrics) {
-      const key = `${r.method} ${r.status} ${r.route}`;
-      let series = seriesOf.get(key);
-      if (!series) {
-        series = httpSeries(metrics, { method: r.method, route: r.route, status: String(r.status) });
-        seriesOf.set(key, series);
-      }
+      const byMethod = child(seriesOf, r.route, newMap<string, Map<number, HttpSeries>>);
+      const byStatus = child(byMethod, r.method, newMap<number, HttpSeries>);
+      const series = child(byStatus, r.status, () =>
+        httpSeries(metrics, { method: r.method, route: r.route, status: String(r.status) }),
+      );
       record(metrics, series, r);
     }
     // Skipped whole, not just unwritten, when the level drops it (the benchmark runs at warn).
@@ -206,6 +207,8 @@ interface HttpSeries {
   duration: BoundHistogram;
   /** Bound at the first bytes sent: a route that never sends a body exports no series. */
   responseBytes?: BoundCounter;
+  /** This series' per-cache counter (narinfo hits or misses, NAR bytes or redirects), by cache name. */
+  perCache?: Map<string, BoundCounter>;
 }
 
 function httpSeries(metrics: NonNullable<Context["metrics"]>, labels: Labels): HttpSeries {
@@ -215,6 +218,40 @@ function httpSeries(metrics: NonNullable<Context["metrics"]>, labels: Labels): H
   };
 }
 
+function newMap<K, V>(): Map<K, V> {
+  return new Map();
+}
+
+/** map's value for key, made (and kept) on first use. */
+function child<K, V>(map: Map<K, V>, key: K, make: () => V): V {
+  let value = map.get(key);
+  if (value === undefined) {
+    value = make();
+    map.set(key, value);
+  }
+  return value;
+}
+
+/** The per-cache counter a request adds to, if any: it depends on route, method and status alone. */
+function perCacheCounter(
+  metrics: NonNullable<Context["metrics"]>,
+  r: RequestRecord,
+): { metric: Counter; labels?: Labels; amount: number } | undefined {
+  // Only answers about a cache that exists carry its name (an unknown name fails in findCache: r.error).
+  if (r.route === "/:cache/<hash>.narinfo" && !r.error && (r.status === 200 || r.status === 404))
+    return {
+      metric: metrics.narinfoRequests,
+      labels: { result: r.status === 200 ? "hit" : "miss" },
+      amount: 1,
+    };
+  if (r.route === "/:cache/nar/:file" && r.method === "GET") {
+    if (r.status === 302) return { metric: metrics.narRedirects, amount: 1 };
+    if ((r.status === 200 || r.status === 206) && r.bytesOut > 0)
+      return { metric: metrics.narServedBytes, amount: r.bytesOut };
+  }
+  return undefined;
+}
+
 function record(metrics: NonNullable<Context["metrics"]>, series: HttpSeries, r: RequestRecord): void {
   series.requests.inc();
   series.duration.observe(r.seconds);
@@ -222,15 +259,13 @@ function record(metrics: NonNullable<Context["metrics"]>, series: HttpSeries, r:
     series.responseBytes ??= metrics.responseBytes.bind({ route: r.route });
     series.responseBytes.inc(r.bytesOut);
   }
-  const cache = r.cache ?? "";
-  // Only answers about a cache that exists carry its name (an unknown name fails in findCache: r.error).
-  if (r.route === "/:cache/<hash>.narinfo" && !r.error && (r.status === 200 || r.status === 404)) {
-    metrics.narinfoRequests.inc({ cache, result: r.status === 200 ? "hit" : "miss" });
-  }
-  if (r.route === "/:cache/nar/:file" && r.method === "GET") {
-    if (r.status === 302) metrics.narRedirects.inc({ cache });
-    else if ((r.status === 200 || r.status === 206) && r.bytesOut > 0)
-      metrics.narServedBytes.inc({ cache }, r.bytesOut);
+  const counter = perCacheCounter(metrics, r);
+  if (counter) {
+    series.perCache ??= new Map();
+    const cache = r.cache ?? "";
+    child(series.perCache, cache, () => counter.metric.bind({ cache, ...counter.labels })).inc(
+      counter.amount,
+    );
   }
   if (r.uploadApi && (r.error || r.status >= 400)) {
     const reason = r.error instanceof AppError ? r.error.code : r.error ? "internal" : `http_${r.status}`;

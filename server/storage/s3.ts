@@ -63,6 +63,8 @@ const MAX_PARTS = 10_000;
 /** Below this, a body is collected in its own chunks; past it, part buffers are taken from the pool. */
 const SMALL_BODY = MiB;
 const PRESIGN_MAX_SECONDS = 7 * 24 * 3600;
+/** Presigned URLs kept for reuse at most (see presignGet). */
+const PRESIGNED_MAX = 10_000;
 const PART_ATTEMPTS = 3;
 
 interface S3ErrorLike {
@@ -452,6 +454,11 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     }
   }
 
+  // Presigned URLs are reused: each is a SigV4 signature over its canonical request (a few HMACs and
+  // hashes, ~0.1 ms), and a busy cache redirects the same NARs again and again. A URL is signed for the
+  // expiry asked plus a reuse window (a tenth of it, at most 5 minutes) and handed out only within that
+  // window, so every URL handed out is still valid for at least the expiry asked.
+  const presigned = new Map<string, { url: string; until: number }>();
   async function presignGet(key: string, expiresSeconds: number): Promise<string | null> {
     assertKey(key, "presignGet");
     if (!Number.isSafeInteger(expiresSeconds) || expiresSeconds < 1 || expiresSeconds > PRESIGN_MAX_SECONDS) {
@@ -461,8 +468,25 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
         `expiry ${expiresSeconds}s is not within 1..${PRESIGN_MAX_SECONDS}`,
       );
     }
+    const memoKey = `${expiresSeconds}/${key}`;
+    const now = Date.now();
+    const known = presigned.get(memoKey);
+    if (known && known.until > now) return known.url;
+    const window = Math.min(Math.floor(expiresSeconds / 10), 300, PRESIGN_MAX_SECONDS - expiresSeconds);
     try {
-      return await presigner.presignedGetObject(bucket, nameOf(key), expiresSeconds);
+      const url = await presigner.presignedGetObject(
+        bucket,
+        nameOf(key),
+        expiresSeconds + window,
+        {},
+        new Date(now),
+      );
+      presigned.delete(memoKey);
+      if (window > 0) {
+        if (presigned.size >= PRESIGNED_MAX) presigned.delete(presigned.keys().next().value!);
+        presigned.set(memoKey, { url, until: now + window * 1000 });
+      }
+      return url;
     } catch (err) {
       throw fail("presignGet", key, err);
     }

@@ -38,14 +38,21 @@ export function createAccessLog(deps: {
   let pending = 0;
   let flushing: Promise<void> = Promise.resolve();
 
+  // The last counter used, found again without building its key (every read of a busy cache lands here).
+  // A flush swaps `counters` for a new map, which makes `last` stale.
+  let last: AccessBatch["counters"][number] | undefined;
+  let lastIn: Map<string, AccessBatch["counters"][number]> | undefined;
   const counter = (cacheId: number) => {
     const day = dayOf(deps.clock());
+    if (last && lastIn === counters && last.cacheId === cacheId && last.day === day) return last;
     const key = `${cacheId}/${day}`;
     let c = counters.get(key);
     if (!c) {
       c = { cacheId, day, narinfoHits: 0, narinfoMisses: 0, narDownloads: 0, narBytes: 0 };
       counters.set(key, c);
     }
+    last = c;
+    lastIn = counters;
     return c;
   };
   const add = <T>(map: Map<number, Set<T>>, cacheId: number, value: T) => {

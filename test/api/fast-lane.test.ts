@@ -413,15 +413,21 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
       });
       assert.equal(pushed.status, 201, await pushed.text());
       c.write(get(gonePath) + get(gonePath));
-      assert.equal((await c.read()).status, 200);
+      const served = await c.read();
+      assert.equal(served.status, 200);
       assert.equal((await c.read()).status, 200, "served again (now from memory)");
+      const narUrl = `/main/${/^URL: (.*)$/m.exec(served.body)![1]}`;
+      c.write(get(narUrl) + get(narUrl));
+      assert.equal((await c.read()).status, 200);
+      assert.equal((await c.read()).status, 200, "the NAR row is remembered too");
       const deleted = await api(`/api/v1/caches/main/paths/${hashOf(gone)}`, {
         method: "DELETE",
         token: admin,
       });
       assert.ok(deleted.ok, await deleted.text());
-      // Remembered a moment ago, forgotten by the deletion.
-      c.write(get(gonePath));
+      // Remembered a moment ago, forgotten by the deletion: the narinfo and its NAR.
+      c.write(get(gonePath) + get(narUrl));
+      assert.equal((await c.read()).status, 404);
       assert.equal((await c.read()).status, 404);
     } finally {
       c.close();

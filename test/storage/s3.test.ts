@@ -110,6 +110,26 @@ if (!service) {
       assert.equal(await (await fetch(url)).text(), "two");
     });
 
+    it("reuses a presigned URL only while it is still valid for the whole expiry asked", async () => {
+      const storage = await createS3Storage(options(bucket));
+      await storage.put("nar/reused.nar", Readable.from([Buffer.from("reused")]));
+      const first = await storage.presignGet("nar/reused.nar", 3600);
+      assert.ok(first);
+      // Signed for the expiry plus a reuse window of a tenth (at most 5 minutes).
+      assert.equal(new URL(first).searchParams.get("X-Amz-Expires"), "3900");
+      assert.equal(await storage.presignGet("nar/reused.nar", 3600), first, "reused within the window");
+      assert.equal(await (await fetch(first)).text(), "reused");
+      const shorter = await storage.presignGet("nar/reused.nar", 60);
+      assert.notEqual(shorter, first, "another expiry is signed on its own");
+      assert.equal(new URL(shorter!).searchParams.get("X-Amz-Expires"), "66");
+      const other = await storage.presignGet("nar/other.nar", 3600);
+      assert.notEqual(other, first);
+      // At the longest expiry S3 allows there is no room for a window: signed afresh every time.
+      const longest = 7 * 24 * 3600;
+      const a = await storage.presignGet("nar/reused.nar", longest);
+      assert.equal(new URL(a!).searchParams.get("X-Amz-Expires"), String(longest));
+    });
+
     it("uploads with small parts and more concurrency, and keeps the content type", async () => {
       const storage = await createS3Storage({ ...options(bucket), partSize: 5 * MiB, concurrency: 4 });
       const bytes = randomBytes(33 * MiB + 7);
