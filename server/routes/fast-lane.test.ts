@@ -1,0 +1,87 @@
+// parseHead, the fast lane's gate: what it takes it must read exactly as node:http would, and everything else
+// (left to node:http) must be refused. The lane over real sockets is tested in test/api/fast-lane.test.ts.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { parseHead } from "./fast-lane.ts";
+
+const head = (text: string) => {
+  const buffer = Buffer.from(text, "latin1");
+  const end = buffer.indexOf("\r\n\r\n");
+  assert.ok(end >= 0, "test heads end in CRLF CRLF");
+  return parseHead(buffer, end);
+};
+
+describe("parseHead", () => {
+  it("takes a plain GET or HEAD and reads what the lane needs", () => {
+    assert.deepEqual(
+      head(
+        "GET /main/0123456789abcdfghijklmnpqrsvwxy.narinfo HTTP/1.1\r\nHost: cache:8080\r\nUser-Agent: curl/8.5 Nix/2.8.0\r\n" +
+          "Authorization: Basic bml4Onh5eg==\r\nX-Request-Id: abc-1\r\nAccept: */*\r\n\r\n",
+      ),
+      {
+        method: "GET",
+        target: "/main/0123456789abcdfghijklmnpqrsvwxy.narinfo",
+        authorization: "Basic bml4Onh5eg==",
+        requestId: "abc-1",
+        userAgent: "curl/8.5 Nix/2.8.0",
+        close: false,
+      },
+    );
+    const h = head("HEAD /main/nix-cache-info HTTP/1.1\r\nhost:x\r\nCONNECTION:  keep-alive \r\n\r\n");
+    assert.equal(h?.method, "HEAD");
+    assert.equal(h?.close, false);
+    assert.equal(head("GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n")?.close, true);
+    assert.equal(head("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n")?.close, true);
+    assert.equal(head("GET / HTTP/1.1\r\nHost: x\r\nX-Tab:\tvalue\t\r\n\r\n")?.target, "/");
+  });
+
+  it("refuses what could carry a body, change the protocol or be read two ways", () => {
+    for (const extra of [
+      "Content-Length: 0",
+      "content-length: 5",
+      "Transfer-Encoding: chunked",
+      "TRANSFER-ENCODING: identity",
+      "Expect: 100-continue",
+      "Upgrade: websocket",
+      "Connection: upgrade",
+      "Connection: keep-alive, Upgrade",
+      "Host: second",
+      "Authorization: Bearer a\r\nAuthorization: Bearer b",
+      "X-Request-Id: a\r\nX-Request-Id: b",
+    ]) {
+      assert.equal(
+        head(`GET /main/nix-cache-info HTTP/1.1\r\nHost: x\r\n${extra}\r\n\r\n`),
+        undefined,
+        extra,
+      );
+    }
+  });
+
+  it("refuses syntax node:http would reject or read otherwise", () => {
+    for (const text of [
+      "POST / HTTP/1.1\r\nHost: x\r\n\r\n",
+      "get / HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+      "GET / HTTP/2\r\nHost: x\r\n\r\n",
+      "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET / HTTP/1.1 \r\nHost: x\r\n\r\n",
+      "GET http://x/main/nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+      "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+      'GET /a"b HTTP/1.1\r\nHost: x\r\n\r\n',
+      "GET / HTTP/1.1\r\n\r\n", // no Host
+      "GET / HTTP/1.1\r\nHost : x\r\n\r\n", // space before the colon
+      "GET / HTTP/1.1\r\n Host: x\r\n\r\n", // obs-fold / leading space
+      "GET / HTTP/1.1\r\nHost: x\r\n\tfolded: y\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: x\r\n: empty name\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: x\r\nX-A: b\nX-B: c\r\n\r\n", // bare LF
+      "GET / HTTP/1.1\r\nHost: x\r\nX-A: b\rX-B: c\r\n\r\n", // bare CR
+      "GET / HTTP/1.1\r\nHost: x\r\nX-A: caf\u00e9\r\n\r\n", // not ASCII
+      "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\u0000b\r\n\r\n", // NUL
+      "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\u007fb\r\n\r\n", // DEL
+    ]) {
+      assert.equal(head(text), undefined, JSON.stringify(text));
+    }
+  });
+});
