@@ -29,7 +29,7 @@ import type { DaemonSettings } from "./config.ts";
 import type { Logger } from "./log.ts";
 import { createPusher, isSuccess, type LocalStore, nixStore } from "./pipeline.ts";
 import { openQueue, type Queue } from "./queue.ts";
-import { listSpool, readRecord, removeRecord, type SpoolRecord } from "./spool.ts";
+import { isSettled, listSpool, readRecord, removeRecord, type SpoolRecord } from "./spool.ts";
 import { formatBytes } from "./units.ts";
 
 export interface DaemonOptions {
@@ -297,6 +297,8 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
           log.error({ file: record.file, err: error }, "cannot read a spool record");
         continue;
       }
+      // Still being written (the next change wakes us again), unless it has been still for long.
+      if (!isSettled(record, parsed)) continue;
       if (parsed.invalid.length > 0)
         log.warn(
           { file: record.file, lines: parsed.invalid },

@@ -6,7 +6,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { defaultPaths } from "./config.ts";
-import { listSpool, parseRecord, readRecord, removeRecord, writeRecord } from "./spool.ts";
+import {
+  isSettled,
+  listSpool,
+  parseRecord,
+  readRecord,
+  removeRecord,
+  UNMARKED_SETTLE_MS,
+  writeRecord,
+} from "./spool.ts";
 
 const A = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a";
 const B = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b";
@@ -22,8 +30,13 @@ describe("spool", () => {
       records.map((r) => r.file),
       [first, second],
     );
-    assert.deepEqual(readRecord(records[0]!), { paths: [A], derivations: [], invalid: [] });
-    assert.deepEqual(readRecord(records[1]!), { paths: [B, A], derivations: [], invalid: [] });
+    assert.deepEqual(readRecord(records[0]!), { complete: true, paths: [A], derivations: [], invalid: [] });
+    assert.deepEqual(readRecord(records[1]!), {
+      complete: true,
+      paths: [B, A],
+      derivations: [],
+      invalid: [],
+    });
     for (const r of records) removeRecord(r);
     removeRecord(records[0]!); // already gone: fine
     assert.deepEqual(listSpool(dir), []);
@@ -41,12 +54,43 @@ describe("spool", () => {
       stale.map((r) => r.file),
       [tmp],
     );
-    assert.deepEqual(readRecord(stale[0]!), { paths: [A], derivations: [], invalid: ["/nix/store/bbbb"] });
+    assert.deepEqual(readRecord(stale[0]!), {
+      complete: false,
+      paths: [A],
+      derivations: [],
+      invalid: ["/nix/store/bbbb"],
+    });
+  });
+
+  it("reads a record written in place once it ends with its end line, or has been still for a while", () => {
+    const dir = mkdtempSync(join(tmpdir(), "nixstash-spool-"));
+    // The hook's way: created in place, one printf ending in "# end".
+    const file = join(dir, "4242-0.paths");
+    writeFileSync(file, `# drv /nix/store/x.drv\n${A}\n`);
+    const [partial] = listSpool(dir);
+    assert.ok(partial);
+    const before = readRecord(partial);
+    assert.equal(before.complete, false);
+    assert.equal(isSettled(partial, before, partial.mtimeMs + 10), false, "still being written: left alone");
+    assert.equal(
+      isSettled(partial, before, partial.mtimeMs + UNMARKED_SETTLE_MS),
+      true,
+      "still for long: read",
+    );
+    writeFileSync(file, `# drv /nix/store/x.drv\n${A}\n${B}\n# end\n`);
+    const [done] = listSpool(dir);
+    const after = readRecord(done!);
+    assert.deepEqual(after, { complete: true, paths: [A, B], derivations: [], invalid: [] });
+    assert.equal(isSettled(done!, after, done!.mtimeMs), true);
+    // "# end" anywhere but last does not count.
+    assert.equal(parseRecord(`${A}\n# end\n${B}\n`).complete, false);
+    assert.equal(parseRecord("# end\n").complete, true);
   });
 
   it("parses comments, blank lines and junk", () => {
     const drv = "/nix/store/dddddddddddddddddddddddddddddddd-d.drv";
     assert.deepEqual(parseRecord(`# drv /nix/store/x.drv\n\n  ${A}  \nhello\n${B}\ndrv ${drv}\ndrv ${A}\n`), {
+      complete: false,
       paths: [A, B],
       derivations: [drv],
       invalid: ["hello", `drv ${A}`],

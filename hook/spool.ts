@@ -5,9 +5,14 @@
 //
 // Record format: a regular file whose name does not start with "." (the hook uses `<pid>-<n>.paths`), one
 // store path per line, or `drv <path>` for a derivation whose outputs are to be pushed (Nix 2.8.0 gives the
-// hook no output paths; the daemon asks the store), "#" starts a comment line. Writers create it under a dot-name and rename it into
-// place, so readers never see a partial record. A dot-file left by a writer that died before the rename is
-// read anyway once it is old enough (it may hold a truncated last line, which validation drops).
+// hook no output paths; the daemon asks the store), "#" starts a comment line, and a last line `# end`
+// says the record is complete. The hook creates its record in place (exclusively: `set -C`) and writes it
+// with one printf, ending in that line, so it needs no `mv`: on a machine where starting a process costs
+// ~4 ms that halves the time a build waits for the hook. A record without the end line is read once it has
+// not changed for UNMARKED_SETTLE_MS (a writer that died, or one from before the end line, which renamed
+// its records into place). Dot-files are writers' temporary files (writeRecord below, older hooks): read
+// only once stale, as a writer that died before its rename leaves them (a truncated last line is dropped
+// by validation).
 import { randomBytes } from "node:crypto";
 import {
   mkdirSync,
@@ -28,6 +33,8 @@ export interface SpoolRecord {
 }
 
 export interface ParsedRecord {
+  /** Ends with the `# end` line: the writer finished it. */
+  complete: boolean;
   paths: string[];
   /** Derivations whose outputs are meant (`drv <path>` lines). */
   derivations: string[];
@@ -60,7 +67,13 @@ export function listSpool(dir: string, now = Date.now(), staleMs = 10 * 60_000):
   return records.sort((a, b) => a.mtimeMs - b.mtimeMs || (a.file < b.file ? -1 : 1));
 }
 
+/** The last line of a complete record. */
+export const END_LINE = "# end";
+/** How long a record without its end line must stay unchanged before it is read anyway. */
+export const UNMARKED_SETTLE_MS = 5_000;
+
 export function parseRecord(text: string, storeDir?: string): ParsedRecord {
+  const complete = text === `${END_LINE}\n` || text.endsWith(`\n${END_LINE}\n`);
   const paths: string[] = [];
   const derivations: string[] = [];
   const invalid: string[] = [];
@@ -76,7 +89,12 @@ export function parseRecord(text: string, storeDir?: string): ParsedRecord {
       invalid.push(item);
     }
   }
-  return { paths, derivations, invalid };
+  return { complete, paths, derivations, invalid };
+}
+
+/** Whether a record may be read now: complete, or left unchanged long enough to be taken as it is. */
+export function isSettled(record: SpoolRecord, parsed: ParsedRecord, now = Date.now()): boolean {
+  return parsed.complete || now - record.mtimeMs >= UNMARKED_SETTLE_MS;
 }
 
 export function readRecord(record: SpoolRecord, storeDir?: string): ParsedRecord {
@@ -91,13 +109,13 @@ export function removeRecord(record: SpoolRecord): void {
   }
 }
 
-/** Writes a record the way the hook does (temporary dot-name, then rename). Returns its file name. */
+/** Writes a complete record (temporary dot-name, then rename: any size is atomic). Returns its file name. */
 export function writeRecord(dir: string, paths: readonly string[], comment?: string): string {
   mkdirSync(dir, { recursive: true });
   const id = `${process.pid}-${Date.now()}-${randomBytes(4).toString("hex")}`;
   const tmp = join(dir, `.new-${id}`);
   const file = join(dir, `${id}.paths`);
-  const lines = comment ? [`# ${comment}`, ...paths] : [...paths];
+  const lines = comment ? [`# ${comment}`, ...paths, END_LINE] : [...paths, END_LINE];
   writeFileSync(tmp, `${lines.join("\n")}\n`, { mode: 0o644 });
   renameSync(tmp, file);
   return file;

@@ -61,6 +61,7 @@ describe("post-build hook script", () => {
     for (const file of files) {
       const record = parseRecord(readFileSync(join(spool, file), "utf8"));
       assert.deepEqual(record.invalid, []);
+      assert.ok(record.complete, `${file} ends with its end line`);
       if (record.paths.length) {
         assert.deepEqual(record.paths, [OUT, OUT2]);
         outputs++;
