@@ -36,12 +36,14 @@ import {
   NIXSTASH_CLI_ARGS,
   type NixstashPeer,
   NODE_FLOOR,
+  NODE_RAW,
   nixstashPush,
   type Peer,
   ROOT,
   type Stack,
   startNginx,
   startNixstash,
+  startNodeRaw,
   startNodeStatic,
   startRgwStatic,
 } from "./peers.ts";
@@ -199,15 +201,15 @@ async function narFilesOf(peer: Peer, workload: Workload): Promise<string[]> {
 
 // ---- measures 1-4: serving
 /**
- * How a serving row compares: nginx is the baseline; nixstash on SQLite is also set against the bare Node
- * floor (what one Node process costs before doing any work); the floor itself carries no target.
+ * How a narinfo row (measures 1, 2) compares: nginx is the baseline; nixstash on SQLite is also set against
+ * the floor of one Node process (narinfos from memory over raw sockets); the Node peers carry no target.
  */
 function versus(peer: Peer, baseline: string, target?: Row["target"]): Partial<Row> {
   if (peer.name === baseline) return { isBaseline: true };
-  if (peer.name === NODE_FLOOR) return { baseline };
+  if (peer.name === NODE_FLOOR || peer.name === NODE_RAW) return { baseline };
   return {
     baseline,
-    ...(peer.name.includes("sqlite") ? { baseline2: NODE_FLOOR } : {}),
+    ...(peer.name.includes("sqlite") ? { baseline2: NODE_RAW } : {}),
     ...(target ? { target } : {}),
   };
 }
@@ -607,6 +609,29 @@ const HOOK_PACE_MS = 25;
 
 async function measure7(workload: Workload, server: NixstashPeer | undefined) {
   const hook = join(ROOT, "hook/post-build-hook.sh");
+  // The floor: what starting any program costs here, measured the same way (/bin/true instead of the hook).
+  const floor = JSON.parse(
+    (
+      await execFileP(process.execPath, [
+        join(ROOT, "bench/hook-loop.mjs"),
+        "/bin/true",
+        String(HOOK_PACE_MS),
+        ...Array.from({ length: opts.hookRuns }, (_, i) => workload.paths[i % workload.paths.length]!.path),
+      ])
+    ).stdout,
+  ) as number[];
+  for (const [unit, p] of [
+    ["ms p50", 50],
+    ["ms p99", 99],
+  ] as const) {
+    row({
+      measure: `7 post-build hook (${floor.length} runs)`,
+      peer: "/bin/true (starting a process, floor)",
+      unit,
+      values: [],
+      lowerIsBetter: true,
+    }).values.push(percentile(floor, p));
+  }
   for (const state of ["no daemon", "server up", "server down"] as const) {
     const stateDir = join(TMP, `hook-${state.replace(" ", "-")}-${randomBytes(3).toString("hex")}`);
     mkdirSync(stateDir, { recursive: true });
@@ -705,6 +730,7 @@ async function main() {
     if (needServing) {
       peers.push(await startNginx(fileCache, join(TMP, "nginx")));
       if ([1, 2, 3].some((m) => opts.only.has(m))) peers.push(await startNodeStatic(fileCache));
+      if ([1, 2].some((m) => opts.only.has(m))) peers.push(await startNodeRaw(fileCache));
       if (opts.s3) {
         log("uploading the static cache to a public-read RGW bucket");
         peers.push(await startRgwStatic(fileCache));
@@ -721,7 +747,8 @@ async function main() {
     }
     const keyOf = (p: Peer) => (p.publicKey === "" ? staticKey : p.publicKey);
     const narFiles = new Map<Peer, string[]>();
-    if (opts.only.has(3)) for (const p of peers) narFiles.set(p, await narFilesOf(p, workload));
+    if (opts.only.has(3))
+      for (const p of peers) if (p.name !== NODE_RAW) narFiles.set(p, await narFilesOf(p, workload));
     for (let rep = 0; rep < opts.reps; rep++) {
       // Rotate the order of peers from run to run, so drifting load on the machine hits all of them alike.
       const order = peers.map((_, i) => peers[(i + rep) % peers.length]!);
@@ -729,12 +756,12 @@ async function main() {
       for (const peer of order) {
         if (opts.only.has(1)) await measure1(peer, workload, baseline);
         if (opts.only.has(2)) await measure2(peer, workload, baseline, rep > 0);
-        if (opts.only.has(3)) {
+        if (opts.only.has(3) && peer.name !== NODE_RAW) {
           const s3Base = peer.name.includes("postgres") ? rgwName : undefined;
           await measure3(peer, narFiles.get(peer)!, 1, baseline, s3Base);
           await measure3(peer, narFiles.get(peer)!, 16, baseline, s3Base);
         }
-        if (opts.only.has(4) && peer.name !== NODE_FLOOR)
+        if (opts.only.has(4) && peer.name !== NODE_FLOOR && peer.name !== NODE_RAW)
           await measure4(peer, workload, keyOf(peer), baseline);
       }
     }

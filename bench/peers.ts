@@ -3,7 +3,8 @@
 // - nixstash on SQLite + a local directory;
 // - nixstash on PostgreSQL + Ceph RGW (NAR downloads answered with a 302 to a presigned URL, the default);
 // - Ceph RGW serving the same static cache directly from a public-read bucket (the S3 row);
-// - a bare node:http server serving the same files (bench/node-static.ts): the floor for one Node process.
+// - a bare node:http server serving the same files (bench/node-static.ts), a Node peer for measures 1-3;
+// - narinfos from memory over raw sockets (bench/node-raw.ts): the floor of one Node process, measures 1-2.
 // Each is a real separate process (nixstash exactly as `npm start` runs it), started and stopped here.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -139,7 +140,28 @@ export async function startNodeStatic(root: string): Promise<Peer> {
   }
   return { name: NODE_FLOOR, base, publicKey: "", stop: () => stopChild(child) };
 }
-export const NODE_FLOOR = "node:http (static files, floor)";
+export const NODE_FLOOR = "node:http (static files)";
+
+/** bench/node-raw.ts: narinfos from memory over raw sockets, the floor of one Node process (measures 1-2). */
+export async function startNodeRaw(root: string): Promise<Peer> {
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", join(ROOT, "bench/node-raw.ts"), root, String(port)],
+    {
+      stdio: ["ignore", "ignore", "inherit"],
+    },
+  );
+  const base = `http://127.0.0.1:${port}`;
+  try {
+    await waitForHttp(`${base}/nix-cache-info`);
+  } catch (error) {
+    await stopChild(child);
+    throw new Error(`node-raw did not start: ${(error as Error).message}`);
+  }
+  return { name: NODE_RAW, base, publicKey: "", stop: () => stopChild(child) };
+}
+export const NODE_RAW = "node raw socket (from memory, floor)";
 
 export interface NixstashPeer extends Peer {
   server: ServerProcess;
