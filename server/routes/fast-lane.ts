@@ -290,7 +290,12 @@ class LaneConnection {
       body.copy(out, response.length);
       socket.write(out);
     }
-    answer.done?.(bytesOut);
+    try {
+      answer.done?.(bytesOut);
+    } catch (error) {
+      // Metering is not worth a connection, let alone the process (this runs inside a socket's data event).
+      this.options.onError?.(error);
+    }
     if (close) socket.end();
   }
 }
