@@ -1,8 +1,10 @@
 // parseHead, the fast lane's gate: what it takes it must read exactly as node:http would, and everything else
 // (left to node:http) must be refused. The lane over real sockets is tested in test/api/fast-lane.test.ts.
 import assert from "node:assert/strict";
+import http from "node:http";
+import net from "node:net";
 import { describe, it } from "node:test";
-import { parseHead } from "./fast-lane.ts";
+import { installFastLane, parseHead } from "./fast-lane.ts";
 
 const head = (text: string) => {
   const buffer = Buffer.from(text, "latin1");
@@ -83,5 +85,58 @@ describe("parseHead", () => {
     ]) {
       assert.equal(head(text), undefined, JSON.stringify(text));
     }
+  });
+});
+
+describe("installFastLane", () => {
+  it("answers in order a client that keeps sending while a slow answer is awaited", async () => {
+    const server = http.createServer((_req, res) => res.end("slow lane\n"));
+    let calls = 0;
+    installFastLane(server, {
+      draining: () => false,
+      // The first answer takes 300 ms (a database that hangs a while); the others come at once.
+      answer: (r) => {
+        const answer = {
+          status: 200 as const,
+          contentType: "text/plain",
+          body: `${r.target}\n`,
+          requestId: String(calls),
+        };
+        return calls++ === 0 ? new Promise((resolve) => setTimeout(() => resolve(answer), 300)) : answer;
+      },
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as net.AddressInfo).port;
+    const n = 5000; // ~250 KiB of pipelined requests, past what the lane holds while it waits
+    const socket = net.connect({ port, host: "127.0.0.1" });
+    let received = "";
+    // Every response body ends in a newline: "/rN\n" from the lane, "slow lane\n" from node:http.
+    const bodies = () => [...received.matchAll(/\r\n\r\n([^\n]*)\n/g)].map((m) => m[1]!);
+    const done = new Promise<void>((resolve) => {
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.toString("latin1");
+        if (bodies().length >= n) resolve();
+      });
+    });
+    let requests = "";
+    for (let i = 0; i < n; i++) requests += `GET /r${i} HTTP/1.1\r\nHost: x\r\n\r\n`;
+    socket.write(requests);
+    await done;
+    socket.destroy();
+    server.close();
+    const all = bodies();
+    assert.equal(all.length, n, "one response per request");
+    // The lane answers in order until a read ends mid-request; from there node:http answers the rest.
+    const fromLane = all.indexOf("slow lane");
+    const lane = fromLane < 0 ? all : all.slice(0, fromLane);
+    assert.ok(lane.length > 1, "the lane answered past the slow answer");
+    assert.ok(
+      lane.every((b, i) => b === `/r${i}`),
+      "the lane's answers come in request order",
+    );
+    assert.ok(
+      all.slice(lane.length).every((b) => b === "slow lane"),
+      "and node:http answers every request after the handoff",
+    );
   });
 });

@@ -70,6 +70,8 @@ export interface FastLane {
 
 /** A head larger than this is node:http's business (it takes up to its maxHeaderSize). */
 const MAX_FAST_HEAD = 8 * 1024;
+/** Bytes a connection may pile up while its answer is awaited, before it is no longer read. */
+const MAX_WAITING = 64 * 1024;
 const CRLF_CRLF = Buffer.from("\r\n\r\n", "latin1");
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const REQUEST_LINE = /^(GET|HEAD) (\/[!$&'()*+,\-./0-9:;=@A-Z_a-z~%]*) HTTP\/1\.1$/;
@@ -141,6 +143,9 @@ class LaneConnection {
   readonly #onData = (chunk: Buffer) => {
     this.#pending = this.#pending ? Buffer.concat([this.#pending, chunk]) : chunk;
     if (!this.#busy) this.#drain();
+    // A client that keeps sending while an answer is awaited (a slow database) is not read further until
+    // it comes: what it sent waits in the kernel, not in our memory.
+    else if (this.#pending.length > MAX_WAITING) this.socket.pause();
   };
   readonly #onEnd = () => {
     this.#closing = true;
@@ -231,6 +236,7 @@ class LaneConnection {
           (error: unknown) => {
             this.options.onError?.(error);
             this.#busy = false;
+            if (this.socket.isPaused()) this.socket.resume();
             this.#leave("error");
           },
         );
@@ -246,6 +252,7 @@ class LaneConnection {
 
   #settle(answer: FastAnswer | undefined, head: Head, end: number): void {
     this.#busy = false;
+    if (this.socket.isPaused()) this.socket.resume();
     if (this.#gone) return;
     if (this.socket.destroyed) {
       answer?.done?.(0);
