@@ -121,12 +121,12 @@ http {
   return { name: "nginx (static files)", base, publicKey: "", stop: () => stopChild(child, "SIGQUIT") };
 }
 
-/** bench/node-static.ts: a bare node:http static file server, the floor for any one Node process. */
-export async function startNodeStatic(root: string): Promise<Peer> {
+/** A Node server of bench/ (`node bench/SCRIPT ROOT PORT`) serving the static cache at root. */
+async function startNodePeer(script: string, name: string, root: string): Promise<Peer> {
   const port = await freePort();
   const child = spawn(
     process.execPath,
-    ["--import", "tsx", join(ROOT, "bench/node-static.ts"), root, String(port)],
+    ["--import", "tsx", join(ROOT, "bench", script), root, String(port)],
     {
       stdio: ["ignore", "ignore", "inherit"],
     },
@@ -136,31 +136,17 @@ export async function startNodeStatic(root: string): Promise<Peer> {
     await waitForHttp(`${base}/nix-cache-info`);
   } catch (error) {
     await stopChild(child);
-    throw new Error(`node-static did not start: ${(error as Error).message}`);
+    throw new Error(`${script} did not start: ${(error as Error).message}`);
   }
-  return { name: NODE_FLOOR, base, publicKey: "", stop: () => stopChild(child) };
+  return { name, base, publicKey: "", stop: () => stopChild(child) };
 }
+
+/** bench/node-static.ts: a bare node:http static file server, a file read per request (measures 1-3). */
+export const startNodeStatic = (root: string) => startNodePeer("node-static.ts", NODE_FLOOR, root);
 export const NODE_FLOOR = "node:http (static files)";
 
 /** bench/node-raw.ts: narinfos from memory over raw sockets, the floor of one Node process (measures 1-2). */
-export async function startNodeRaw(root: string): Promise<Peer> {
-  const port = await freePort();
-  const child = spawn(
-    process.execPath,
-    ["--import", "tsx", join(ROOT, "bench/node-raw.ts"), root, String(port)],
-    {
-      stdio: ["ignore", "ignore", "inherit"],
-    },
-  );
-  const base = `http://127.0.0.1:${port}`;
-  try {
-    await waitForHttp(`${base}/nix-cache-info`);
-  } catch (error) {
-    await stopChild(child);
-    throw new Error(`node-raw did not start: ${(error as Error).message}`);
-  }
-  return { name: NODE_RAW, base, publicKey: "", stop: () => stopChild(child) };
-}
+export const startNodeRaw = (root: string) => startNodePeer("node-raw.ts", NODE_RAW, root);
 export const NODE_RAW = "node raw socket (from memory, floor)";
 
 export interface NixstashPeer extends Peer {

@@ -401,6 +401,11 @@ export function createRepo(database: Database) {
   // narinfo and NAR request.
   const cacheRows = new Map<string, { row: CacheRow | undefined; until: number }>();
   const forgetCacheRows = () => cacheRows.clear();
+  /** The memo's entry for a name (a row, or a remembered miss) while it is still live. */
+  const rememberedCacheRow = (name: string, now: number) => {
+    const known = cacheRows.get(name);
+    return known && known.until > now ? known : undefined;
+  };
 
   // Every narinfo request reads one path by hash and every NAR request one NAR by file hash, most of them
   // again and again (a substituter walks the same closures; wrk's measure 2 hits 300 paths). Found rows are
@@ -532,16 +537,15 @@ export function createRepo(database: Database) {
 
   return {
     // ---- caches
-    /** A live cache (soft-deleted ones are not found). */
     /** cacheByName without waiting: the remembered row, or undefined when none is remembered (or live). */
     peekCacheByName(name: string): CacheRow | undefined {
-      const known = cacheRows.get(name);
-      return known && known.until > performance.now() ? known.row : undefined;
+      return rememberedCacheRow(name, performance.now())?.row;
     },
+    /** A live cache (soft-deleted ones are not found). */
     async cacheByName(name: string): Promise<CacheRow | undefined> {
       const now = performance.now();
-      const known = cacheRows.get(name);
-      if (known && known.until > now) return known.row;
+      const known = rememberedCacheRow(name, now);
+      if (known) return known.row;
       const row = (await hot.cacheByName.execute({ name }))[0];
       if (cacheRows.size >= CACHE_ROWS_MAX) cacheRows.clear();
       cacheRows.set(name, { row, until: now + CACHE_ROW_TTL_MS });

@@ -60,8 +60,6 @@ export interface FastLaneOptions {
 }
 
 export interface FastLane {
-  /** Connections in the lane now (not yet handed over). */
-  readonly connections: number;
   /** Closes the lane's connections that sit between requests, as http.Server#closeIdleConnections does. */
   closeIdleConnections(): void;
   /** Destroys every connection still in the lane. */
@@ -103,9 +101,6 @@ export function installFastLane(server: HttpServer, options: FastLaneOptions): F
     socket.once("close", () => lane.delete(connection));
   });
   return {
-    get connections() {
-      return lane.size;
-    },
     closeIdleConnections() {
       for (const c of lane) c.closeIfIdle();
     },
