@@ -56,8 +56,17 @@ const PlatformResponse = globalThis.Response;
 export function sendStream(c: C, status: number, headers: Record<string, string>, body: Readable): Response {
   const outgoing = c.env?.outgoing;
   if (!outgoing) return c.body(Readable.toWeb(body) as ReadableStream, status as 200, headers);
-  const merged = Object.fromEntries(c.body(null, status as 200, headers).headers);
-  outgoing.writeHead(status, merged);
+  // Set one by one rather than passed to writeHead: only headers set this way can be read back, and the
+  // request log reads Content-Length to count the bytes served.
+  for (const [name, value] of c.body(null, status as 200, headers).headers) outgoing.setHeader(name, value);
+  outgoing.statusCode = status;
+  const size = Number(headers["content-length"]);
+  if (body.readableLength > 0 && body.readableLength === size) {
+    // A body read whole before it was returned (a small NAR from local storage): one write, head and body
+    // in the same packet, and no pipe to set up.
+    outgoing.end(body.read() as Buffer);
+    return new PlatformResponse(null, { status, headers: SENT });
+  }
   // pipe() rather than stream.pipeline(): Node 20's pipeline aborts an AbortController when it finishes,
   // and building that DOMException cost more than sending a small NAR. A failed read cuts the response (the
   // client sees a short body, the request log an aborted request); a client hanging up closes the file.

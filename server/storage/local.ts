@@ -190,7 +190,11 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
           filled += read;
         }
         closeSync(fd);
-        return Readable.from(filled > 0 ? [bytes.subarray(0, filled)] : [], { objectMode: false });
+        // Already pushed, so a reader finds every byte buffered (sendStream then writes them at once).
+        const whole = new Readable({ read() {} });
+        if (filled > 0) whole.push(bytes.subarray(0, filled));
+        whole.push(null);
+        return whole;
       }
     } catch (err) {
       closeSync(fd);

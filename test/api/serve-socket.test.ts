@@ -16,26 +16,33 @@ for (const stack of STACKS) {
   describe(`NAR downloads over a socket (${stack})`, () => {
     let s: RunningStack | undefined;
     let narUrl = "";
+    let smallNarUrl = "";
     let nar: Buffer = Buffer.alloc(0);
+    const smallNar = narOf({ dir: { hello: { executable: "#!/bin/sh\necho hello\n" } } });
 
     before(async () => {
       s = await startStack(stack, { NIXSTASH_S3_REDIRECT: "false" });
       if (!s) return;
       // ~4 MiB of incompressible content, so the stored file spans many read chunks.
       nar = narOf({ dir: { blob: randomBytes(4 * 1024 * 1024).toString("base64"), small: "x" } });
-      const storePath = fakeStorePath("socket-served");
-      const push = await fetch(`${s.server.url}/api/v1/caches/main/paths/${hashOf(storePath)}`, {
-        method: "PUT",
-        headers: {
-          authorization: `Bearer ${await s.token(["push"])}`,
-          "x-nixstash-path-info": JSON.stringify(infoFor(storePath, nar)),
-          "content-type": "application/x-nix-nar",
-        },
-        body: nar,
-      });
-      assert.equal(push.status, 201, await push.text());
-      const narinfo = await fetch(`${s.server.url}/main/${hashOf(storePath)}.narinfo`);
-      narUrl = `${s.server.url}/main/${parseNarInfo(await narinfo.text()).url}`;
+      const token = await s.token(["push"]);
+      const pushed = async (name: string, body: Buffer) => {
+        const storePath = fakeStorePath(name);
+        const push = await fetch(`${s!.server.url}/api/v1/caches/main/paths/${hashOf(storePath)}`, {
+          method: "PUT",
+          headers: {
+            authorization: `Bearer ${token}`,
+            "x-nixstash-path-info": JSON.stringify(infoFor(storePath, body)),
+            "content-type": "application/x-nix-nar",
+          },
+          body,
+        });
+        assert.equal(push.status, 201, await push.text());
+        const narinfo = await fetch(`${s!.server.url}/main/${hashOf(storePath)}.narinfo`);
+        return `${s!.server.url}/main/${parseNarInfo(await narinfo.text()).url}`;
+      };
+      narUrl = await pushed("socket-served", nar);
+      smallNarUrl = await pushed("socket-served-small", smallNar);
     });
     after(async () => s?.stop());
 
@@ -66,6 +73,31 @@ for (const stack of STACKS) {
         metrics,
         /nixstash_http_requests_total\{method="GET",route="\/:cache\/nar\/:file",status="206"\} 1\b/,
       );
+    });
+
+    it("counts every byte it serves in the metrics, small NARs and streamed ones alike", async (t) => {
+      if (!s) return t.skip("backend unavailable");
+      const served = async () => {
+        const text = await (await fetch(`${s!.server.url}/metrics`)).text();
+        return Number(/^nixstash_nar_served_bytes_total\{cache="main"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+      };
+      const before = await served();
+      const small = await fetch(smallNarUrl);
+      assert.equal(small.status, 200);
+      const smallBody = Buffer.from(await small.arrayBuffer());
+      assert.equal(Number(small.headers.get("content-length")), smallBody.length);
+      assert.deepEqual(zstdDecompress(smallBody), smallNar);
+      const large = Buffer.from(await (await fetch(narUrl)).arrayBuffer());
+      const part = await fetch(smallNarUrl, { headers: { range: "bytes=10-19" } });
+      assert.equal(part.status, 206);
+      assert.deepEqual(Buffer.from(await part.arrayBuffer()), smallBody.subarray(10, 20));
+      // The request is logged when its response closes, just after the client has the last byte.
+      let after = 0;
+      for (let i = 0; i < 50 && after !== before + smallBody.length + large.length + 10; i++) {
+        after = await served();
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(after - before, smallBody.length + large.length + 10);
     });
 
     it("keeps serving after a client hangs up mid-body", async (t) => {
