@@ -83,7 +83,9 @@ export async function downloadAll(base: string, files: string[], connections: nu
   const worker = async () => {
     while (next < files.length) {
       const file = files[next++]!;
-      bytes += await get(`${base}/${file}`, false);
+      // Not `bytes += await …`: that reads `bytes` before the await, and concurrent workers' sums are lost.
+      const got = await get(`${base}/${file}`, false);
+      bytes += got;
     }
   };
   try {

@@ -276,7 +276,9 @@ async function measure2(peer: Peer, workload: Workload, baseline: string, warm: 
     };
   };
   if (!warm) await run(2);
+  const cpu0 = peer.pid ? serverCpuSeconds(peer.pid) : 0;
   const r = await run(opts.wrkSeconds);
+  const cpuSeconds = peer.pid ? serverCpuSeconds(peer.pid) - cpu0 : undefined;
   const rps = r.requests / (r.duration_us / 1e6);
   const missShare = r.non2xx / r.requests;
   if (r.connect_errors + r.read_errors + r.timeouts > 0 || missShare < 0.05 || missShare > 0.15)
@@ -298,6 +300,17 @@ async function measure2(peer: Peer, workload: Workload, baseline: string, warm: 
     lowerIsBetter: true,
     ...versus(peer, baseline),
   }).values.push(r.p99_us / 1000);
+  // Requests per second depend on how the two cores are shared with wrk and with everything else this machine
+  // runs; the server's own CPU time per request does much less, and says where a gap comes from.
+  if (cpuSeconds !== undefined)
+    row({
+      measure,
+      peer: peer.name,
+      unit: "µs CPU/req",
+      values: [],
+      lowerIsBetter: true,
+      ...versus(peer, baseline),
+    }).values.push((cpuSeconds * 1e6) / r.requests);
 }
 
 async function measure3(
@@ -517,6 +530,17 @@ function childrenCpuSeconds(): number {
 function processCpuSeconds(pid: number): number {
   const fields = statFields(String(pid));
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime
+}
+/** CPU seconds of a process and its direct children (nginx's workers), from /proc. */
+function serverCpuSeconds(pid: number): number {
+  let seconds = processCpuSeconds(pid);
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (Number(statFields(entry)[1]) === pid) seconds += processCpuSeconds(Number(entry));
+    } catch {} // gone since the listing
+  }
+  return seconds;
 }
 function statFields(pid: string): string[] {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");

@@ -34,7 +34,8 @@ export interface Peer {
   base: string;
   /** The key a Nix client must trust to substitute from it. */
   publicKey: string;
-  /** Process whose memory is watched (nixstash only). */
+  /** The server's process on this machine (with its worker children, for nginx): memory and CPU are read
+   * from /proc. Absent for Ceph RGW, which serves other peers too. */
   pid?: number;
   stop(): Promise<void>;
 }
@@ -118,7 +119,13 @@ http {
     await stopChild(child);
     throw new Error(`nginx did not start: ${(error as Error).message}\n${stderr}`);
   }
-  return { name: "nginx (static files)", base, publicKey: "", stop: () => stopChild(child, "SIGQUIT") };
+  return {
+    name: "nginx (static files)",
+    base,
+    publicKey: "",
+    pid: child.pid!,
+    stop: () => stopChild(child, "SIGQUIT"),
+  };
 }
 
 /** A Node server of bench/ (`node bench/SCRIPT ROOT PORT`) serving the static cache at root. */
@@ -138,7 +145,7 @@ async function startNodePeer(script: string, name: string, root: string): Promis
     await stopChild(child);
     throw new Error(`${script} did not start: ${(error as Error).message}`);
   }
-  return { name, base, publicKey: "", stop: () => stopChild(child) };
+  return { name, base, publicKey: "", pid: child.pid!, stop: () => stopChild(child) };
 }
 
 /** bench/node-static.ts: a bare node:http static file server, a file read per request (measures 1-3). */
