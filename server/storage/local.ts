@@ -9,19 +9,12 @@
 // Limitation of directories: an object cannot be stored at a key that another key uses as a directory
 // (`a/b` and `a/b/c`); S3 allows it, nixstash's key layout never needs it. Such a put fails with StorageError.
 import { randomUUID } from "node:crypto";
-import {
-  closeSync,
-  constants,
-  createReadStream,
-  createWriteStream,
-  fstatSync,
-  openSync,
-  readSync,
-} from "node:fs";
+import { closeSync, constants, createWriteStream, fstatSync, openSync, readSync } from "node:fs";
 import { access, mkdir, open, opendir, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { FileBody } from "../file-body.ts";
 import { STAGE_BUFFER } from "../streams.ts";
 import {
   abortedError,
@@ -44,8 +37,6 @@ export interface LocalStorageOptions {
 }
 
 const TMP = ".tmp";
-/** Read size for serving: fewer, larger socket writes than the 64 KiB default (NAR downloads, issue 7). */
-const READ_CHUNK = 512 * 1024;
 /** Objects (or ranges) up to this size are read in one synchronous call when served. */
 const SMALL_READ = 64 * 1024;
 /**
@@ -200,13 +191,8 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
       closeSync(fd);
       throw new StorageError("get", key, messageOf(err), { cause: err });
     }
-    // The stream owns the descriptor from here on and closes it when it ends or is destroyed.
-    return createReadStream("", {
-      fd,
-      start,
-      end: start + length - 1,
-      highWaterMark: Math.min(READ_CHUNK, length),
-    });
+    // The body owns the descriptor from here on and closes it when it ends or is destroyed.
+    return new FileBody(fd, start, length);
   }
 
   async function statKey(key: string): Promise<{ size: number; modified: Date } | null> {
