@@ -30,6 +30,7 @@ import { promisify } from "node:util";
 import { encodeNix32, formatHash } from "../nix/index.ts";
 import { downloadAll, getText, sequentialGets } from "./clients.ts";
 import {
+  bucketClient,
   freePort,
   NGINX_WORKERS,
   NIXSTASH_CLI,
@@ -522,6 +523,44 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
   }
 }
 
+/**
+ * What the machine itself does with the same bytes, in the same run: zstd's own CLI compressing the plain NAR
+ * at the server's level and threads (NIXSTASH_ZSTD_LEVEL's default 3, two workers as receive.ts uses), and
+ * Ceph RGW taking the compressed file from the minio client. An ingest cannot beat the first for a plain body
+ * (it compresses, and hashes and parses besides), nor the second on S3.
+ */
+async function measure5Floors(nar: BigNar) {
+  const gib = (nar.narSize / 2 ** 30).toFixed(2);
+  let t0 = now();
+  await sh("zstd", ["-q", "-f", "-3", "-T2", nar.plain, "-o", "/dev/null"]);
+  row({
+    measure: `5 ingest ${gib} GiB NAR, plain body`,
+    peer: "zstd -3 -T2 CLI, compression alone (floor)",
+    unit: "MB/s",
+    values: [],
+    lowerIsBetter: false,
+  }).values.push(nar.narSize / MB / ((now() - t0) / 1000));
+  if (!opts.s3) return;
+  const client = bucketClient();
+  const bucket = `bench-floor-${randomBytes(4).toString("hex")}`;
+  await client.makeBucket(bucket, process.env.NIXSTASH_TEST_S3_REGION ?? "us-east-1");
+  try {
+    t0 = now();
+    await client.fPutObject(bucket, "floor.nar.zst", nar.zstd, {});
+    row({
+      measure: `5 ingest ${gib} GiB NAR, zstd body`,
+      peer: "Ceph RGW PUT of the zstd file alone (floor)",
+      unit: "MB/s",
+      values: [],
+      lowerIsBetter: false,
+      // The same unit as the ingest rows: NAR bytes per second (the object is the compressed NAR).
+    }).values.push(nar.narSize / MB / ((now() - t0) / 1000));
+    await client.removeObject(bucket, "floor.nar.zst");
+  } finally {
+    await client.removeBucket(bucket).catch(() => {});
+  }
+}
+
 // CPU time from /proc (clock ticks of 1/100 s): of this process's finished children, and of a running process.
 function childrenCpuSeconds(): number {
   const fields = statFields("self");
@@ -792,8 +831,10 @@ async function main() {
     if (opts.only.has(5)) {
       log(`ingest: making a ${opts.ingestMiB} MiB NAR`);
       const nar = await makeBigNar(opts.ingestMiB * 2 ** 20);
-      for (let rep = 0; rep < Math.min(opts.reps, 3); rep++)
+      for (let rep = 0; rep < Math.min(opts.reps, 3); rep++) {
         for (const peer of nixstash) await measure5(peer, nar);
+        await measure5Floors(nar);
+      }
       rmSync(nar.plain, { force: true });
       rmSync(nar.zstd, { force: true });
     }
