@@ -52,7 +52,8 @@ describe("FileBody", () => {
   it("reads a whole file, or a range of it, as a plain stream", async () => {
     const file = fileOf(content);
     const whole: Buffer[] = [];
-    for await (const chunk of new FileBody(openSync(file, "r"), 0, content.length)) whole.push(chunk as Buffer);
+    for await (const chunk of new FileBody(openSync(file, "r"), 0, content.length))
+      whole.push(chunk as Buffer);
     assert.deepEqual(Buffer.concat(whole), content);
     const part: Buffer[] = [];
     for await (const chunk of new FileBody(openSync(file, "r"), 1000, 300_000)) part.push(chunk as Buffer);
