@@ -41,24 +41,24 @@ export class FileBody extends Readable {
     this.#left = length;
   }
 
+  /** The next piece of the file, read into `buffer` (at most its length); fails if the file ends early. */
+  async #next(buffer: Buffer): Promise<Buffer> {
+    const length = Math.min(buffer.length, this.#left);
+    const bytes = await readAt(this.#fd, buffer, length, this.#position);
+    if (bytes === 0) throw new Error(`file ended ${this.#left} bytes early`);
+    this.#position += bytes;
+    this.#left -= bytes;
+    return bytes === buffer.length ? buffer : buffer.subarray(0, bytes);
+  }
+
   override _read(): void {
-    const length = Math.min(CHUNK, this.#left);
-    if (length === 0) {
+    if (this.#left === 0) {
       this.push(null);
       return;
     }
     // Read by a consumer that keeps what it is given: a fresh buffer each time.
-    const buffer = Buffer.allocUnsafeSlow(length);
-    readAt(this.#fd, buffer, length, this.#position).then(
-      (bytes) => {
-        if (bytes === 0) {
-          this.destroy(new Error(`file ended ${this.#left} bytes early`));
-          return;
-        }
-        this.#position += bytes;
-        this.#left -= bytes;
-        this.push(bytes === length ? buffer : buffer.subarray(0, bytes));
-      },
+    this.#next(Buffer.allocUnsafeSlow(Math.min(CHUNK, this.#left))).then(
+      (chunk) => this.push(chunk),
       (error: Error) => this.destroy(error),
     );
   }
@@ -97,26 +97,19 @@ export class FileBody extends Readable {
           });
         if (gone) break;
         const buffer = take();
-        const length = Math.min(CHUNK, this.#left);
-        let bytes: number;
+        let chunk: Buffer;
         try {
-          bytes = await readAt(this.#fd, buffer, length, this.#position);
+          chunk = await this.#next(buffer);
         } catch (error) {
           give(buffer);
           throw error;
         }
-        if (bytes === 0) {
-          give(buffer);
-          throw new Error(`file ended ${this.#left} bytes early`);
-        }
-        this.#position += bytes;
-        this.#left -= bytes;
         if (gone) {
           give(buffer);
           break;
         }
         held++;
-        out.write(bytes === CHUNK ? buffer : buffer.subarray(0, bytes), (error) => {
+        out.write(chunk, (error) => {
           held--;
           // A write that failed may still be referenced by the socket's queue: left to the collector.
           if (!error) give(buffer);
