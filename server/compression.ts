@@ -84,6 +84,12 @@ const STAGE_INPUT = 64 * 1024;
 
 type DCtx = InstanceType<typeof zstd.DCtx>;
 
+/** A decoder context and the block it decodes into, kept together for the next body. */
+export interface ReusableDecoding {
+  dctx: DCtx;
+  block: Buffer;
+}
+
 /**
  * zstd decoding on this thread, each decoded block handed to `sink` synchronously, into one block reused for
  * the whole body: the shape of the worker's decoder (decode-pool.ts), for uploads that find no worker idle.
@@ -92,21 +98,26 @@ type DCtx = InstanceType<typeof zstd.DCtx>;
  * gigabytes); its loop and its error for a body that ends inside a frame are kept.
  * The sink (count, parse, hash) is done with a block when it returns, so an upload allocates nothing per
  * block, and memory stays one block however the body decodes. A body of extreme ratio is decoded at most
- * SINK_DECODE_TURN bytes per turn of the event loop (the sink's NarSize limit ends it). `dctx` may come from
- * a pool: `release` gets it back clean after the body ended at a frame's end; a failed body drops it.
+ * SINK_DECODE_TURN bytes per turn of the event loop (the sink's NarSize limit ends it). The context and
+ * block may come from a pool: `release` gets them back, the context clean, after the body ended at a frame's
+ * end; a failed body drops them.
  */
 export class ZstdSinkDecoder extends Writable {
   readonly #sink: (block: Buffer) => void;
   #dctx: DCtx | undefined;
-  readonly #release: ((dctx: DCtx) => void) | undefined;
-  readonly #block = Buffer.allocUnsafeSlow(zstd.dStreamOutSize());
+  readonly #block: Buffer;
+  readonly #release: ((reused: ReusableDecoding) => void) | undefined;
   #inFrame = false;
 
-  constructor(sink: (block: Buffer) => void, dctx?: DCtx, release?: (dctx: DCtx) => void) {
+  constructor(
+    sink: (block: Buffer) => void,
+    reuse?: ReusableDecoding & { release(reused: ReusableDecoding): void },
+  ) {
     super({ highWaterMark: STAGE_INPUT });
     this.#sink = sink;
-    this.#dctx = dctx ?? new zstd.DCtx();
-    this.#release = release;
+    this.#dctx = reuse?.dctx ?? new zstd.DCtx();
+    this.#block = reuse?.block ?? Buffer.allocUnsafeSlow(zstd.dStreamOutSize());
+    this.#release = reuse?.release;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, done: (error?: Error | null) => void): void {
@@ -151,7 +162,7 @@ export class ZstdSinkDecoder extends Writable {
     }
     const dctx = this.#dctx;
     this.#dctx = undefined;
-    if (dctx) this.#release?.(dctx);
+    if (dctx) this.#release?.({ dctx, block: this.#block });
     done();
   }
 

@@ -1,12 +1,16 @@
-// A few long-lived worker threads (decode-worker.ts) that decode zstd upload bodies, so a compressed ingest
-// uses two cores: the main thread receives, hashes (FileHash), stores, and verifies the decoded NAR (counts
-// it, parses and hashes it) while a worker decompresses. acquire() hands out a Writable that takes the body
-// where receive.ts's TeeTap would write it into an in-thread decoder, and calls `sink` with each decoded
-// block; it finishes once the worker has decoded the whole body and every block went through the sink. A
-// decoder error comes back with its message and code, so it maps to the same HTTP error as in-thread. When
-// every worker is busy, acquire() hands out the same shape decoding on this thread (ZstdSinkDecoder), on a
-// decoder context kept here for the next upload (each context holds zstd's window, a few MiB that the
-// garbage collector would otherwise be asked to reclaim once per upload).
+// A few long-lived worker threads (decode-worker.ts) that decode zstd upload bodies and check the decoded
+// NAR, so a compressed ingest uses two cores: the main thread receives, hashes what it stores (FileHash) and
+// stores it, while a worker decompresses, counts, parses and hashes the NAR (nar-check.ts). acquire() hands
+// out a Writable that takes the body where receive.ts's TeeTap would write it into an in-thread decoder; it
+// finishes once the worker has decoded and checked the whole body, and then `verified()` says what the NAR
+// is. A decoder or check error comes back with its message, code and kind, so it maps to the same HTTP error
+// as in-thread.
+//
+// Small NARs (a claimed NarSize under IN_THREAD_BELOW) and uploads that find every worker busy are decoded
+// on this thread instead (ZstdNarDecoder), on a decoder context and block kept here for the next upload
+// (each context holds zstd's window, a few MiB that the garbage collector would otherwise be asked to
+// reclaim once per upload). For a small NAR the worker's round trips (start, data, ack, end, each waking a
+// thread) cost more than decoding it here.
 //
 // The worker script is loaded beside this module: server/dist/decode-worker.mjs from the bundle (a second
 // esbuild entry point, see package.json "build"), server/decode-worker.ts from the sources (`npm run dev`,
@@ -14,8 +18,10 @@
 import { Writable } from "node:stream";
 import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
-import { ZstdSinkDecoder } from "./compression.ts";
+import { NixFormatError } from "../nix/index.ts";
+import { type ReusableDecoding, ZstdSinkDecoder } from "./compression.ts";
 import type { FromWorker, ToWorker } from "./decode-worker.ts";
+import { NarCheck, NarTooLong, type VerifiedNar } from "./nar-check.ts";
 import { STAGE_BUFFER } from "./streams.ts";
 import { zstdBinding } from "./zstd-binding.ts";
 
@@ -24,13 +30,40 @@ const INPUT_BUFFER_SIZE = 256 * 1024;
 const INPUT_BUFFERS = 4;
 /** In-thread decoder contexts kept for reuse: about the uploads that run at once beside the workers. */
 const KEEP_CONTEXTS = 8;
+/** NARs claimed smaller than this are decoded on this thread (see the header). */
+export const IN_THREAD_BELOW = 1024 * 1024;
+
+/** A zstd decoder that checks the NAR it decodes; `verified()` once it has finished. */
+export interface NarDecoder extends Writable {
+  /** The checked NAR; only after the stream finished without error. */
+  verified(): VerifiedNar;
+}
+
+/**
+ * zstd decoded on this thread into a NarCheck: for small NARs, for uploads that find every worker busy, and
+ * for servers without a pool. Fails with NarTooLong past `limit`, NixFormatError for a bad NAR.
+ */
+export class ZstdNarDecoder extends ZstdSinkDecoder implements NarDecoder {
+  readonly #check: NarCheck;
+  constructor(
+    limit: number | undefined,
+    reuse?: ReusableDecoding & { release(reused: ReusableDecoding): void },
+  ) {
+    const check = new NarCheck(limit);
+    super((block) => check.update(block), reuse);
+    this.#check = check;
+  }
+  verified(): VerifiedNar {
+    return this.#check.finish();
+  }
+}
 
 export interface DecoderPool {
   /**
-   * A zstd decoder that feeds `sink` the decoded bytes (an exception from sink fails the stream): on an idle
-   * worker, or on this thread when none is; undefined once the pool is closed.
+   * A zstd decoder that checks the NAR it decodes against `narSizeLimit` (the claimed NarSize): on an idle
+   * worker, or on this thread for a small NAR or when none is idle; undefined once the pool is closed.
    */
-  acquire(sink: (chunk: Buffer) => void): Writable | undefined;
+  acquire(options: { narSizeLimit?: number | undefined }): NarDecoder | undefined;
   /** Workers free for an upload now (not starting, busy, resetting or dead). */
   readonly idle: number;
   /** Stops the workers; uploads still decoding on them fail. */
@@ -52,14 +85,13 @@ export function createDecoderPool({ size, log }: { size: number; log: Logger }):
   const bundled = import.meta.url.endsWith(".mjs");
   const script = new URL(bundled ? "./decode-worker.mjs" : "./decode-worker.ts", import.meta.url);
   const slots: Slot[] = [];
-  const contexts: InstanceType<typeof zstdBinding.DCtx>[] = [];
+  const contexts: ReusableDecoding[] = [];
   let closed = false;
   for (let i = 0; i < size; i++) {
     const worker = bundled ? new Worker(script) : startSourceWorker(script);
     // Idle workers must not keep a process alive that is otherwise done.
     worker.unref();
     const slot: Slot = { worker, state: "starting", job: undefined, inputs: [], allocated: 0 };
-    const post = (message: ToWorker, transfer?: ArrayBuffer[]) => worker.postMessage(message, transfer);
     worker.on("message", (message: FromWorker) => {
       switch (message.t) {
         case "ready":
@@ -68,10 +100,6 @@ export function createDecoderPool({ size, log }: { size: number; log: Logger }):
           return;
         case "ack":
           slot.inputs.push(message.buffer);
-          break;
-        case "out":
-          // A block for an upload already given up: straight back.
-          if (!slot.job) post({ t: "credit", buffer: message.buffer }, [message.buffer]);
           break;
       }
       slot.job?.receive(message);
@@ -88,14 +116,21 @@ export function createDecoderPool({ size, log }: { size: number; log: Logger }):
   }
 
   return {
-    acquire(sink) {
+    acquire({ narSizeLimit }) {
       if (closed) return undefined;
-      const slot = slots.find((s) => s.state === "idle");
+      const small = narSizeLimit !== undefined && narSizeLimit < IN_THREAD_BELOW;
+      const slot = small ? undefined : slots.find((s) => s.state === "idle");
       if (!slot) {
-        const dctx = contexts.pop() ?? new zstdBinding.DCtx();
-        return new ZstdSinkDecoder(sink, dctx, (ended) => {
-          ended.reset(zstdBinding.ResetDirective.sessionOnly);
-          if (contexts.length < KEEP_CONTEXTS) contexts.push(ended);
+        const reused = contexts.pop() ?? {
+          dctx: new zstdBinding.DCtx(),
+          block: Buffer.allocUnsafeSlow(zstdBinding.dStreamOutSize()),
+        };
+        return new ZstdNarDecoder(narSizeLimit, {
+          ...reused,
+          release: (ended) => {
+            ended.dctx.reset(zstdBinding.ResetDirective.sessionOnly);
+            if (contexts.length < KEEP_CONTEXTS) contexts.push(ended);
+          },
         });
       }
       slot.state = "busy";
@@ -103,7 +138,7 @@ export function createDecoderPool({ size, log }: { size: number; log: Logger }):
         slot.worker.postMessage(message, transfer);
       const job = new RemoteDecoder({
         post,
-        sink,
+        limit: narSizeLimit,
         input: () => {
           const buffer = slot.inputs.pop();
           if (buffer || slot.allocated >= INPUT_BUFFERS) return buffer;
@@ -124,7 +159,7 @@ export function createDecoderPool({ size, log }: { size: number; log: Logger }):
         },
       });
       slot.job = job;
-      post({ t: "start" });
+      post({ t: "start", limit: narSizeLimit });
       return job;
     },
     get idle() {
@@ -149,17 +184,19 @@ function startSourceWorker(script: URL): Worker {
 
 interface RemoteDecoderOptions {
   post: (message: ToWorker, transfer?: ArrayBuffer[]) => void;
-  sink: (chunk: Buffer) => void;
+  /** The claimed NarSize the worker checks against. */
+  limit: number | undefined;
   /** A free input buffer, or undefined while all are with the worker (an `ack` brings one back). */
   input: () => ArrayBuffer | undefined;
   /** Gives the worker back (with the input buffer this side still held): reset unless it ended cleanly. */
   release: (unused: ArrayBuffer | undefined, reset: boolean) => void;
 }
 
-/** The main thread's end of one upload's decoding: writes go to the worker, decoded blocks come back. */
-class RemoteDecoder extends Writable {
+/** The main thread's end of one upload's decoding: writes go to the worker, its verdict comes back. */
+class RemoteDecoder extends Writable implements NarDecoder {
   readonly #options: RemoteDecoderOptions;
   #released = false;
+  #verified: VerifiedNar | undefined;
   #filling: Uint8Array | undefined;
   #filled = 0;
   #waitingWrite: (() => void) | undefined;
@@ -208,7 +245,7 @@ class RemoteDecoder extends Writable {
   }
 
   override _final(done: (error?: Error | null) => void): void {
-    // Finished once the worker has decoded everything and the sink has seen it.
+    // Finished once the worker has decoded and checked everything.
     this.#send();
     this.#finalDone = done;
     this.#options.post({ t: "end" });
@@ -228,19 +265,8 @@ class RemoteDecoder extends Writable {
         waiting?.();
         break;
       }
-      case "out": {
-        const { buffer, length } = message;
-        let failure: Error | undefined;
-        try {
-          this.#options.sink(Buffer.from(buffer, 0, length));
-        } catch (error) {
-          failure = error as Error;
-        }
-        this.#options.post({ t: "credit", buffer }, [buffer]);
-        if (failure) this.destroy(failure);
-        break;
-      }
       case "end": {
+        this.#verified = message.nar;
         this.#finish(false);
         const done = this.#finalDone;
         this.#finalDone = undefined;
@@ -248,9 +274,14 @@ class RemoteDecoder extends Writable {
         break;
       }
       case "error":
-        this.destroy(decoderError(message));
+        this.destroy(decoderError(message, this.#options.limit));
         break;
     }
+  }
+
+  verified(): VerifiedNar {
+    if (!this.#verified) throw new Error("the NAR was not verified: the upload has not finished");
+    return this.#verified;
   }
 
   /** Hands the worker back: as it is after a clean end, reset after a failure or an abandoned upload. */
@@ -263,8 +294,10 @@ class RemoteDecoder extends Writable {
   }
 }
 
-/** The worker's decoder error as the in-thread decoder would have thrown it (asUploadError reads both). */
-function decoderError(message: Extract<FromWorker, { t: "error" }>): Error {
+/** The worker's error as the in-thread decoder would have thrown it (asUploadError reads both). */
+function decoderError(message: Extract<FromWorker, { t: "error" }>, limit: number | undefined): Error {
+  if (message.name === "NixFormatError") return new NixFormatError(message.message);
+  if (message.name === "NarTooLong" && limit !== undefined) return new NarTooLong(limit);
   const error = Object.assign(new Error(message.message), { code: message.code });
   if (message.name !== "Error") error.name = message.name;
   return error;

@@ -12,9 +12,9 @@ import { pino } from "pino";
 import { compress } from "zstd-napi";
 import { narOf } from "../../test/support/nar.ts";
 import { testTmp } from "../../test/support/services.ts";
-import { type Compression, ZstdSinkDecoder } from "../compression.ts";
+import type { Compression } from "../compression.ts";
 import type { Context } from "../context.ts";
-import { createDecoderPool, type DecoderPool } from "../decode-pool.ts";
+import { createDecoderPool, type DecoderPool, IN_THREAD_BELOW, ZstdNarDecoder } from "../decode-pool.ts";
 import { createLocalStorage } from "../storage/local.ts";
 import type { Storage } from "../storage/storage.ts";
 import { type ReceivedNar, receiveNar } from "./receive.ts";
@@ -70,10 +70,10 @@ describe("receiveNar: zstd decoded on a worker thread or in-thread", () => {
     storage = createLocalStorage({ root: join(dir, "storage") });
     pool = createDecoderPool({ size: 1, log: pino({ level: "silent" }) });
     const counted: DecoderPool = {
-      acquire(sink) {
-        const decoder = pool.acquire(sink);
-        // Counts the uploads a worker took (with every worker busy the pool decodes in-thread).
-        if (decoder && !(decoder instanceof ZstdSinkDecoder)) acquired++;
+      acquire(options) {
+        const decoder = pool.acquire(options);
+        // Counts the uploads a worker took (small NARs, and any with every worker busy, decode in-thread).
+        if (decoder && !(decoder instanceof ZstdNarDecoder)) acquired++;
         return decoder;
       },
       get idle() {
@@ -215,8 +215,25 @@ describe("receiveNar: zstd decoded on a worker thread or in-thread", () => {
     assert.ok(grown < 128 * 1024 * 1024, `RSS grew ${Math.round(grown / 2 ** 20)} MiB`);
   });
 
+  it("decodes a small NAR in-thread with a worker idle, and checks it the same", async () => {
+    const small = narOf(randomBytes(64 * 1024));
+    const before = acquired;
+    const { result } = await receive(onWorker, compress(small), small.length);
+    assert.equal(acquired, before, "the worker was not asked");
+    const here = await receive(inThread, compress(small), small.length);
+    assert.deepEqual(result, here.result);
+    const tooLong = await failure(onWorker, compress(small), small.length - 1);
+    assert.equal(tooLong.code, "size_mismatch");
+    assert.equal(acquired, before, "the worker was not asked");
+    // At the threshold, the worker decodes.
+    const big = narOf(randomBytes(IN_THREAD_BELOW));
+    await receive(onWorker, compress(big), big.length);
+    assert.equal(acquired, before + 1, "the worker decoded the NAR at the threshold");
+    await waitIdle(pool, 1);
+  });
+
   it("decodes in-thread when every worker is busy", async () => {
-    const held = pool.acquire(() => {});
+    const held = pool.acquire({});
     assert.ok(held);
     const before = acquired;
     const body = compress(nar);

@@ -6,11 +6,13 @@
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { CompressStream } from "zstd-napi";
-import { formatHash, formatListing, NarReader, NixFormatError } from "../../nix/index.ts";
-import { type Compression, decompressor, ZstdSinkDecoder } from "../compression.ts";
+import { formatHash, NixFormatError } from "../../nix/index.ts";
+import { type Compression, decompressor } from "../compression.ts";
 import type { Context } from "../context.ts";
+import { ZstdNarDecoder } from "../decode-pool.ts";
 import { AppError, badRequest } from "../errors.ts";
-import { CountTap, FeedTap, HashTap, pipeInto, TeeTap } from "../streams.ts";
+import { NarCheck, NarTooLong, type VerifiedNar } from "../nar-check.ts";
+import { FeedTap, HashTap, pipeInto, TeeTap } from "../streams.ts";
 
 // An uncompressed body is compressed by zstd's own threads (ZSTD_c_nbWorkers), off the event loop, so
 // compression and the socket, NarReader and hashing on the main thread use both cores of a small machine.
@@ -52,24 +54,19 @@ export async function receiveNar({
   ctx: Context;
   input: ReceiveInput;
 }): Promise<ReceivedNar> {
-  const reader = new NarReader();
-  const tooLong = () =>
-    new AppError(
-      "size_mismatch",
-      `NAR of ${input.what} is larger than the claimed NarSize ${input.narSizeLimit}`,
-    );
-  // Counts the decoded NAR; its hash is the NarReader's.
-  const narTap = new CountTap(input.narSizeLimit, tooLong);
-  const feed = new FeedTap((chunk) => reader.update(chunk));
+  // Counts, parses and hashes the decoded NAR: here, or (zstd) where a worker decodes it.
+  const check = new NarCheck(input.narSizeLimit);
+  const feed = new FeedTap((chunk) => check.update(chunk));
   // What is stored is about as long as the body (a compressed body is stored as sent) or at most about the
   // NAR (zstd of a plain one): either size lets S3 pick parts big enough for NARs past 10,000 default parts.
   const known = [input.narSizeLimit, input.bodySize].filter((n): n is number => n !== undefined);
   const sizeHint = known.length > 0 ? Math.ceil(Math.max(...known) * 1.01) + 65_536 : undefined;
   const store = (output: Readable) =>
     ctx.storage.put(input.storageKey, output, sizeHint === undefined ? {} : { sizeHint });
-  // An uncompressed body is the NAR itself: the reader's NarHash is its FileHash, so it is hashed once.
+  // An uncompressed body is the NAR itself: the check's NarHash is its FileHash, so it is hashed once.
   const receivedTap = input.compression === "none" ? undefined : new HashTap();
   const storedTap = receivedTap ?? new HashTap();
+  let nar: VerifiedNar;
   try {
     if (input.compression === "none") {
       const compress = new CompressStream({
@@ -77,38 +74,29 @@ export async function receiveNar({
         nbWorkers: COMPRESSION_THREADS,
         jobSize: COMPRESSION_JOB_SIZE,
       });
-      await pipeInto(store, input.body, narTap, feed, compress, storedTap);
+      await pipeInto(store, input.body, feed, compress, storedTap);
+      nar = check.finish();
+    } else if (input.compression === "zstd") {
+      // Stored as sent; a copy goes to a decoder that checks the NAR as it decodes it. zstd (what
+      // `nixstash push` sends) decodes on a worker thread when one is idle and the NAR is not small
+      // (decode-pool.ts), so decoding and checking use a second core, or else here.
+      const decoder =
+        ctx.decoders?.acquire({ narSizeLimit: input.narSizeLimit }) ?? new ZstdNarDecoder(input.narSizeLimit);
+      await pipeInto(store, input.body, storedTap, new TeeTap(decoder));
+      nar = decoder.verified();
     } else {
-      // Stored as sent; a decoded copy feeds the validator on the side. zstd (what `nixstash push` sends)
-      // decodes on a worker thread when one is idle (decode-pool.ts), so decoding and the rest of the
-      // pipeline use two cores, or else here; either way decoded blocks come to a sink that counts and
-      // parses them at once, as narTap and feed do below for the other compressions.
-      if (input.compression === "zstd") {
-        const sink = (chunk: Buffer) => {
-          narTap.count(chunk);
-          reader.update(chunk);
-        };
-        const decoder = ctx.decoders?.acquire(sink) ?? new ZstdSinkDecoder(sink);
-        await pipeInto(store, input.body, storedTap, new TeeTap(decoder));
-      } else {
-        const decode = decompressor(input.compression);
-        const verifying = pipeline(decode, narTap, feed, async (source: AsyncIterable<Buffer>) => {
-          for await (const _ of source);
-        });
-        // The stored stream ends only after verification has: a decoder may fail after its last input.
-        await Promise.all([pipeInto(store, input.body, storedTap, new TeeTap(decode, verifying)), verifying]);
-      }
+      const decode = decompressor(input.compression);
+      const verifying = pipeline(decode, feed, async (source: AsyncIterable<Buffer>) => {
+        for await (const _ of source);
+      });
+      // The stored stream ends only after verification has: a decoder may fail after its last input.
+      await Promise.all([pipeInto(store, input.body, storedTap, new TeeTap(decode, verifying)), verifying]);
+      nar = check.finish();
     }
   } catch (error) {
     throw asUploadError(error, input);
   } finally {
-    ctx.metrics?.ingestReceivedBytes.inc(undefined, (receivedTap ?? narTap).size);
-  }
-  let summary: ReturnType<NarReader["finish"]>;
-  try {
-    summary = reader.finish();
-  } catch (error) {
-    throw asUploadError(error, input);
+    ctx.metrics?.ingestReceivedBytes.inc(undefined, receivedTap?.size ?? check.size);
   }
   const received: FileFacts = receivedTap
     ? {
@@ -116,21 +104,26 @@ export async function receiveNar({
         fileHash: formatHash(receivedTap.digest()),
         fileSize: receivedTap.size,
       }
-    : { compression: "none", fileHash: summary.narHash, fileSize: summary.narSize };
+    : { compression: "none", fileHash: nar.narHash, fileSize: nar.narSize };
   return {
     received,
     stored:
       storedTap === receivedTap
         ? received
         : { compression: "zstd", fileHash: formatHash(storedTap.digest()), fileSize: storedTap.size },
-    narHash: summary.narHash,
-    narSize: summary.narSize,
-    listing: formatListing(summary.listing),
+    narHash: nar.narHash,
+    narSize: nar.narSize,
+    listing: nar.listing,
   };
 }
 
 function asUploadError(error: unknown, input: ReceiveInput): Error {
   if (error instanceof AppError) return error;
+  if (error instanceof NarTooLong)
+    return new AppError(
+      "size_mismatch",
+      `NAR of ${input.what} is larger than the claimed NarSize ${input.narSizeLimit}`,
+    );
   if (error instanceof NixFormatError)
     return new AppError("invalid_nar", `invalid NAR for ${input.what}: ${error.message}`);
   const { code: rawCode, message, name } = error as { code?: unknown; message?: string; name?: string };
