@@ -4,7 +4,7 @@
 import http from "node:http";
 import https from "node:https";
 import type { Readable } from "node:stream";
-import { createCompressorPool, type PieceSource } from "./zstd-compress.ts";
+import { type CompressedBody, createCompressorPool, type PieceSource } from "./zstd-compress.ts";
 
 // A big NAR is compressed by zstd's own threads (ZSTD_c_nbWorkers), so the event loop only reads files and
 // writes the socket (bench measure 6 went from 2.14x to 1.54x file:// with this and zstd-compress.ts).
@@ -137,7 +137,7 @@ export function createClient(options: ClientOptions) {
         threads: threaded ? COMPRESSION_THREADS : 0,
         ...(threaded ? { jobSize: JOB_SIZE } : {}),
       };
-      let body: Readable;
+      let body: Readable | CompressedBody;
       if (typeof nar === "function") {
         body = compressors.compress(nar, settings);
       } else {
@@ -160,10 +160,13 @@ export function createClient(options: ClientOptions) {
     },
   };
 
-  /** A streaming PUT; resolves to the answer (any status), rejects with a PushError when there is none. */
+  /**
+   * A streaming PUT; resolves to the answer (any status), rejects with a PushError when there is none. A
+   * compressed body goes out through its sendTo (no copy of what zstd writes), any other through pipe.
+   */
   function put(
     url: string,
-    body: Readable,
+    body: Readable | CompressedBody,
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
   ): Promise<{ status: number; text: string }> {
@@ -187,9 +190,14 @@ export function createClient(options: ClientOptions) {
       // Like fetch's defaults: a server silent for 5 minutes is taken for gone.
       request.setTimeout(300_000, () => fail(new Error("no answer for 300 s")));
       request.on("error", fail);
+      const direct = "sendTo" in body ? body : undefined;
       request.on("response", (res) => {
         // An early answer (a refusal before the whole body went out) ends the upload.
-        if (res.statusCode === undefined || res.statusCode >= 300) body.unpipe(request);
+        if (res.statusCode === undefined || res.statusCode >= 300) {
+          if (direct) {
+            if (!direct.sent) direct.destroy();
+          } else body.unpipe(request);
+        }
         const chunks: Buffer[] = [];
         res.on("data", (chunk: Buffer) => chunks.push(chunk));
         res.on("error", fail);
@@ -197,7 +205,7 @@ export function createClient(options: ClientOptions) {
           if (settled) return;
           settled = true;
           // A body still going out (an early refusal) is cut, and its connection is not reused.
-          if (!body.readableEnded) {
+          if (!(direct ? direct.sent : body.readableEnded)) {
             body.destroy();
             request.destroy();
           }
@@ -205,7 +213,8 @@ export function createClient(options: ClientOptions) {
         });
       });
       body.on("error", fail);
-      body.pipe(request);
+      if (direct) direct.sendTo(request).catch(fail);
+      else body.pipe(request);
     });
   }
 }

@@ -125,23 +125,29 @@ after(() => {
   for (const dir of made) rmSync(dir, { recursive: true, force: true });
 });
 
+/** A small tree as store paths have them (a file over several scratches, small files, an empty one, a link), and its NAR by nix-store --dump. */
+function treeWithNar(): { path: string; nar: Buffer } {
+  const dir = mkdtempSync(join(tmpdir(), "zstd-compress-"));
+  made.push(dir);
+  mkdirSync(join(dir, "out/lib"), { recursive: true });
+  writeFileSync(join(dir, "out/lib/big"), sample(3 * SCRATCH_SIZE + 4321, 9));
+  writeFileSync(join(dir, "out/empty"), "");
+  for (let i = 0; i < 50; i++) writeFileSync(join(dir, `out/lib/f${i}`), sample(i * 1000, i));
+  symlinkSync("lib/big", join(dir, "out/link"));
+  const path = join(dir, "out");
+  return { path, nar: execFileSync("nix-store", ["--dump", path], { maxBuffer: 1 << 28 }) };
+}
+
 describe("zstd compression straight from a source", () => {
   for (const threads of [0, 2]) {
     it(`compresses a NAR to what nix-store --dump writes, reusing context and scratch (threads ${threads})`, {
       skip: hasNix ? false : "nix-store is not installed",
     }, async () => {
-      const dir = mkdtempSync(join(tmpdir(), "zstd-compress-"));
-      made.push(dir);
-      mkdirSync(join(dir, "out/lib"), { recursive: true });
-      writeFileSync(join(dir, "out/lib/big"), sample(3 * SCRATCH_SIZE + 4321, 9));
-      writeFileSync(join(dir, "out/empty"), "");
-      for (let i = 0; i < 50; i++) writeFileSync(join(dir, `out/lib/f${i}`), sample(i * 1000, i));
-      symlinkSync("lib/big", join(dir, "out/link"));
-      const expected = execFileSync("nix-store", ["--dump", join(dir, "out")], { maxBuffer: 1 << 28 });
+      const { path, nar: expected } = treeWithNar();
       const pool = createCompressorPool();
       const settings = { level: 3, threads, jobSize: 1 << 20 };
       for (let round = 0; round < 2; round++) {
-        const compressed = await collect(pool.compress(narSource(join(dir, "out")), settings));
+        const compressed = await collect(pool.compress(narSource(path), settings));
         assert.ok(decompress(compressed).equals(expected), `round ${round}`);
         assert.equal(pool.idle, 1, "the context is back in the pool");
         assert.equal(pool.idleScratch, 1, "the scratch is back in the pool");
@@ -264,5 +270,100 @@ describe("zstd compression straight from a source", () => {
     assert.ok(seen.pulled <= 2, `pulled ${seen.pulled}`);
     assert.ok(seen.returned);
     assert.equal(pool.idle, 0);
+  });
+});
+
+/**
+ * A request-like Writable that keeps every chunk it is given until it calls the chunk's callback, some
+ * writes later, as a socket does: a chunk changed before its callback would arrive changed.
+ */
+function slowSink(options: { closeAfter?: number } = {}) {
+  const arrived: Buffer[] = [];
+  let writes = 0;
+  let ended = false;
+  const sink = new Writable({
+    highWaterMark: 1,
+    write(chunk: Buffer, _encoding, done) {
+      writes++;
+      if (options.closeAfter !== undefined && writes > options.closeAfter) {
+        sink.destroy();
+        return;
+      }
+      const copy = Buffer.from(chunk);
+      // The callback comes a few event-loop turns later; the chunk must still hold what it held.
+      setTimeout(() => {
+        assert.ok(chunk.equals(copy), "a chunk was changed before its write's callback");
+        arrived.push(copy);
+        done();
+      }, 2);
+    },
+    final(done) {
+      ended = true;
+      done();
+    },
+  });
+  return { sink, arrived, ended: () => ended };
+}
+
+describe("zstd compression sent straight to a request (sendTo)", () => {
+  for (const threads of [0, 2]) {
+    it(`sends the frame, reusing context, scratch and output buffers (threads ${threads})`, async () => {
+      const pool = createCompressorPool();
+      const settings = { level: 3, threads, jobSize: 1 << 20 };
+      for (let round = 0; round < 2; round++) {
+        // Random data: the output is as large as the input, many output buffers' worth.
+        const { source } = counting(6, randomFill);
+        const body = pool.compress(source, settings);
+        const { sink, arrived, ended } = slowSink();
+        await body.sendTo(sink);
+        assert.ok(body.sent);
+        await new Promise((resolve) => sink.once("finish", resolve));
+        assert.ok(ended(), "the request was ended");
+        assert.ok(arrived.length > 4, `${arrived.length} writes`);
+        assert.equal(decompress(Buffer.concat(arrived)).length, 6 * SCRATCH_SIZE);
+        assert.equal(pool.idle, 1, "the context is back in the pool");
+        assert.equal(pool.idleScratch, 1, "the scratch is back in the pool");
+      }
+    });
+  }
+
+  it("sends what nix-store --dump writes", {
+    skip: hasNix ? false : "nix-store is not installed",
+  }, async () => {
+    const { path, nar: expected } = treeWithNar();
+    const pool = createCompressorPool();
+    const { sink, arrived } = slowSink();
+    await pool.compress(narSource(path), { level: 3, threads: 0 }).sendTo(sink);
+    await new Promise((resolve) => sink.once("finish", resolve));
+    assert.ok(decompress(Buffer.concat(arrived)).equals(expected));
+  });
+
+  it("stops when the request closes mid-frame: drops the context, closes the source", async () => {
+    const pool = createCompressorPool();
+    const { source, seen } = counting(1000, randomFill);
+    const body = pool.compress(source, { level: 3, threads: 0 });
+    const { sink } = slowSink({ closeAfter: 3 });
+    sink.on("error", () => {});
+    await body.sendTo(sink);
+    assert.equal(body.sent, false);
+    await new Promise((resolve) => (body.closed ? resolve(undefined) : body.once("close", resolve)));
+    assert.ok(seen.returned, "the source was closed");
+    assert.ok(seen.pulled < 20, `pulled ${seen.pulled}`);
+    assert.equal(pool.idle, 0, "a context left mid-frame is not reused");
+    assert.equal(pool.idleScratch, 1);
+  });
+
+  it("fails with the source's error, and drops the context", async () => {
+    const pool = createCompressorPool();
+    const { source, seen } = counting(10, textFill, 3);
+    const body = pool.compress(source, { level: 3, threads: 0 });
+    const errored = new Promise<Error>((resolve) => body.once("error", resolve));
+    const { sink, ended } = slowSink();
+    await assert.rejects(body.sendTo(sink), /shrank while being read/);
+    assert.match((await errored).message, /shrank while being read/);
+    assert.equal(seen.pulled, 3);
+    assert.equal(ended(), false, "a failed body does not end the request");
+    assert.equal(pool.idle, 0);
+    assert.equal(pool.idleScratch, 1);
   });
 });
