@@ -60,6 +60,17 @@ function isAbsent(err: unknown): boolean {
   return code === "ENOENT" || code === "ENOTDIR" || code === "EISDIR";
 }
 
+/** Runs `action`; if it fails for a missing directory (ENOENT), makes it with `makeDirectory` and runs it again. */
+async function whenMissing<T>(action: () => Promise<T>, makeDirectory: () => Promise<unknown>): Promise<T> {
+  try {
+    return await action();
+  } catch (error) {
+    if (errnoCode(error) !== "ENOENT") throw error;
+    await makeDirectory();
+    return action();
+  }
+}
+
 async function fsyncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, "r");
   try {
@@ -94,8 +105,12 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     let writeback: Promise<void> | undefined;
     let writebackAt = WRITEBACK_EVERY;
     try {
-      await mkdir(tmpDir, { recursive: true });
-      const handle = await open(tmp, "wx", 0o644);
+      // Directories are made only when missing (the first put, or one removed since): each mkdir is a
+      // thread-pool round trip, and a push of many small paths made two per path.
+      const handle = await whenMissing(
+        () => open(tmp, "wx", 0o644),
+        () => mkdir(tmpDir, { recursive: true }),
+      );
       const countBytes = async function* (source: AsyncIterable<Buffer | string>) {
         for await (const chunk of source) {
           const bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
@@ -130,8 +145,10 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         throw new StorageError("put", key, `body has ${written} bytes, declared size is ${expected}`);
       }
       const dest = fileOf(key);
-      await mkdir(path.dirname(dest), { recursive: true });
-      await rename(tmp, dest);
+      await whenMissing(
+        () => rename(tmp, dest),
+        () => mkdir(path.dirname(dest), { recursive: true }),
+      );
       await fsyncDirectory(path.dirname(dest));
       return { size: written };
     } catch (err) {

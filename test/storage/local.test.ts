@@ -41,6 +41,21 @@ describe("local storage specifics", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  it("makes its directories again when they were removed behind its back", async () => {
+    const dir = await tempRoot();
+    const storage = createLocalStorage({ root: dir });
+    await storage.put("nar/a", Readable.from([Buffer.from("a")]));
+    await rm(join(dir, ".tmp"), { recursive: true });
+    await rm(join(dir, "nar"), { recursive: true });
+    await storage.put("nar/b", Readable.from([Buffer.from("bb")]));
+    await storage.put("deep/er/c", Readable.from([Buffer.from("ccc")]));
+    assert.equal((await storage.stat("nar/b"))?.size, 2);
+    assert.equal((await storage.stat("deep/er/c"))?.size, 3);
+    assert.equal(await storage.stat("nar/a"), null);
+    assert.deepEqual(await tmpFiles(dir), []);
+    await rm(dir, { recursive: true, force: true });
+  });
+
   it("fails cleanly when a key needs a path that another key occupies", async () => {
     const dir = await tempRoot();
     const storage = createLocalStorage({ root: dir });
