@@ -21,22 +21,13 @@ export class CountTap extends Transform {
     this.#onLimit = onLimit;
   }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    try {
-      this.count(chunk);
-    } catch (error) {
-      done(error as Error);
+    this.#size += chunk.length;
+    if (this.#size > this.#limit) {
+      done(this.#onLimit());
       return;
     }
-    done(null, chunk);
-  }
-  /**
-   * Counts (and sees) bytes that reach the caller outside this stream, e.g. decoded blocks handed back by
-   * a worker thread; throws the limit's error past `limit` bytes.
-   */
-  count(chunk: Buffer): void {
-    this.#size += chunk.length;
-    if (this.#size > this.#limit) throw this.#onLimit();
     this.see(chunk);
+    done(null, chunk);
   }
   /** Called with each chunk within the limit, before it is passed on. */
   protected see(_chunk: Buffer): void {}

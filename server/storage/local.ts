@@ -12,7 +12,7 @@ import { randomUUID } from "node:crypto";
 import { closeSync, constants, createWriteStream, fstatSync, openSync, readSync } from "node:fs";
 import { access, mkdir, open, opendir, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
-import { Readable } from "node:stream";
+import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { FileBody } from "../file-body.ts";
 import { STAGE_BUFFER } from "../streams.ts";
@@ -111,12 +111,14 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         () => open(tmp, "wx", 0o644),
         () => mkdir(tmpDir, { recursive: true }),
       );
-      const countBytes = async function* (source: AsyncIterable<Buffer | string>) {
-        for await (const chunk of source) {
-          const bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+      // A Transform rather than an async generator: one fewer promise round per chunk of a big upload.
+      const countBytes = new Transform({
+        highWaterMark: STAGE_BUFFER,
+        transform(bytes: Buffer, _encoding, done) {
           written += bytes.length;
           if (expected !== undefined && written > expected) {
-            throw new StorageError("put", key, `body is longer than the declared size ${expected}`);
+            done(new StorageError("put", key, `body is longer than the declared size ${expected}`));
+            return;
           }
           if (written >= writebackAt && !writeback) {
             writebackAt = written + WRITEBACK_EVERY;
@@ -127,9 +129,9 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
                 writeback = undefined;
               });
           }
-          yield bytes;
-        }
-      };
+          done(null, bytes);
+        },
+      });
       // flush: fsync before the stream closes its file, which pipeline waits for.
       const file = createWriteStream("", {
         fd: handle,
