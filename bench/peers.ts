@@ -3,7 +3,7 @@
 // - nixstash on SQLite + a local directory;
 // - nixstash on PostgreSQL + Ceph RGW (NAR downloads answered with a 302 to a presigned URL, the default);
 // - Ceph RGW serving the same static cache directly from a public-read bucket (the S3 row);
-// - a bare node:http server serving the same files (bench/node-static.ts), a Node peer for measures 1-3;
+// - a bare node:http server serving the same files (bench/node-static.ts), a Node peer for measures 1-4;
 // - narinfos from memory over raw sockets (bench/node-raw.ts): the floor of one Node process, measures 1-2.
 // Each is a real separate process (nixstash exactly as `npm start` runs it), started and stopped here.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
@@ -148,7 +148,7 @@ async function startNodePeer(script: string, name: string, root: string): Promis
   return { name, base, publicKey: "", pid: child.pid!, stop: () => stopChild(child) };
 }
 
-/** bench/node-static.ts: a bare node:http static file server, a file read per request (measures 1-3). */
+/** bench/node-static.ts: a bare node:http static file server, a file read per request (measures 1-4). */
 export const startNodeStatic = (root: string) => startNodePeer("node-static.ts", NODE_FLOOR, root);
 export const NODE_FLOOR = "node:http (static files)";
 
