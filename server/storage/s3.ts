@@ -42,7 +42,7 @@ export interface S3StorageOptions {
   pathStyle: boolean;
   /** Prepended to every key, such as `nixstash/` (a `/` is added when missing). */
   prefix?: string;
-  /** Multipart part size in bytes, at least 5 MiB (S3's minimum); default 8 MiB. */
+  /** Multipart part size in bytes, at least 5 MiB (S3's minimum); default 5 MiB. */
   partSize?: number;
   /** Parts uploaded at the same time by one put; default 2. */
   concurrency?: number;
@@ -54,9 +54,9 @@ const MiB = 1024 * 1024;
 const MIN_PART = 5 * MiB;
 const MAX_PART = 5 * 1024 * MiB;
 /**
- * (concurrency + 1) part buffers live for the length of a multipart put: 3 x 8 MiB with the defaults, against
+ * (concurrency + 1) part buffers live for the length of a multipart put: 3 x 5 MiB with the defaults, against
  * 48 MiB with 16 MiB parts, which put a big NAR's ingest over its 200 MiB RSS budget (issue 7, measure 5).
- * A body of unknown size may then reach 10,000 x 8 MiB = 78 GiB; a declared size picks bigger parts.
+ * A body of unknown size may then reach 10,000 x 5 MiB = 48.8 GiB; a declared size picks bigger parts.
  */
 const DEFAULT_PART = 5 * MiB;
 const MAX_PARTS = 10_000;
