@@ -54,9 +54,10 @@ export async function receiveNar({
   ctx: Context;
   input: ReceiveInput;
 }): Promise<ReceivedNar> {
-  // Counts, parses and hashes the decoded NAR: here, or (zstd) where a worker decodes it.
-  const check = new NarCheck(input.narSizeLimit);
-  const feed = new FeedTap((chunk) => check.update(chunk));
+  // Counts, parses and hashes the decoded NAR on this thread; a zstd body is checked by its decoder instead
+  // (on a worker, or here), so it needs none.
+  const check = input.compression === "zstd" ? undefined : new NarCheck(input.narSizeLimit);
+  const feed = (into: NarCheck) => new FeedTap((chunk) => into.update(chunk));
   // What is stored is about as long as the body (a compressed body is stored as sent) or at most about the
   // NAR (zstd of a plain one): either size lets S3 pick parts big enough for NARs past 10,000 default parts.
   const known = [input.narSizeLimit, input.bodySize].filter((n): n is number => n !== undefined);
@@ -74,8 +75,8 @@ export async function receiveNar({
         nbWorkers: COMPRESSION_THREADS,
         jobSize: COMPRESSION_JOB_SIZE,
       });
-      await pipeInto(store, input.body, feed, compress, storedTap);
-      nar = check.finish();
+      await pipeInto(store, input.body, feed(check!), compress, storedTap);
+      nar = check!.finish();
     } else if (input.compression === "zstd") {
       // Stored as sent; a copy goes to a decoder that checks the NAR as it decodes it. zstd (what
       // `nixstash push` sends) decodes on a worker thread when one is idle and the NAR is not small
@@ -86,17 +87,17 @@ export async function receiveNar({
       nar = decoder.verified();
     } else {
       const decode = decompressor(input.compression);
-      const verifying = pipeline(decode, feed, async (source: AsyncIterable<Buffer>) => {
+      const verifying = pipeline(decode, feed(check!), async (source: AsyncIterable<Buffer>) => {
         for await (const _ of source);
       });
       // The stored stream ends only after verification has: a decoder may fail after its last input.
       await Promise.all([pipeInto(store, input.body, storedTap, new TeeTap(decode, verifying)), verifying]);
-      nar = check.finish();
+      nar = check!.finish();
     }
   } catch (error) {
     throw asUploadError(error, input);
   } finally {
-    ctx.metrics?.ingestReceivedBytes.inc(undefined, receivedTap?.size ?? check.size);
+    ctx.metrics?.ingestReceivedBytes.inc(undefined, receivedTap?.size ?? check?.size ?? 0);
   }
   const received: FileFacts = receivedTap
     ? {
