@@ -286,6 +286,13 @@ class PooledCompressReadable extends Readable implements CompressedBody {
     out.once("close", onClose);
     this.once("close", onClose);
     let held = 0;
+    /** Waits until at most `limit` buffers are with `out`, or sending stopped. */
+    const heldAtMost = async (limit: number) => {
+      while (held > limit && !stopped())
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+    };
     let buffer: Buffer | undefined;
     const send = (full: Buffer, length: number) => {
       held++;
@@ -332,10 +339,7 @@ class PooledCompressReadable extends Readable implements CompressedBody {
         if (fill === buffer.length || (frameDone && fill > 0)) {
           send(buffer, fill);
           buffer = undefined;
-          while (held >= SEND_IN_FLIGHT && !stopped())
-            await new Promise<void>((resolve) => {
-              wake = resolve;
-            });
+          await heldAtMost(SEND_IN_FLIGHT - 1);
           if (stopped()) return;
           buffer = take();
           fill = 0;
@@ -346,10 +350,7 @@ class PooledCompressReadable extends Readable implements CompressedBody {
       this.#pooled = undefined;
       this.#release(pooled);
       this.#letGoOfSource();
-      while (held > 0 && !stopped())
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-        });
+      await heldAtMost(0);
       if (stopped()) return;
       this.#sent = true;
       out.end();
