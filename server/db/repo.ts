@@ -421,22 +421,36 @@ export function createRepo(database: Database) {
     rowEpoch++;
     rows.clear();
   };
+  const narKey = (cacheId: number, fileHash: string) => `n/${cacheId}/${fileHash}`;
   const peekRow = <T>(key: string): T | undefined => {
     const known = rows.get(key);
     return known && known.until > performance.now() ? (known.row as T) : undefined;
   };
-  async function rememberRow<T>(key: string, read: () => Promise<T | undefined>): Promise<T | undefined> {
+  const remember = (key: string, row: unknown, now: number) => {
+    rows.delete(key);
+    if (rows.size >= ROWS_MAX) rows.delete(rows.keys().next().value!);
+    rows.set(key, { row, until: now + ROW_TTL_MS });
+  };
+  /**
+   * The live row under `key`, or `read()`'s, remembered when found. `read` may also hand `alongside` other
+   * rows it learnt (key → row), remembered with it under the same rule.
+   */
+  async function rememberRow<T>(
+    key: string,
+    read: (alongside: Map<string, unknown>) => Promise<T | undefined>,
+  ): Promise<T | undefined> {
     const now = performance.now();
     const known = rows.get(key);
     if (known && known.until > now) return known.row as T;
     // Taken before the read: a deletion committed while it runs clears the memo first, and the row read
     // must not be remembered then (it may be the deleted one).
     const epoch = rowEpoch;
-    const row = await read();
+    const alongside = new Map<string, unknown>();
+    const row = await read(alongside);
     if (known) rows.delete(key);
     if (row !== undefined && epoch === rowEpoch) {
-      if (rows.size >= ROWS_MAX) rows.delete(rows.keys().next().value!);
-      rows.set(key, { row, until: now + ROW_TTL_MS });
+      remember(key, row, now);
+      for (const [other, value] of alongside) remember(other, value, now);
     }
     return row;
   }
@@ -458,9 +472,10 @@ export function createRepo(database: Database) {
         .where(eq(t.tokens.secretHash, sql.placeholder("secretHash"))),
       "token_by_secret_hash",
     ),
+    // With the rest of its NAR row, which path() remembers as the NAR request that follows will ask for it.
     path: prepare(
       db
-        .select(pathColumns)
+        .select({ ...pathColumns, narCreatedAt: t.nars.createdAt, narUnreferencedAt: t.nars.unreferencedAt })
         .from(t.paths)
         .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
         .where(
@@ -779,7 +794,27 @@ export function createRepo(database: Database) {
       return peekRow(`p/${cacheId}/${hash}`);
     },
     async path(cacheId: number, hash: string): Promise<PathRecord | undefined> {
-      return rememberRow(`p/${cacheId}/${hash}`, async () => (await hot.path.execute({ cacheId, hash }))[0]);
+      // A substituter reads a narinfo, then its NAR: the path's row carries the whole NAR row, remembered
+      // as narByFileHash would, so the NAR request that follows within the memo's second needs no query
+      // (on PostgreSQL a round trip per path substituted).
+      return rememberRow(`p/${cacheId}/${hash}`, async (alongside) => {
+        const found = (await hot.path.execute({ cacheId, hash }))[0];
+        if (!found) return undefined;
+        const { narCreatedAt, narUnreferencedAt, ...record } = found;
+        const nar: NarRow = {
+          id: record.narId,
+          narHash: record.narHash,
+          narSize: record.narSize,
+          compression: record.compression,
+          fileHash: record.fileHash,
+          fileSize: record.fileSize,
+          storageKey: record.storageKey,
+          createdAt: narCreatedAt,
+          unreferencedAt: narUnreferencedAt,
+        };
+        alongside.set(narKey(cacheId, record.fileHash), nar);
+        return record;
+      });
     },
     /** The subset of hashes this cache has. */
     async presentHashes(cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
@@ -788,7 +823,7 @@ export function createRepo(database: Database) {
     /** A NAR this cache serves, by the FileHash in its narinfo URL. */
     async narByFileHash(cacheId: number, fileHash: string): Promise<NarRow | undefined> {
       return rememberRow(
-        `n/${cacheId}/${fileHash}`,
+        narKey(cacheId, fileHash),
         async () => (await hot.narByFileHash.execute({ cacheId, fileHash }))[0],
       );
     },

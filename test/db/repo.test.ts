@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { and, eq } from "drizzle-orm";
 import { encodeNix32 } from "../../nix/index.ts";
 import { type Database, openDatabase } from "../../server/db/database.ts";
 import { type CacheRow, createRepo, type NewNar, type NewPath, type Repo } from "../../server/db/repo.ts";
@@ -140,6 +141,41 @@ for (const dialect of ["sqlite", "postgres"] as const) {
         "other caches do not serve it",
       );
       assert.deepEqual(await repo.pendingUploadsOlderThan(Date.now() + 60_000), [], "pending upload cleared");
+    });
+
+    it("a path read also answers the read of its NAR by FileHash, from memory, for the memo's second", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const db = database;
+      const nar = narRow();
+      const path = pathRow("prewarm");
+      assert.equal((await repo.commitPath(path, nar)).kind, "committed");
+      const fromDb = await createRepo(db).narByFileHash(cache.id, nar.fileHash);
+      assert.ok(fromDb, "the NAR is served by this cache");
+      const reader = createRepo(db);
+      assert.equal((await reader.path(cache.id, path.hash))?.narId, fromDb.id);
+      // The path goes behind the reader's back (as through another replica): only a row the reader
+      // remembers from its path read can still answer for the NAR.
+      await db.transaction(async (tx) => {
+        await tx
+          .delete(db.t.paths)
+          .where(and(eq(db.t.paths.cacheId, cache.id), eq(db.t.paths.hash, path.hash)));
+      });
+      assert.equal(
+        await createRepo(db).narByFileHash(cache.id, nar.fileHash),
+        undefined,
+        "gone for a fresh reader",
+      );
+      assert.deepEqual(
+        await reader.narByFileHash(cache.id, nar.fileHash),
+        fromDb,
+        "the same row, remembered",
+      );
+      await new Promise((r) => setTimeout(r, 1100));
+      assert.equal(
+        await reader.narByFileHash(cache.id, nar.fileHash),
+        undefined,
+        "and forgotten after the second",
+      );
     });
 
     it("refuses a path whose required references are absent, and commits nothing", async (t) => {
