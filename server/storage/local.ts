@@ -3,13 +3,26 @@
 //
 // Atomicity: put streams into `<root>/.tmp/<uuid>.part`, fsyncs it, renames it over the final path (atomic on
 // POSIX within one file system) and fsyncs the directory, so a reader sees the old object or the complete new
-// one, never a torn file, and a stored object survives a crash. A failed put removes its temp file; after a
+// one, never a torn file, and a stored object survives a crash. A small body (declared or hinted at most
+// SMALL_PUT) takes the same steps on fewer thread-pool round trips: see putSmall. A failed put removes its temp file; after a
 // crash, anything in `.tmp/` is debris of an interrupted upload and may be deleted. Reads open the file once,
 // so a concurrent overwrite or delete never cuts a stream short.
 // Limitation of directories: an object cannot be stored at a key that another key uses as a directory
 // (`a/b` and `a/b/c`); S3 allows it, nixstash's key layout never needs it. Such a put fails with StorageError.
 import { randomUUID } from "node:crypto";
-import { closeSync, constants, createWriteStream, fstatSync, openSync, readSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  createWriteStream,
+  fstatSync,
+  fsync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  unlinkSync,
+  writevSync,
+} from "node:fs";
 import { access, mkdir, open, opendir, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { Readable, Transform } from "node:stream";
@@ -39,6 +52,8 @@ export interface LocalStorageOptions {
 const TMP = ".tmp";
 /** Objects (or ranges) up to this size are read in one synchronous call when served. */
 const SMALL_READ = 64 * 1024;
+/** Bodies declared or hinted at most this long are gathered in memory and written by putSmall. */
+const SMALL_PUT = 256 * 1024;
 /**
  * Bytes written to an object between two early writebacks (see put). Linux starts writing dirty pages back
  * only past ~10% of RAM or after 30 s, so the fsync that ends a put had all of a big object to write at
@@ -60,6 +75,16 @@ function isAbsent(err: unknown): boolean {
   return code === "ENOENT" || code === "ENOTDIR" || code === "EISDIR";
 }
 
+/** A put's file-system error as a StorageError, with a hint for the key-layout clash a path can hit. */
+function putFailed(key: string, err: unknown): StorageError {
+  const code = errnoCode(err);
+  const hint =
+    code === "EISDIR" || code === "ENOTDIR" || code === "EEXIST"
+      ? " (another key uses this path as a directory, or a file as one of its directories)"
+      : "";
+  return new StorageError("put", key, `${messageOf(err)}${hint}`, { cause: err });
+}
+
 /** Runs `action`; if it fails for a missing directory (ENOENT), makes it with `makeDirectory` and runs it again. */
 async function whenMissing<T>(action: () => Promise<T>, makeDirectory: () => Promise<unknown>): Promise<T> {
   try {
@@ -71,12 +96,54 @@ async function whenMissing<T>(action: () => Promise<T>, makeDirectory: () => Pro
   }
 }
 
+/** fsync on the thread pool (the only wait of a put worth a round trip: it waits for the disk). */
+function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fsync(fd, (error) => (error ? reject(error) : resolve())));
+}
+
+/** Opening and closing a directory are page-cache calls of microseconds; only its fsync waits. */
 async function fsyncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, "r");
+  const fd = openSync(dir, "r");
   try {
-    await handle.sync();
+    await fsyncFd(fd);
   } finally {
-    await handle.close();
+    closeSync(fd);
+  }
+}
+
+/** Runs `action`; if it fails for a missing directory (ENOENT), makes it and runs it again (all synchronous). */
+function whenMissingSync<T>(action: () => T, directory: string): T {
+  try {
+    return action();
+  } catch (error) {
+    if (errnoCode(error) !== "ENOENT") throw error;
+    mkdirSync(directory, { recursive: true });
+    return action();
+  }
+}
+
+/**
+ * Reads `input` to its end into memory, or stops (overflowed) at the chunk that takes it past `limit`
+ * bytes, leaving the rest of the stream unread and undestroyed for the caller.
+ */
+async function gather(
+  input: Readable,
+  limit: number,
+  signal: AbortSignal | undefined,
+): Promise<{ chunks: Buffer[]; size: number; overflowed: boolean }> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const abort = () => input.destroy(signal?.reason ?? new Error("aborted"));
+  signal?.addEventListener("abort", abort, { once: true });
+  try {
+    for await (const chunk of input.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size > limit) return { chunks, size, overflowed: true };
+    }
+    return { chunks, size, overflowed: false };
+  } finally {
+    signal?.removeEventListener("abort", abort);
   }
 }
 
@@ -93,10 +160,30 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     assertKey(key, "put");
     assertSize(opts.size, key);
     const { size: expected, signal } = opts;
-    const input = asReadable(body);
+    let input = asReadable(body);
     if (signal?.aborted) {
       input.destroy();
       throw abortedError("put", key, signal);
+    }
+    const expectedAtMost = expected ?? opts.sizeHint;
+    if (expectedAtMost !== undefined && expectedAtMost <= SMALL_PUT) {
+      let gathered: Awaited<ReturnType<typeof gather>>;
+      try {
+        gathered = await gather(input, SMALL_PUT, signal);
+      } catch (err) {
+        input.destroy();
+        if (signal?.aborted) throw abortedError("put", key, signal);
+        throw new StorageError("put", key, messageOf(err), { cause: err });
+      }
+      if (!gathered.overflowed) return putSmall(key, gathered.chunks, gathered.size, expected);
+      // The hint was short: the body goes the streaming way, what was gathered first.
+      const rest = input;
+      input = Readable.from(
+        (async function* () {
+          yield* gathered.chunks;
+          yield* rest;
+        })(),
+      );
     }
     const tmp = path.join(tmpDir, `${randomUUID()}.part`);
     let written = 0;
@@ -158,12 +245,51 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
       input.destroy();
       if (err instanceof StorageError) throw err;
       if (signal?.aborted) throw abortedError("put", key, signal);
-      const code = errnoCode(err);
-      const hint =
-        code === "EISDIR" || code === "ENOTDIR" || code === "EEXIST"
-          ? " (another key uses this path as a directory, or a file as one of its directories)"
-          : "";
-      throw new StorageError("put", key, `${messageOf(err)}${hint}`, { cause: err });
+      throw putFailed(key, err);
+    }
+  }
+
+  /**
+   * A small body, whole in memory, stored by the same steps as a streamed one: written to a temporary file,
+   * fsynced, renamed over the key, directory fsynced. Open, write, close and rename are synchronous calls
+   * (page-cache work of microseconds, as reads of small objects in get); only the two fsyncs, which wait for
+   * the disk, go to the thread pool.
+   */
+  async function putSmall(
+    key: string,
+    chunks: Buffer[],
+    size: number,
+    expected: number | undefined,
+  ): Promise<{ size: number }> {
+    if (expected !== undefined && size !== expected) {
+      throw new StorageError("put", key, `body has ${size} bytes, declared size is ${expected}`);
+    }
+    const tmp = path.join(tmpDir, `${randomUUID()}.part`);
+    let fd: number | undefined;
+    try {
+      fd = whenMissingSync(() => openSync(tmp, "wx", 0o644), tmpDir);
+      let pending = chunks;
+      while (pending.length > 0) {
+        let done = writevSync(fd, pending);
+        while (pending.length > 0 && done >= pending[0]!.length) {
+          done -= pending[0]!.length;
+          pending = pending.slice(1);
+        }
+        if (done > 0) pending = [pending[0]!.subarray(done), ...pending.slice(1)];
+      }
+      await fsyncFd(fd);
+      closeSync(fd);
+      fd = undefined;
+      const dest = fileOf(key);
+      whenMissingSync(() => renameSync(tmp, dest), path.dirname(dest));
+      await fsyncDirectory(path.dirname(dest));
+      return { size };
+    } catch (err) {
+      if (fd !== undefined) closeSync(fd);
+      try {
+        unlinkSync(tmp);
+      } catch {}
+      throw putFailed(key, err);
     }
   }
 

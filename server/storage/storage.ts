@@ -25,7 +25,8 @@ export interface PutOptions {
   size?: number;
   /**
    * About how long the body will be when its exact length is unknown (a NAR compressed on the way): not
-   * checked, only used to pick a part size that fits S3's 10,000 parts.
+   * checked, only used to choose how to write it (S3: a part size that fits 10,000 parts; local: a small
+   * body in one go).
    */
   sizeHint?: number;
   contentType?: string;

@@ -365,6 +365,44 @@ export function storageConformance(name: string, make: () => Promise<StorageUnde
       }
     });
 
+    it("takes a size hint as a hint: any length stores intact, a failure or abort stores nothing", async () => {
+      // A driver may choose its way of writing by the hint (local storage writes small bodies in one go);
+      // a hint that proves short or long changes nothing in what is stored.
+      for (const [label, hint, actual] of [
+        ["small-as-hinted", 4 * KiB, 3 * KiB],
+        ["hinted-small-but-long", 4 * KiB, 3 * MiB + 17],
+        ["hinted-small-in-many-chunks", 300 * KiB, 200 * KiB],
+        ["hinted-large-but-small", 64 * MiB, 10],
+      ] as const) {
+        const key = `${space(`hint-${label}`)}key`;
+        const bytes = randomBytes(actual);
+        const chunks = Array.from({ length: Math.ceil(actual / (7 * KiB)) }, (_, i) =>
+          bytes.subarray(i * 7 * KiB, (i + 1) * 7 * KiB),
+        );
+        assert.deepEqual(
+          await storage.put(key, Readable.from(chunks), { sizeHint: hint }),
+          { size: actual },
+          label,
+        );
+        assert.equal((await hashOf(await storage.get(key))).sha256, sha256(bytes), label);
+      }
+      const failing = space("hint-failing");
+      await assert.rejects(
+        storage.put(`${failing}key`, failingBody(10 * KiB), { sizeHint: 20 * KiB }),
+        StorageError,
+      );
+      await assertNothingAt(`${failing}key`, failing);
+      const aborted = space("hint-aborted");
+      const controller = new AbortController();
+      const pending = storage.put(`${aborted}key`, stallingBody(100 * KiB), {
+        sizeHint: 200 * KiB,
+        signal: controller.signal,
+      });
+      setTimeout(() => controller.abort(new Error("client went away")), 200);
+      await assert.rejects(pending, StorageError);
+      await assertNothingAt(`${aborted}key`, aborted);
+    });
+
     it("keeps the previous object when an overwrite fails", async () => {
       const prefix = space("failing-overwrite");
       const key = `${prefix}key`;
