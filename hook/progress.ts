@@ -1,5 +1,7 @@
 // What `nixstash push` shows while it works: on a terminal, one line redrawn in place (paths and bytes done,
 // rate, ETA); elsewhere (CI logs, pipes), one plain line per finished path, which is what a log wants.
+// Those lines are written together, at most LINES_EVERY_MS apart: each write to a pipe wakes its reader, and a
+// push of many small paths finished hundreds a second (a write each cost the push ~0.3 ms of CPU here).
 import { type BatchPlan, isSuccess, type PathOutcome } from "./pipeline.ts";
 import { formatBytes, formatDuration } from "./units.ts";
 
@@ -7,9 +9,15 @@ export interface ProgressView {
   planned(plan: BatchPlan): void;
   progress(path: string, bytes: number): void;
   finished(outcome: PathOutcome): void;
-  /** Stops redrawing and clears the line. */
+  /** Writes the lines held back so far (before the caller writes anything of its own). */
+  flush(): void;
+  /** Stops redrawing and clears the line; writes what is held back. */
   end(): void;
 }
+
+/** Lines (without a terminal) are held back at most this long, or until this many characters are held. */
+const LINES_EVERY_MS = 100;
+const LINES_HELD_MAX = 16 * 1024;
 
 export function createProgress(
   out: { write(text: string): unknown; columns?: number },
@@ -54,11 +62,29 @@ export function createProgress(
     drawn = true;
   }
 
-  /** Prints a whole line above the bar (or just the line, without a terminal). */
+  let held = "";
+  let heldTimer: ReturnType<typeof setTimeout> | undefined;
+  function flush() {
+    if (heldTimer) clearTimeout(heldTimer);
+    heldTimer = undefined;
+    if (held) out.write(held);
+    held = "";
+  }
+
+  /** Prints a whole line above the bar (or holds the line back briefly, without a terminal). */
   function say(text: string) {
-    if (tty && drawn) out.write("\r\x1b[K");
+    if (!tty) {
+      held += `${text}\n`;
+      if (held.length >= LINES_HELD_MAX) flush();
+      else if (!heldTimer) {
+        heldTimer = setTimeout(flush, LINES_EVERY_MS);
+        heldTimer.unref?.();
+      }
+      return;
+    }
+    if (drawn) out.write("\r\x1b[K");
     out.write(`${text}\n`);
-    if (tty) draw(true);
+    draw(true);
   }
 
   return {
@@ -91,7 +117,9 @@ export function createProgress(
         say(`${outcome.kind === "failed" ? "failed" : "not pushed"} ${outcome.path}: ${outcome.reason}`);
       }
     },
+    flush,
     end() {
+      flush();
       if (tty && drawn) out.write("\r\x1b[K");
       drawn = false;
     },

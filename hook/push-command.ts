@@ -101,6 +101,7 @@ export async function runPush(options: PushCommandOptions): Promise<PushSummary>
     roots = again;
     if (roots.length > 0) {
       const delay = backoffDelay(attempt, { baseMs: settings.retryBaseMs, maxMs: settings.retryMaxMs });
+      progress.flush();
       out.write(
         `${tty ? "\r\x1b[K" : ""}${roots.length} path(s) not pushed yet (${rootFailures.get(roots[0]!)?.reason}); ` +
           `retrying in ${(delay / 1000).toFixed(1)}s\n`,
