@@ -60,12 +60,6 @@ export class PushError extends Error {
   }
 }
 
-/** fetch's "fetch failed" hides the useful part (ECONNREFUSED, a DNS error) in its cause. */
-function describeCause(error: Error): string {
-  const cause = error.cause as { message?: string; code?: string } | undefined;
-  return cause?.message || cause?.code || error.message;
-}
-
 export interface ClientOptions {
   /** e.g. http://127.0.0.1:8080 */
   server: string;
@@ -82,37 +76,28 @@ export function createClient(options: ClientOptions) {
   // Compression contexts reused across uploads (zstd-compress.ts).
   const compressors = createCompressorPool();
 
-  async function call(url: string, init: RequestInit & { duplex?: "half" }): Promise<Response> {
-    let res: Response;
-    try {
-      res = await fetch(url, init);
-    } catch (error) {
-      if (init.signal?.aborted) throw new PushError(0, "aborted", "request aborted");
-      throw new PushError(
-        0,
-        "unreachable",
-        `cannot reach ${options.server}: ${describeCause(error as Error)}`,
-      );
-    }
-    if (res.ok) return res;
-    throw errorOf(res.status, await res.text());
+  /** A JSON request: the parsed answer of a 2xx, else a PushError. */
+  async function call<T>(method: "GET" | "POST", url: string, body?: unknown): Promise<T> {
+    const { status, text } = await send(
+      method,
+      url,
+      body === undefined ? auth : { ...auth, "content-type": "application/json" },
+      body === undefined ? undefined : Buffer.from(JSON.stringify(body)),
+      undefined,
+    );
+    if (status >= 200 && status < 300) return JSON.parse(text) as T;
+    throw errorOf(status, text);
   }
 
   return {
     /** The cache's description: its public keys (for nix.conf) and the upstream keys it accepts as proof. */
     async describe(): Promise<CacheDescription> {
-      const res = await call(base, { headers: auth });
-      return (await res.json()) as CacheDescription;
+      return call<CacheDescription>("GET", base);
     },
 
     /** The given paths (as given) that the cache lacks. */
     async missing(paths: readonly string[]): Promise<string[]> {
-      const res = await call(`${base}/missing`, {
-        method: "POST",
-        headers: { ...auth, "content-type": "application/json" },
-        body: JSON.stringify({ paths }),
-      });
-      return ((await res.json()) as { missing: string[] }).missing;
+      return (await call<{ missing: string[] }>("POST", `${base}/missing`, { paths })).missing;
     },
 
     /**
@@ -144,15 +129,16 @@ export function createClient(options: ClientOptions) {
         body = nar.pipe(compressors.stream(settings));
         nar.on("error", (error) => body.destroy(error));
       }
-      const { status, text } = await put(
+      const { status, text } = await send(
+        "PUT",
         `${base}/paths/${hash}`,
-        body,
         {
           ...auth,
           "content-type": "application/x-nix-nar",
           "content-encoding": "zstd",
           "x-nixstash-path-info": JSON.stringify(info),
         },
+        body,
         opts.signal,
       );
       if (status >= 200 && status < 300) return JSON.parse(text) as UploadResult;
@@ -161,28 +147,32 @@ export function createClient(options: ClientOptions) {
   };
 
   /**
-   * A streaming PUT; resolves to the answer (any status), rejects with a PushError when there is none. A
-   * compressed body goes out through its sendTo (no copy of what zstd writes), any other through pipe.
+   * One request through node:http (fetch, for the JSON calls too, cost each push ~50 ms of loading undici
+   * before its first request); resolves to the answer (any status), rejects with a PushError when there is
+   * none. A compressed body goes out through its sendTo (no copy of what zstd writes), a stream through
+   * pipe, bytes at once.
    */
-  function put(
+  function send(
+    method: "GET" | "POST" | "PUT",
     url: string,
-    body: Readable | CompressedBody,
     headers: Record<string, string>,
+    body: Readable | CompressedBody | Buffer | undefined,
     signal: AbortSignal | undefined,
   ): Promise<{ status: number; text: string }> {
+    const stream = body === undefined || Buffer.isBuffer(body) ? undefined : body;
     return new Promise((resolve, reject) => {
       let settled = false;
       const fail = (error: Error) => {
         if (settled) return;
         settled = true;
-        body.destroy();
+        stream?.destroy();
         request.destroy();
         if (signal?.aborted) reject(new PushError(0, "aborted", "request aborted"));
         else reject(new PushError(0, "unreachable", `cannot reach ${options.server}: ${error.message}`));
       };
       const target = new URL(url);
       const request = (target.protocol === "https:" ? https : http).request(target, {
-        method: "PUT",
+        method,
         headers,
         agent: target.protocol === "https:" ? httpsAgent : httpAgent,
         ...(signal ? { signal } : {}),
@@ -190,13 +180,13 @@ export function createClient(options: ClientOptions) {
       // Like fetch's defaults: a server silent for 5 minutes is taken for gone.
       request.setTimeout(300_000, () => fail(new Error("no answer for 300 s")));
       request.on("error", fail);
-      const direct = "sendTo" in body ? body : undefined;
+      const direct = stream && "sendTo" in stream ? (stream as CompressedBody) : undefined;
       request.on("response", (res) => {
         // An early answer (a refusal before the whole body went out) ends the upload.
-        if (res.statusCode === undefined || res.statusCode >= 300) {
+        if (stream && (res.statusCode === undefined || res.statusCode >= 300)) {
           if (direct) {
             if (!direct.sent) direct.destroy();
-          } else body.unpipe(request);
+          } else stream.unpipe(request);
         }
         const chunks: Buffer[] = [];
         res.on("data", (chunk: Buffer) => chunks.push(chunk));
@@ -205,16 +195,19 @@ export function createClient(options: ClientOptions) {
           if (settled) return;
           settled = true;
           // A body still going out (an early refusal) is cut, and its connection is not reused.
-          if (!(direct ? direct.sent : body.readableEnded)) {
-            body.destroy();
+          if (stream && !(direct ? direct.sent : stream.readableEnded)) {
+            stream.destroy();
             request.destroy();
           }
           resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") });
         });
       });
-      body.on("error", fail);
-      if (direct) direct.sendTo(request).catch(fail);
-      else body.pipe(request);
+      if (!stream) request.end(body);
+      else {
+        stream.on("error", fail);
+        if (direct) direct.sendTo(request).catch(fail);
+        else stream.pipe(request);
+      }
     });
   }
 }
