@@ -4,9 +4,9 @@
 // Atomicity: put streams into `<root>/.tmp/<uuid>.part`, fsyncs it, renames it over the final path (atomic on
 // POSIX within one file system) and fsyncs the directory, so a reader sees the old object or the complete new
 // one, never a torn file, and a stored object survives a crash. A small body (declared or hinted at most
-// SMALL_PUT) takes the same steps on fewer thread-pool round trips: see putSmall. A failed put removes its temp file; after a
-// crash, anything in `.tmp/` is debris of an interrupted upload and may be deleted. Reads open the file once,
-// so a concurrent overwrite or delete never cuts a stream short.
+// SMALL_PUT) takes the same steps on fewer thread-pool round trips: see putSmall. A failed put removes its
+// temp file; after a crash, anything in `.tmp/` is debris of an interrupted upload and may be deleted. Reads
+// open the file once, so a concurrent overwrite or delete never cuts a stream short.
 // Limitation of directories: an object cannot be stored at a key that another key uses as a directory
 // (`a/b` and `a/b/c`); S3 allows it, nixstash's key layout never needs it. Such a put fails with StorageError.
 import { randomUUID } from "node:crypto";
