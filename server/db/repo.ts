@@ -137,8 +137,6 @@ const CACHE_ROWS_MAX = 1000;
 const ROW_TTL_MS = 1000;
 /** Rows remembered at most (~1 KiB each); past it the oldest entry goes. */
 const ROWS_MAX = 20_000;
-/** Paths remembered as absent at most, apart from found rows (see path): random misses cannot evict those. */
-const ABSENT_MAX = 10_000;
 
 /** Thrown inside commitPath's transaction to roll it back when the path was committed concurrently. */
 class PathRaced extends Error {}
@@ -414,39 +412,14 @@ export function createRepo(database: Database) {
   // kept for ROW_TTL_MS, as cache rows are: a path this process deletes or re-signs is forgotten at once
   // (deletePathsGuarded, purgeCache, replaceSigs and dropUnreferencedNar clear the memo), one deleted
   // through another replica is served for at most that long, as Nix clients themselves keep narinfos for
-  // 30 days. On SQLite a point read costs ~10 µs here (its read transaction locks the WAL index), on
-  // PostgreSQL a round trip; the memo answers in well under 1 µs.
-  //
-  // A path found absent is remembered as long, in a map of its own: many clients ask for the same missing
-  // outputs (every builder of a derivation asks before building it). A push committed through this process
-  // forgets the absence at once (commitPath); one through another replica is seen here within the second,
-  // as a deletion is, while Nix clients themselves keep a narinfo miss for an hour
-  // (narinfo-cache-negative-ttl). Closure checks and "missing" queries never use the memo.
+  // 30 days. Absent rows are never remembered: a push is visible at once everywhere. On SQLite a point read
+  // costs ~10 µs here (its read transaction locks the WAL index), on PostgreSQL a round trip; the memo
+  // answers in well under 1 µs.
   const rows = new Map<string, { row: unknown; until: number }>();
-  const absent = new Map<string, number>();
   let rowEpoch = 0;
-  let absentEpoch = 0;
   const forgetRows = () => {
     rowEpoch++;
     rows.clear();
-    absent.clear();
-  };
-  const pathKey = (cacheId: number, hash: string) => `p/${cacheId}/${hash}`;
-  const knownAbsent = (key: string) => {
-    const until = absent.get(key);
-    if (until === undefined) return false;
-    if (until > performance.now()) return true;
-    absent.delete(key);
-    return false;
-  };
-  const rememberAbsent = (key: string) => {
-    if (absent.size >= ABSENT_MAX) absent.delete(absent.keys().next().value!);
-    absent.set(key, performance.now() + ROW_TTL_MS);
-  };
-  /** After a commit: the path is no longer absent, and a read begun before the commit must not say it is. */
-  const forgetAbsence = (cacheId: number, hash: string) => {
-    absentEpoch++;
-    absent.delete(pathKey(cacheId, hash));
   };
   const narKey = (cacheId: number, fileHash: string) => `n/${cacheId}/${fileHash}`;
   const peekRow = <T>(key: string): T | undefined => {
@@ -816,22 +789,15 @@ export function createRepo(database: Database) {
     },
 
     // ---- paths
-    /**
-     * path without waiting: the remembered row, null when the path is remembered as absent, or undefined
-     * when nothing live is remembered.
-     */
-    peekPath(cacheId: number, hash: string): PathRecord | null | undefined {
-      const key = pathKey(cacheId, hash);
-      return knownAbsent(key) ? null : peekRow(key);
+    /** path without waiting: the remembered row, or undefined when none is remembered (or live). */
+    peekPath(cacheId: number, hash: string): PathRecord | undefined {
+      return peekRow(`p/${cacheId}/${hash}`);
     },
     async path(cacheId: number, hash: string): Promise<PathRecord | undefined> {
-      const key = pathKey(cacheId, hash);
-      if (knownAbsent(key)) return undefined;
-      const epoch = absentEpoch;
       // A substituter reads a narinfo, then its NAR: the path's row carries the whole NAR row, remembered
       // as narByFileHash would, so the NAR request that follows within the memo's second needs no query
       // (on PostgreSQL a round trip per path substituted).
-      const found = await rememberRow(key, async (alongside) => {
+      return rememberRow(`p/${cacheId}/${hash}`, async (alongside) => {
         const found = (await hot.path.execute({ cacheId, hash }))[0];
         if (!found) return undefined;
         const { narCreatedAt, narUnreferencedAt, ...record } = found;
@@ -849,8 +815,6 @@ export function createRepo(database: Database) {
         alongside.set(narKey(cacheId, record.fileHash), nar);
         return record;
       });
-      if (found === undefined && epoch === absentEpoch) rememberAbsent(key);
-      return found;
     },
     /** The subset of hashes this cache has. */
     async presentHashes(cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
@@ -877,9 +841,7 @@ export function createRepo(database: Database) {
      */
     async commitPath(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
       try {
-        const outcome = await commitPathOnce(path, nar);
-        if (outcome.kind === "committed") forgetAbsence(path.cacheId, path.hash);
-        return outcome;
+        return await commitPathOnce(path, nar);
       } catch (error) {
         if (!(error instanceof PathRaced)) throw error;
         // The same path was committed concurrently (another replica, or the same push twice at once): this

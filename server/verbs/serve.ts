@@ -60,21 +60,17 @@ export async function narInfoText({
   return record ? renderedOf(record).text : undefined;
 }
 
-/**
- * narInfoText without waiting, as UTF-8: the bytes when the repository remembers the path, null when it
- * remembers the path as absent, else undefined.
- */
+/** narInfoText without waiting, as UTF-8: the bytes when the repository remembers the path, else undefined. */
 export function rememberedNarInfo({
   ctx,
   input,
 }: {
   ctx: Context;
   input: { cache: CacheRow; hash: string };
-}): Buffer | null | undefined {
+}): Buffer | undefined {
   const record = ctx.repo.peekPath(input.cache.id, input.hash);
-  if (record === undefined) return undefined;
-  ctx.access?.narinfo(input.cache.id, input.hash, record !== null);
-  if (record === null) return null;
+  if (!record) return undefined;
+  ctx.access?.narinfo(input.cache.id, input.hash, true);
   const r = renderedOf(record);
   r.bytes ??= Buffer.from(r.text);
   return r.bytes;

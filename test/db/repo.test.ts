@@ -178,37 +178,6 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       );
     });
 
-    it("remembers a path found absent for a second; its own commit forgets that at once, a replica's is seen after", async (t) => {
-      if (!database) return t.skip("database unavailable");
-      const reader = createRepo(database);
-      const viaReplica = pathRow("absent-a");
-      assert.equal(await reader.path(cache.id, viaReplica.hash), undefined);
-      assert.equal(reader.peekPath(cache.id, viaReplica.hash), null, "remembered as absent");
-      assert.equal((await createRepo(database).commitPath(viaReplica, narRow())).kind, "committed");
-      assert.equal(await reader.path(cache.id, viaReplica.hash), undefined, "a replica's commit: not yet");
-
-      const own = pathRow("absent-b");
-      assert.equal(await reader.path(cache.id, own.hash), undefined);
-      assert.equal((await reader.commitPath(own, narRow())).kind, "committed");
-      assert.equal(reader.peekPath(cache.id, own.hash), undefined, "its own commit forgets the absence");
-      assert.equal((await reader.path(cache.id, own.hash))?.storePath, own.storePath, "and reads it at once");
-
-      // A read that began before a commit of the same path must not remember it as absent.
-      const raced = pathRow("absent-c");
-      const [read] = await Promise.all([
-        reader.path(cache.id, raced.hash),
-        reader.commitPath(raced, narRow()),
-      ]);
-      if (read === undefined) assert.notEqual(reader.peekPath(cache.id, raced.hash), null);
-
-      await new Promise((r) => setTimeout(r, 1100));
-      assert.equal(
-        (await reader.path(cache.id, viaReplica.hash))?.storePath,
-        viaReplica.storePath,
-        "and after it",
-      );
-    });
-
     it("refuses a path whose required references are absent, and commits nothing", async (t) => {
       if (!database) return t.skip("database unavailable");
       const missing = hash32();
