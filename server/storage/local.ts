@@ -21,7 +21,7 @@ import {
   readSync,
   renameSync,
   unlinkSync,
-  writevSync,
+  writeSync,
 } from "node:fs";
 import { access, mkdir, open, opendir, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
@@ -151,6 +151,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
   const root = path.resolve(options.root);
   const tmpDir = path.join(root, TMP);
   const fileOf = (key: string): string => path.join(root, ...key.split("/"));
+  const tempFile = (): string => path.join(tmpDir, `${randomUUID()}.part`);
 
   async function put(
     key: string,
@@ -185,7 +186,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         })(),
       );
     }
-    const tmp = path.join(tmpDir, `${randomUUID()}.part`);
+    const tmp = tempFile();
     let written = 0;
     // A big object's pages go to disk while it is still being received (fdatasync on the thread pool, one
     // at a time; its error, if any, the final fsync reports again), so the fsync at the end is short.
@@ -264,19 +265,12 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     if (expected !== undefined && size !== expected) {
       throw new StorageError("put", key, `body has ${size} bytes, declared size is ${expected}`);
     }
-    const tmp = path.join(tmpDir, `${randomUUID()}.part`);
+    const tmp = tempFile();
     let fd: number | undefined;
     try {
       fd = whenMissingSync(() => openSync(tmp, "wx", 0o644), tmpDir);
-      let pending = chunks;
-      while (pending.length > 0) {
-        let done = writevSync(fd, pending);
-        while (pending.length > 0 && done >= pending[0]!.length) {
-          done -= pending[0]!.length;
-          pending = pending.slice(1);
-        }
-        if (done > 0) pending = [pending[0]!.subarray(done), ...pending.slice(1)];
-      }
+      const bytes = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+      for (let at = 0; at < size; ) at += writeSync(fd, bytes, at);
       await fsyncFd(fd);
       closeSync(fd);
       fd = undefined;
