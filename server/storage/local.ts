@@ -177,7 +177,8 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         throw new StorageError("put", key, messageOf(err), { cause: err });
       }
       if (!gathered.overflowed) return putSmall(key, gathered.chunks, gathered.size, expected);
-      // The hint was short: the body goes the streaming way, what was gathered first.
+      // The hint was short: the body goes the streaming way, what was gathered first. The caller's stream
+      // goes with the stream read in its place (a put that fails before reading it still destroys it).
       const rest = input;
       input = Readable.from(
         (async function* () {
@@ -185,6 +186,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
           yield* rest;
         })(),
       );
+      input.once("close", () => rest.destroy());
     }
     const tmp = tempFile();
     let written = 0;

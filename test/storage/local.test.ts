@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import { describe, it } from "node:test";
 import { createLocalStorage } from "../../server/storage/local.ts";
 import { StorageError } from "../../server/storage/storage.ts";
@@ -64,6 +64,24 @@ describe("local storage specifics", () => {
     await assert.rejects(storage.put("a", Readable.from([Buffer.from("over a directory")])), StorageError);
     assert.deepEqual(await tmpFiles(dir), []);
     assert.equal((await storage.stat("a/b"))?.size, 4);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("destroys the caller's body when a put fails, its size hint short or not", async () => {
+    const dir = await tempRoot();
+    await writeFile(join(dir, ".tmp"), "a file where the temp directory belongs");
+    const storage = createLocalStorage({ root: dir });
+    for (const sizeHint of [undefined, 1000]) {
+      const body = new PassThrough();
+      body.write(Buffer.alloc(300 * 1024));
+      body.write(Buffer.alloc(10));
+      await assert.rejects(
+        storage.put("nar/a", body, sizeHint === undefined ? {} : { sizeHint }),
+        StorageError,
+      );
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.ok(body.destroyed, `hint ${sizeHint}`);
+    }
     await rm(dir, { recursive: true, force: true });
   });
 
