@@ -19,6 +19,7 @@ import {
   sql,
 } from "drizzle-orm";
 import type { Database, Db, Tables } from "./database.ts";
+import { groupedReads } from "./grouped-reads.ts";
 
 export type CacheRow = Tables["caches"]["$inferSelect"];
 export type SigningKeyRow = Tables["signingKeys"]["$inferSelect"];
@@ -550,6 +551,34 @@ export function createRepo(database: Database) {
     ),
   };
 
+  // On PostgreSQL a path read is a round trip whose cost is mostly per query, so reads asked for while one is
+  // in flight go together as the next query (grouped-reads.ts); SQLite reads on this thread in microseconds.
+  type PathRead = Awaited<ReturnType<typeof hot.path.execute>>[number];
+  const pathGroups =
+    database.dialect === "postgres"
+      ? (() => {
+          const byHashes = prepare(
+            db
+              .select({
+                hash: t.paths.hash,
+                ...pathColumns,
+                narCreatedAt: t.nars.createdAt,
+                narUnreferencedAt: t.nars.unreferencedAt,
+              })
+              .from(t.paths)
+              .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+              .where(and(eq(t.paths.cacheId, p("cacheId")), sql`${t.paths.hash} = ANY(${p("hashes")})`)),
+            "paths_by_hashes",
+          );
+          return groupedReads<PathRead>({
+            read: async (cacheId, hashes) => {
+              const rows = await byHashes.execute({ cacheId, hashes });
+              return new Map(rows.map(({ hash, ...row }) => [hash, row]));
+            },
+          });
+        })()
+      : undefined;
+
   return {
     // ---- caches
     /** cacheByName without waiting: the remembered row, or undefined when none is remembered (or live). */
@@ -798,7 +827,9 @@ export function createRepo(database: Database) {
       // as narByFileHash would, so the NAR request that follows within the memo's second needs no query
       // (on PostgreSQL a round trip per path substituted).
       return rememberRow(`p/${cacheId}/${hash}`, async (alongside) => {
-        const found = (await hot.path.execute({ cacheId, hash }))[0];
+        const found = pathGroups
+          ? await pathGroups.get(cacheId, hash)
+          : (await hot.path.execute({ cacheId, hash }))[0];
         if (!found) return undefined;
         const { narCreatedAt, narUnreferencedAt, ...record } = found;
         const nar: NarRow = {

@@ -178,6 +178,34 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       );
     });
 
+    it("reads of many paths at once (grouped on PostgreSQL) each get their own row, or none", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const committed: NewPath[] = [];
+      for (let i = 0; i < 12; i++) {
+        const path = pathRow(`many-${i}`, i % 3 === 0 ? { cacheId: other.id } : {});
+        assert.equal((await repo.commitPath(path, narRow())).kind, "committed");
+        committed.push(path);
+      }
+      const asked = [
+        ...committed.map((p) => ({ cacheId: p.cacheId, hash: p.hash, storePath: p.storePath })),
+        // The same hashes in the other cache: present only where committed.
+        ...committed.map((p) => ({
+          cacheId: p.cacheId === cache.id ? other.id : cache.id,
+          hash: p.hash,
+          storePath: undefined,
+        })),
+        ...Array.from({ length: 6 }, () => ({ cacheId: cache.id, hash: hash32(), storePath: undefined })),
+      ];
+      // A fresh repository (nothing remembered), every read asked for before any is answered, twice over.
+      const reader = createRepo(database);
+      const reads = [...asked, ...asked].map((a) => reader.path(a.cacheId, a.hash));
+      const rows = await Promise.all(reads);
+      rows.forEach((row, i) => {
+        const want = asked[i % asked.length]!;
+        assert.equal(row?.storePath, want.storePath, `read ${i} (${want.hash} in cache ${want.cacheId})`);
+      });
+    });
+
     it("refuses a path whose required references are absent, and commits nothing", async (t) => {
       if (!database) return t.skip("database unavailable");
       const missing = hash32();

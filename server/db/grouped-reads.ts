@@ -1,0 +1,105 @@
+// Point reads sent to the database in groups: while one group's query runs, the reads asked for meanwhile
+// gather, and go together as the next query (`WHERE hash = ANY($hashes)`) when it returns.
+//
+// Why: on PostgreSQL every read is a round trip, and its cost is mostly per query, not per row: the
+// driver's request and reply, two socket wake-ups on each side, the backend's bind and execute. Under
+// measure 2 of issue 7 (64 connections, 10% of narinfos absent, so never remembered), one read per miss
+// made the misses ~45% of the server's and PostgreSQL's CPU; read in groups (5–6 a query there), the same
+// lane answered ~20% more requests per second (BENCHMARKS.md). No read waits for a timer: a read asked for
+// while nothing is in flight goes at once, so an idle server answers as fast as before.
+//
+// Consistency is that of a plain read: a read only ever joins a group whose query has not started yet, so
+// it sees every commit made before it was asked for (a push through another replica included). Reads of
+// the same key in one group share the row.
+//
+// A query that hangs (a lost connection the driver has not noticed yet) must not hold every read back: one
+// in flight longer than `stallMs` stops counting, and the next group goes out beside it.
+
+export interface GroupedReadsOptions<Row> {
+  /** The rows of one scope (a cache) among `keys`, each under its key; absent keys are left out. */
+  read(scope: number, keys: readonly string[]): PromiseLike<Map<string, Row>>;
+  /** Keys per query at most; the rest wait for the next one. */
+  maxKeys?: number;
+  /** After this long, a query in flight no longer holds back the next group. */
+  stallMs?: number;
+}
+
+export interface GroupedReads<Row> {
+  /** The row under `key` in `scope`, or undefined when there is none. */
+  get(scope: number, key: string): Promise<Row | undefined>;
+}
+
+interface Waiter<Row> {
+  resolve(row: Row | undefined): void;
+  reject(error: unknown): void;
+}
+
+const DEFAULT_MAX_KEYS = 500;
+const DEFAULT_STALL_MS = 250;
+
+export function groupedReads<Row>(options: GroupedReadsOptions<Row>): GroupedReads<Row> {
+  const maxKeys = options.maxKeys ?? DEFAULT_MAX_KEYS;
+  const stallMs = options.stallMs ?? DEFAULT_STALL_MS;
+  /** Reads not sent yet, by scope, then key, in the order their scopes were first asked for. */
+  const waiting = new Map<number, Map<string, Waiter<Row>[]>>();
+  let busy = false;
+
+  const send = () => {
+    if (busy) return;
+    const first = waiting.entries().next();
+    if (first.done) return;
+    const [scope, byKey] = first.value;
+    const keys: string[] = [];
+    const group = new Map<string, Waiter<Row>[]>();
+    for (const [key, waiters] of byKey) {
+      if (keys.length === maxKeys) break;
+      keys.push(key);
+      group.set(key, waiters);
+      byKey.delete(key);
+    }
+    if (byKey.size === 0) waiting.delete(scope);
+    busy = true;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      clearTimeout(stall);
+      busy = false;
+      send();
+    };
+    const stall = setTimeout(release, stallMs);
+    stall.unref?.();
+    let query: PromiseLike<Map<string, Row>>;
+    try {
+      query = options.read(scope, keys);
+    } catch (error) {
+      query = Promise.reject(error);
+    }
+    Promise.resolve(query)
+      .then(
+        (rows) => {
+          for (const [key, waiters] of group) for (const w of waiters) w.resolve(rows.get(key));
+        },
+        (error: unknown) => {
+          for (const waiters of group.values()) for (const w of waiters) w.reject(error);
+        },
+      )
+      .finally(release);
+  };
+
+  return {
+    get(scope, key) {
+      return new Promise<Row | undefined>((resolve, reject) => {
+        let byKey = waiting.get(scope);
+        if (!byKey) {
+          byKey = new Map();
+          waiting.set(scope, byKey);
+        }
+        const waiters = byKey.get(key);
+        if (waiters) waiters.push({ resolve, reject });
+        else byKey.set(key, [{ resolve, reject }]);
+        send();
+      });
+    },
+  };
+}
