@@ -80,6 +80,23 @@ describe("groupedReads", () => {
     assert.deepEqual(await Promise.all(rest), ["2/a", "1/b", "1/c", "1/d"]);
   });
 
+  it("sends what one scope has left over after the other scopes", async () => {
+    const { queries, read } = manualReads();
+    const reads = groupedReads({ read, maxKeys: 2 });
+    const first = reads.get(1, "a");
+    const rest = [reads.get(1, "b"), reads.get(1, "c"), reads.get(1, "d"), reads.get(2, "x")];
+    for (let i = 0; i < 4; i++) {
+      queries[i]!.answer({});
+      await tick();
+    }
+    await first;
+    await Promise.all(rest);
+    assert.deepEqual(
+      queries.map((q) => `${q.scope}:${q.keys.join(",")}`),
+      ["1:a", "1:b,c", "2:x", "1:d"],
+    );
+  });
+
   it("fails every read of a failed query, and only those", async () => {
     const { queries, read } = manualReads();
     const reads = groupedReads({ read });

@@ -57,7 +57,9 @@ export function groupedReads<Row>(options: GroupedReadsOptions<Row>): GroupedRea
       group.set(key, waiters);
       byKey.delete(key);
     }
-    if (byKey.size === 0) waiting.delete(scope);
+    // A scope with reads left over goes behind the others, so no scope starves another.
+    waiting.delete(scope);
+    if (byKey.size > 0) waiting.set(scope, byKey);
     busy = true;
     let released = false;
     const release = () => {
