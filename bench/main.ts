@@ -237,7 +237,7 @@ async function measure1(peer: Peer, workload: Workload, baseline: string) {
   }).values.push(ms);
 }
 
-async function measure2(peer: Peer, workload: Workload, baseline: string, warm: boolean) {
+async function measure2(peer: Peer, workload: Workload, baseline: string) {
   const base = new URL(peer.base);
   const prefix = base.pathname.replace(/\/$/, "");
   const rand = seeded(opts.seed + 2);
@@ -276,7 +276,10 @@ async function measure2(peer: Peer, workload: Workload, baseline: string, warm: 
       timeouts: number;
     };
   };
-  if (!warm) await run(2);
+  // Every rep, for every peer alike: the measure is a warm server's rate. A server idle for the other peers'
+  // turns starts cold again (after 15 s idle, nixstash on PostgreSQL answered its first 2 s at a p99 of
+  // 150-300 ms with or without grouped reads; BENCHMARKS.md, session 9), and reps without this pass measured that.
+  await run(2);
   const cpu0 = peer.pid ? serverCpuSeconds(peer.pid) : 0;
   const r = await run(opts.wrkSeconds);
   const cpuSeconds = peer.pid ? serverCpuSeconds(peer.pid) - cpu0 : undefined;
@@ -826,7 +829,7 @@ async function main() {
       log(`run ${rep + 1}/${opts.reps}`);
       for (const peer of order) {
         if (opts.only.has(1)) await measure1(peer, workload, baseline);
-        if (opts.only.has(2)) await measure2(peer, workload, baseline, rep > 0);
+        if (opts.only.has(2)) await measure2(peer, workload, baseline);
         if (opts.only.has(3) && peer.name !== NODE_RAW) {
           const s3Base = peer.name.includes("postgres") ? rgwName : undefined;
           await measure3(peer, narFiles.get(peer)!, 1, baseline, s3Base);
