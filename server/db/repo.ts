@@ -395,6 +395,12 @@ export function createRepo(database: Database) {
     fileSize: t.nars.fileSize,
     storageKey: t.nars.storageKey,
   };
+  /** pathColumns and the rest of the NAR row (see hot.path). */
+  const pathWithNarColumns = {
+    ...pathColumns,
+    narCreatedAt: t.nars.createdAt,
+    narUnreferencedAt: t.nars.unreferencedAt,
+  };
 
   // Every substituter request looks its cache up by name; caches change rarely. Rows (and misses) are kept
   // for CACHE_ROW_TTL_MS: a change made through this process is seen at once (its cache writes clear the
@@ -476,7 +482,7 @@ export function createRepo(database: Database) {
     // With the rest of its NAR row, which path() remembers as the NAR request that follows will ask for it.
     path: prepare(
       db
-        .select({ ...pathColumns, narCreatedAt: t.nars.createdAt, narUnreferencedAt: t.nars.unreferencedAt })
+        .select(pathWithNarColumns)
         .from(t.paths)
         .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
         .where(
@@ -559,12 +565,7 @@ export function createRepo(database: Database) {
       ? (() => {
           const byHashes = prepare(
             db
-              .select({
-                hash: t.paths.hash,
-                ...pathColumns,
-                narCreatedAt: t.nars.createdAt,
-                narUnreferencedAt: t.nars.unreferencedAt,
-              })
+              .select({ hash: t.paths.hash, ...pathWithNarColumns })
               .from(t.paths)
               .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
               .where(and(eq(t.paths.cacheId, p("cacheId")), sql`${t.paths.hash} = ANY(${p("hashes")})`)),
