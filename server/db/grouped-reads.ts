@@ -3,10 +3,10 @@
 //
 // Why: on PostgreSQL every read is a round trip, and its cost is mostly per query, not per row: the
 // driver's request and reply, two socket wake-ups on each side, the backend's bind and execute. Under
-// measure 2 of issue 7 (64 connections, 10% of narinfos absent, so never remembered), one read per miss
-// made the misses ~45% of the server's and PostgreSQL's CPU; read in groups (5–6 a query there), the same
-// lane answered ~20% more requests per second (BENCHMARKS.md). No read waits for a timer: a read asked for
-// while nothing is in flight goes at once, so an idle server answers as fast as before.
+// measure 2 of issue 7 (64 connections, 10% of narinfos absent, so never remembered), one query per miss
+// took over a third of the server's and PostgreSQL's CPU; read in groups (5–6 a query there), the same
+// lane answered 20–40% more requests per second (BENCHMARKS.md, session 9). No read waits for a timer: a
+// read asked for while nothing is in flight goes at once, so an idle server answers as fast as before.
 //
 // Consistency is that of a plain read: a read only ever joins a group whose query has not started yet, so
 // it sees every commit made before it was asked for (a push through another replica included). Reads of
