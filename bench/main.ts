@@ -278,7 +278,7 @@ async function measure2(peer: Peer, workload: Workload, baseline: string) {
   };
   // Every rep, for every peer alike: the measure is a warm server's rate. A server idle for the other peers'
   // turns starts cold again (after 15 s idle, nixstash on PostgreSQL answered its first 2 s at a p99 of
-  // 150-300 ms with or without grouped reads; BENCHMARKS.md, session 9), and reps without this pass measured that.
+  // 159-323 ms, with or without grouped reads; BENCHMARKS.md, session 9): reps without this pass measured that.
   await run(2);
   const cpu0 = peer.pid ? serverCpuSeconds(peer.pid) : 0;
   const r = await run(opts.wrkSeconds);
