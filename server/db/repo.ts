@@ -428,6 +428,7 @@ export function createRepo(database: Database) {
     rowEpoch++;
     rows.clear();
   };
+  const pathKey = (cacheId: number, hash: string) => `p/${cacheId}/${hash}`;
   const narKey = (cacheId: number, fileHash: string) => `n/${cacheId}/${fileHash}`;
   const peekRow = <T>(key: string): T | undefined => {
     const known = rows.get(key);
@@ -560,25 +561,26 @@ export function createRepo(database: Database) {
   // On PostgreSQL a path read is a round trip whose cost is mostly per query, so reads asked for while one is
   // in flight go together as the next query (grouped-reads.ts); SQLite reads on this thread in microseconds.
   type PathRead = Awaited<ReturnType<typeof hot.path.execute>>[number];
-  const pathGroups =
-    database.dialect === "postgres"
-      ? (() => {
-          const byHashes = prepare(
-            db
-              .select({ hash: t.paths.hash, ...pathWithNarColumns })
-              .from(t.paths)
-              .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
-              .where(and(eq(t.paths.cacheId, p("cacheId")), sql`${t.paths.hash} = ANY(${p("hashes")})`)),
-            "paths_by_hashes",
-          );
-          return groupedReads<PathRead>({
-            read: async (cacheId, hashes) => {
-              const rows = await byHashes.execute({ cacheId, hashes });
-              return new Map(rows.map(({ hash, ...row }) => [hash, row]));
-            },
-          });
-        })()
-      : undefined;
+  const readPath = ((): ((cacheId: number, hash: string) => Promise<PathRead | undefined>) => {
+    if (database.dialect !== "postgres") {
+      return async (cacheId, hash) => (await hot.path.execute({ cacheId, hash }))[0];
+    }
+    const byHashes = prepare(
+      db
+        .select({ hash: t.paths.hash, ...pathWithNarColumns })
+        .from(t.paths)
+        .innerJoin(t.nars, eq(t.paths.narId, t.nars.id))
+        .where(and(eq(t.paths.cacheId, p("cacheId")), sql`${t.paths.hash} = ANY(${p("hashes")})`)),
+      "paths_by_hashes",
+    );
+    const groups = groupedReads<PathRead>({
+      read: async (cacheId, hashes) => {
+        const rows = await byHashes.execute({ cacheId, hashes });
+        return new Map(rows.map(({ hash, ...row }) => [hash, row]));
+      },
+    });
+    return (cacheId, hash) => groups.get(cacheId, hash);
+  })();
 
   return {
     // ---- caches
@@ -821,16 +823,14 @@ export function createRepo(database: Database) {
     // ---- paths
     /** path without waiting: the remembered row, or undefined when none is remembered (or live). */
     peekPath(cacheId: number, hash: string): PathRecord | undefined {
-      return peekRow(`p/${cacheId}/${hash}`);
+      return peekRow(pathKey(cacheId, hash));
     },
     async path(cacheId: number, hash: string): Promise<PathRecord | undefined> {
       // A substituter reads a narinfo, then its NAR: the path's row carries the whole NAR row, remembered
       // as narByFileHash would, so the NAR request that follows within the memo's second needs no query
       // (on PostgreSQL a round trip per path substituted).
-      return rememberRow(`p/${cacheId}/${hash}`, async (alongside) => {
-        const found = pathGroups
-          ? await pathGroups.get(cacheId, hash)
-          : (await hot.path.execute({ cacheId, hash }))[0];
+      return rememberRow(pathKey(cacheId, hash), async (alongside) => {
+        const found = await readPath(cacheId, hash);
         if (!found) return undefined;
         const { narCreatedAt, narUnreferencedAt, ...record } = found;
         const nar: NarRow = {
