@@ -276,7 +276,7 @@ export function createServerMetrics(build: { version: string; database: string; 
     ),
     ingestFailures: registry.counter(
       "nixstash_ingest_failures_total",
-      "Refused or failed uploads (native paths, nix copy NARs and narinfos), by API and reason (error code).",
+      "Refused or failed uploads (native paths, paths of a batch, nix copy NARs and narinfos), by API and reason (error code).",
       ["api", "reason"],
     ),
     uploadsInFlight: registry.gauge(

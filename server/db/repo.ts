@@ -325,45 +325,61 @@ export function createRepo(database: Database) {
     return marked;
   }
 
+  /** See the repository's commitPath. */
+  async function commitPath(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
+    try {
+      return await commitPathOnce(path, nar);
+    } catch (error) {
+      if (!(error instanceof PathRaced)) throw error;
+      // The same path was committed concurrently (another replica, or the same push twice at once): this
+      // transaction rolled back, and the caller learns which NAR the cache has.
+      const rows = await writes.pathNarHash(db, { cacheId: path.cacheId, hash: path.hash });
+      return { kind: "already-present", narHash: rows[0]?.narHash ?? "" };
+    }
+  }
+
   async function commitPathOnce(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
-    return database.transaction(async (tx) => {
-      const existing = await writes.pathNarHash(tx, { cacheId: path.cacheId, hash: path.hash });
-      if (existing[0]) return { kind: "already-present", narHash: existing[0].narHash };
+    return database.transaction((tx) => commitPathIn(tx, path, nar));
+  }
 
-      // Row-locks the references (a no-op update) so that a concurrent garbage collection, which locks its
-      // victims the same way before deleting them, either sees this path or makes it fail here.
-      const present = await lockPresentHashes(tx, path.cacheId, path.requiredHashes);
-      const missing = path.requiredHashes.filter((h) => !present.has(h));
-      if (missing.length > 0) return { kind: "missing-references", missing };
+  /** commitPath's work inside a transaction; throws PathRaced (to roll it back) on a concurrent commit. */
+  async function commitPathIn(tx: Db, path: NewPath, nar: NewNar): Promise<CommitOutcome> {
+    const existing = await writes.pathNarHash(tx, { cacheId: path.cacheId, hash: path.hash });
+    if (existing[0]) return { kind: "already-present", narHash: existing[0].narHash };
 
-      const { listing, ...narColumns } = nar;
-      const inserted = await writes.insertNar(tx, narColumns);
-      let narId = inserted[0]?.id;
-      const deduplicated = narId === undefined;
-      if (narId === undefined) {
-        const reused = await writes.narIdByNarHash(tx, { narHash: nar.narHash });
-        narId = reused[0]!.id;
-      } else {
-        await writes.insertListing(tx, { narId, listing });
-        await writes.deletePending(tx, { storageKey: nar.storageKey });
-      }
-      if (path.stagedNarId !== undefined)
-        await tx.delete(t.stagedNars).where(eq(t.stagedNars.id, path.stagedNarId));
-      const insertedPath = await writes.insertPath(tx, {
-        cacheId: path.cacheId,
-        hash: path.hash,
-        storePath: path.storePath,
-        narId,
-        references: [...path.references].sort().join(" "),
-        deriver: path.deriver,
-        system: path.system,
-        ca: path.ca,
-        sigs: path.sigs.join("\n"),
-        pushedBy: path.pushedBy,
-      });
-      if (insertedPath.length === 0) throw new PathRaced();
-      return { kind: "committed", narId, deduplicated };
+    // Row-locks the references (a no-op update) so that a concurrent garbage collection, which locks its
+    // victims the same way before deleting them, either sees this path or makes it fail here.
+    const present = await lockPresentHashes(tx, path.cacheId, path.requiredHashes);
+    const missing = path.requiredHashes.filter((h) => !present.has(h));
+    if (missing.length > 0) return { kind: "missing-references", missing };
+
+    const { listing, ...narColumns } = nar;
+    const inserted = await writes.insertNar(tx, narColumns);
+    let narId = inserted[0]?.id;
+    const deduplicated = narId === undefined;
+    if (narId === undefined) {
+      const reused = await writes.narIdByNarHash(tx, { narHash: nar.narHash });
+      narId = reused[0]!.id;
+    } else {
+      await writes.insertListing(tx, { narId, listing });
+      await writes.deletePending(tx, { storageKey: nar.storageKey });
+    }
+    if (path.stagedNarId !== undefined)
+      await tx.delete(t.stagedNars).where(eq(t.stagedNars.id, path.stagedNarId));
+    const insertedPath = await writes.insertPath(tx, {
+      cacheId: path.cacheId,
+      hash: path.hash,
+      storePath: path.storePath,
+      narId,
+      references: [...path.references].sort().join(" "),
+      deriver: path.deriver,
+      system: path.system,
+      ca: path.ca,
+      sigs: path.sigs.join("\n"),
+      pushedBy: path.pushedBy,
     });
+    if (insertedPath.length === 0) throw new PathRaced();
+    return { kind: "committed", narId, deduplicated };
   }
 
   const nodeColumns = {
@@ -872,14 +888,27 @@ export function createRepo(database: Database) {
      * already stored with the same NarHash), inserts the path and forgets the pending upload — all or nothing.
      */
     async commitPath(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
+      return commitPath(path, nar);
+    },
+
+    /**
+     * commitPath for many paths, in order, in one transaction: a path may refer to one committed before it in
+     * the list. Each gets its own outcome (a path whose references are missing is skipped, the others still
+     * commit). When one of them was committed concurrently, the whole transaction is rolled back and the paths
+     * are committed one by one instead, each as commitPath does.
+     */
+    async commitPaths(items: readonly { path: NewPath; nar: NewNar }[]): Promise<CommitOutcome[]> {
       try {
-        return await commitPathOnce(path, nar);
+        return await database.transaction(async (tx) => {
+          const outcomes: CommitOutcome[] = [];
+          for (const { path, nar } of items) outcomes.push(await commitPathIn(tx, path, nar));
+          return outcomes;
+        });
       } catch (error) {
         if (!(error instanceof PathRaced)) throw error;
-        // The same path was committed concurrently (another replica, or the same push twice at once): this
-        // transaction rolled back, and the caller learns which NAR the cache has.
-        const rows = await writes.pathNarHash(db, { cacheId: path.cacheId, hash: path.hash });
-        return { kind: "already-present", narHash: rows[0]?.narHash ?? "" };
+        const outcomes: CommitOutcome[] = [];
+        for (const { path, nar } of items) outcomes.push(await commitPath(path, nar));
+        return outcomes;
       }
     },
 
@@ -1207,6 +1236,12 @@ export function createRepo(database: Database) {
     async addPendingUpload(storageKey: string): Promise<void> {
       await database.transaction(async (tx) => {
         await writes.insertPending(tx, { storageKey });
+      });
+    },
+    /** addPendingUpload for many keys, in one transaction. */
+    async addPendingUploads(storageKeys: readonly string[]): Promise<void> {
+      await database.transaction(async (tx) => {
+        for (const storageKey of storageKeys) await writes.insertPending(tx, { storageKey });
       });
     },
     /** Forgets an object that was deleted from storage (and any staged NAR it was). */

@@ -10,8 +10,10 @@ import { authorizeTokenScope } from "../verbs/admin-tokens.ts";
 import { allows, authorize, PERMISSIONS, type Principal } from "../verbs/auth.ts";
 import { createCache, describeCache, findCache } from "../verbs/caches.ts";
 import { type BodyEncoding, ingestPath, type PathClaim, type UpstreamProof } from "../verbs/ingest.ts";
+import { type BatchEntry, ingestBatch } from "../verbs/ingest-batch.ts";
 import { createToken } from "../verbs/tokens.ts";
 import { findMissing, putLog, putRealisation } from "../verbs/uploads.ts";
+import { BATCH_CONTENT_TYPE, type RawBatchEntry, readBatchBody } from "./batch-body.ts";
 import { type C, caller, type Env, parse, readJson, requestBody } from "./http.ts";
 
 /** Header carrying the JSON path info of a streaming upload. */
@@ -83,14 +85,15 @@ function basenameIn(cache: CacheRow, text: string, what: string): string {
   );
 }
 
+/** A path info (of an upload, or of a batch entry, where `hash` is undefined) as a claim. */
 function pathClaim(
   cache: CacheRow,
-  hash: string,
+  hash: string | undefined,
   raw: unknown,
 ): { claim: PathClaim; upstream: UpstreamProof[] } {
   const info = parse(pathInfoBody, raw, "path info");
   const storePath = nixField("storePath", () => parseStorePath(info.storePath, cache.storeDir));
-  if (storePath.hash !== hash)
+  if (hash !== undefined && storePath.hash !== hash)
     throw badRequest(`storePath ${info.storePath} does not match the URL's hash ${hash}`);
   const claim: PathClaim = {
     storePath,
@@ -119,6 +122,29 @@ function bodyEncoding(c: C): BodyEncoding {
     "unsupported_media_type",
     `Content-Encoding ${encoding} is not accepted: send the NAR plain or zstd`,
   );
+}
+
+/** A batch's entries as the verb takes them: each entry's claim, or what is wrong with it. */
+async function* batchEntries(
+  cache: CacheRow,
+  body: AsyncIterable<RawBatchEntry>,
+): AsyncGenerator<BatchEntry> {
+  for await (const { header, body: nar } of body) {
+    const storePath = typeof header.storePath === "string" ? header.storePath : "(no storePath)";
+    try {
+      const { bodySize: _size, encoding: rawEncoding, ...info } = header;
+      const encoding = rawEncoding ?? "zstd";
+      if (encoding !== "zstd" && encoding !== "none")
+        throw new AppError(
+          "unsupported_media_type",
+          `encoding ${String(encoding)}: send the NAR plain or zstd`,
+        );
+      yield { storePath, ...pathClaim(cache, undefined, info), encoding, body: nar };
+    } catch (error) {
+      if (!(error instanceof AppError)) throw error;
+      yield { storePath, problem: error };
+    }
+  }
 }
 
 export function apiRoutes(ctx: Context) {
@@ -195,6 +221,24 @@ export function apiRoutes(ctx: Context) {
       },
     });
     return c.json(result, result.status === "stored" ? 201 : 200);
+  });
+
+  // Many small paths in one request (server/routes/batch-body.ts has the body's format); 200 with a result
+  // per entry, each a path's status or its error.
+  app.post("/caches/:name/paths", async (c) => {
+    const { cache, principal } = await cacheFor(c, "push");
+    const type = (c.req.header("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
+    if (type !== BATCH_CONTENT_TYPE)
+      throw new AppError("unsupported_media_type", `a batch upload is sent as ${BATCH_CONTENT_TYPE}`);
+    const results = await ingestBatch({
+      ctx,
+      input: {
+        cache,
+        entries: batchEntries(cache, readBatchBody(requestBody(c))),
+        pushedBy: principal?.tokenId ?? null,
+      },
+    });
+    return c.json({ results });
   });
 
   app.put("/caches/:name/logs/:drv", async (c) => {

@@ -205,6 +205,14 @@ export const ENDPOINTS: Endpoint[] = [
     permission: "push",
     summary: "Streaming upload of a NAR with its path info in X-Nixstash-Path-Info.",
   },
+  {
+    method: "post",
+    path: "/caches/{name}/paths",
+    permission: "push",
+    summary:
+      "Batch upload of many paths (application/x-nixstash-batch: per path a JSON line with the path info and " +
+      "bodySize, then the NAR); a result per path.",
+  },
   { method: "put", path: "/caches/{name}/logs/{drv}", permission: "push", summary: "Upload a build log." },
   {
     method: "put",

@@ -46,10 +46,11 @@ export function createRequestScope(): RequestScope {
 
 const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 
-type UploadApi = "native" | "nix";
+type UploadApi = "native" | "batch" | "nix";
 
 /** Which upload API a request is, from its method and path alone (known before routing). */
 function uploadApiOf(method: string, path: string): UploadApi | undefined {
+  if (method === "POST" && /^\/api\/v1\/caches\/[^/]+\/paths$/.test(path)) return "batch";
   if (method !== "PUT") return undefined;
   if (/^\/api\/v1\/caches\/[^/]+\/paths\/[^/]+$/.test(path)) return "native";
   if (/^\/[^/]+\/nar\/[^/]+$/.test(path) || /^\/[^/]+\/[0-9a-df-np-sv-z]{32}\.narinfo$/.test(path))

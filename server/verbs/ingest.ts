@@ -16,7 +16,7 @@ import {
   verifySignature,
 } from "../../nix/index.ts";
 import type { Context } from "../context.ts";
-import type { CacheRow, NewNar } from "../db/repo.ts";
+import type { CacheRow, CommitOutcome, NewNar, NewPath } from "../db/repo.ts";
 import { AppError, badRequest, conflict } from "../errors.ts";
 import { type ReceivedNar, receiveNar } from "./receive.ts";
 import { signWithCacheKeys, upstreamKeys } from "./signing.ts";
@@ -172,25 +172,37 @@ export async function commitClaim({
   ctx: Context;
   input: CommitInput;
 }): Promise<IngestResult> {
+  const outcome = await ctx.repo.commitPath(await pathToCommit(ctx, input), input.nar);
+  return commitResult(ctx, input, outcome);
+}
+
+/** The path row of a verified claim, signed with the cache's keys (beside the extra Sig lines kept). */
+export async function pathToCommit(ctx: Context, input: CommitInput): Promise<NewPath> {
   const { cache, claim } = input;
   const fp = fingerprint({ ...claim, storePath: claim.storePath.path }, cache.storeDir);
   const sigs = [...new Set([...(await signWithCacheKeys(ctx, cache.id, fp)), ...input.extraSigs])];
-  const outcome = await ctx.repo.commitPath(
-    {
-      cacheId: cache.id,
-      hash: claim.storePath.hash,
-      storePath: claim.storePath.path,
-      references: claim.references,
-      requiredHashes: input.required,
-      deriver: claim.deriver,
-      system: claim.system,
-      ca: claim.ca,
-      sigs,
-      pushedBy: input.pushedBy,
-      stagedNarId: input.stagedNarId,
-    },
-    input.nar,
-  );
+  return {
+    cacheId: cache.id,
+    hash: claim.storePath.hash,
+    storePath: claim.storePath.path,
+    references: claim.references,
+    requiredHashes: input.required,
+    deriver: claim.deriver,
+    system: claim.system,
+    ca: claim.ca,
+    sigs,
+    pushedBy: input.pushedBy,
+    stagedNarId: input.stagedNarId,
+  };
+}
+
+/** What a commit's outcome means for the pusher: the result, or the AppError that names the problem. */
+export async function commitResult(
+  ctx: Context,
+  input: CommitInput,
+  outcome: CommitOutcome,
+): Promise<IngestResult> {
+  const { cache, claim } = input;
   if (outcome.kind === "missing-references") throw missingReferences(cache, claim, outcome.missing);
   if (outcome.kind === "already-present" && outcome.narHash !== claim.narHash) {
     throw differentNarHash(cache, claim, outcome.narHash);
@@ -221,7 +233,7 @@ export async function checkReferencesPresent(
   if (absent.length > 0) throw missingReferences(cache, claim, absent);
 }
 
-function pick(record: { narHash: string; narSize: number; fileHash: string; fileSize: number }) {
+export function pick(record: { narHash: string; narSize: number; fileHash: string; fileSize: number }) {
   const { narHash, narSize, fileHash, fileSize } = record;
   return { narHash, narSize, fileHash, fileSize };
 }
@@ -242,7 +254,7 @@ export async function discard(ctx: Context, storageKey: string): Promise<void> {
   }
 }
 
-function checkClaim(claim: PathClaim, nar: ReceivedNar): void {
+export function checkClaim(claim: PathClaim, nar: ReceivedNar): void {
   const path = claim.storePath.path;
   if (nar.narSize !== claim.narSize) {
     throw new AppError(

@@ -140,6 +140,8 @@ for (const stack of HARNESS_STACKS) {
         path: `/caches/priv/paths/${hashOf(fakeStorePath("x"))}`,
         ok: 400,
       },
+      // Allowed callers get past the permission check to the content type's.
+      "post /caches/{name}/paths": { path: "/caches/priv/paths", rawBody: "", ok: 415 },
       "put /caches/{name}/logs/{drv}": {
         path: `/caches/priv/logs/${hashOf(fakeStorePath("x"))}-matrix.drv`,
         rawBody: "a log\n",

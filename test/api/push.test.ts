@@ -281,6 +281,143 @@ for (const stack of [
       await expectNothingLeft(before, good);
     });
 
+    const batchBody = (entries: { info: PathInfo; body: Buffer; encoding?: string; bodySize?: number }[]) =>
+      Buffer.concat(
+        entries.flatMap(({ info, body, encoding, bodySize }) => [
+          Buffer.from(
+            `${JSON.stringify({ ...info, encoding: encoding ?? "zstd", bodySize: bodySize ?? body.length })}\n`,
+          ),
+          body,
+        ]),
+      );
+    const pushBatch = (body: Buffer, opts: { token?: string; type?: string } = {}) =>
+      req("/api/v1/caches/main/paths", {
+        method: "POST",
+        token: opts.token ?? pushToken,
+        headers: { "content-type": opts.type ?? "application/x-nixstash-batch" },
+        body,
+      });
+
+    it("takes many paths in one batch, in order, with a result per path", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const base = fakeStorePath("batch-base");
+      const baseNar = narOf({ dir: { lib: { dir: { "libbase.so": Buffer.alloc(5000, 7) } } } });
+      const mid = fakeStorePath("batch-mid");
+      const midNar = narOf(Buffer.from(`uses ${base}\n`));
+      const top = fakeStorePath("batch-top");
+      const topNar = narOf({ dir: { bin: { dir: { top: { executable: `#!/bin/sh\n${mid} ${dep}\n` } } } } });
+      const bad = fakeStorePath("batch-bad");
+      const badNar = narOf(Buffer.from("the claim says otherwise\n"));
+      const afterBad = fakeStorePath("batch-after-bad");
+      const afterBadNar = narOf(Buffer.from(`needs ${bad}\n`));
+      const orphan = fakeStorePath("batch-orphan");
+      const orphanNar = narOf(Buffer.from("refers to a path nobody pushed\n"));
+      const absent = fakeStorePath("never-pushed");
+      // dep is in the cache already (pushed by an earlier test or just now).
+      await push(infoFor(dep, depNar), depNar);
+      const before = await storedObjects();
+
+      const res = await pushBatch(
+        batchBody([
+          { info: infoFor(base, baseNar), body: baseNar, encoding: "none" },
+          { info: infoFor(mid, midNar, [base]), body: zstdCompress(midNar) },
+          { info: infoFor(top, topNar, [mid, dep, top]), body: zstdCompress(topNar) },
+          {
+            info: { ...infoFor(bad, badNar), narHash: infoFor(bad, midNar).narHash },
+            body: zstdCompress(badNar),
+          },
+          { info: infoFor(afterBad, afterBadNar, [bad]), body: zstdCompress(afterBadNar) },
+          { info: infoFor(orphan, orphanNar, [absent]), body: zstdCompress(orphanNar) },
+          { info: infoFor(dep, depNar), body: zstdCompress(depNar) },
+          {
+            info: { ...infoFor(top, topNar), storePath: "/nix/store/not-a-store-path" },
+            body: Buffer.alloc(0),
+          },
+        ]),
+      );
+      const text = await res.text();
+      assert.equal(res.status, 200, text);
+      const { results } = JSON.parse(text) as {
+        results: { storePath: string; status?: string | number; error?: string; message?: string }[];
+      };
+      assert.deepEqual(
+        results.map((r) => [r.storePath, r.error ?? r.status]),
+        [
+          [base, "stored"],
+          [mid, "stored"],
+          [top, "stored"],
+          [bad, "hash_mismatch"],
+          [afterBad, "missing_references"],
+          [orphan, "missing_references"],
+          [dep, "already-present"],
+          ["/nix/store/not-a-store-path", "bad_request"],
+        ],
+      );
+      assert.match(results[5]!.message!, new RegExp(absent.slice(11)));
+      assert.equal(results[3]!.status, 422, "a refusal carries the status a single upload would get");
+
+      // What was stored is served, signed, and the NAR decodes to what was pushed.
+      const key = parsePublicKey(
+        ((await (await req("/api/v1/caches/main")).json()) as { publicKey: string }).publicKey,
+      );
+      for (const [path, nar] of [
+        [base, baseNar],
+        [mid, midNar],
+        [top, topNar],
+      ] as const) {
+        const narinfo = parseNarInfo(await (await req(`/main/${hashOf(path)}.narinfo`)).text());
+        assert.equal(narinfo.narHash, infoFor(path, nar).narHash);
+        assert.ok(verifyNarInfo(narinfo, [key]), `${path} is signed`);
+        const stored = await req(`/main/${narinfo.url}`);
+        assert.equal(stored.status, 200);
+        assert.deepEqual(zstdDecompress(Buffer.from(await stored.arrayBuffer())), nar);
+      }
+      for (const path of [bad, afterBad, orphan])
+        assert.equal((await req(`/main/${hashOf(path)}.narinfo`)).status, 404, path);
+      // Only the three stored NARs are new in storage; no pending upload is left.
+      assert.equal((await storedObjects()).filter((k) => !before.includes(k)).length, 3);
+      assert.deepEqual(await h.ctx.repo.pendingUploadsOlderThan(Date.now() + 1000), []);
+    });
+
+    it("refuses a batch it cannot frame, or not allowed, and keeps nothing of it", async (t) => {
+      if (!h) return t.skip("backend unavailable");
+      const path = fakeStorePath("batch-framing");
+      const nar = narOf(Buffer.from("framed\n"));
+      const body = zstdCompress(nar);
+      const before = await storedObjects();
+      const good = { info: infoFor(path, nar), body };
+      const cases: [string, Buffer, number, RegExp][] = [
+        [
+          "body cut short",
+          batchBody([good, { ...good, bodySize: body.length + 10 }]).subarray(0, -1),
+          400,
+          /entry 2: the body ends after/,
+        ],
+        ["no bodySize", Buffer.from(`${JSON.stringify(good.info)}\n`), 400, /entry 1: bodySize must be/],
+        ["not JSON", Buffer.from("hello\n"), 400, /entry 1: the line is not valid JSON/],
+        [
+          "line cut short",
+          Buffer.concat([batchBody([good]), Buffer.from('{"storePath"')]),
+          400,
+          /entry 2: the body ends inside its JSON line/,
+        ],
+        ["empty", Buffer.alloc(0), 400, /empty batch/],
+      ];
+      for (const [name, bytes, status, message] of cases) {
+        const res = await pushBatch(bytes);
+        const text = await res.text();
+        assert.equal(res.status, status, `${name}: ${text}`);
+        assert.match(text, message, name);
+        await expectNothingLeft(before, good.info);
+      }
+      assert.equal((await pushBatch(batchBody([good]), { type: "application/json" })).status, 415);
+      assert.equal((await pushBatch(batchBody([good]), { token: pullToken })).status, 403);
+      await expectNothingLeft(before, good.info);
+      const ok = await pushBatch(batchBody([good]));
+      assert.equal(ok.status, 200);
+      assert.equal(((await ok.json()) as { results: { status: string }[] }).results[0]!.status, "stored");
+    });
+
     it("accepts references proven by an upstream signature, and refuses forged proofs", async (t) => {
       if (!h) return t.skip("backend unavailable");
       const upstream = parseNarInfo(
