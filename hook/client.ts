@@ -34,6 +34,15 @@ export interface UploadResult {
   fileSize: number;
 }
 
+/** One path of a batch upload: the NAR's source (hook/nar-dump.ts) and its path info. */
+export interface BatchItem {
+  info: PushPathInfo;
+  nar: PieceSource;
+}
+
+/** Per item of a batch: the server's result, its refusal of that path, or the item's NAR source's error. */
+export type BatchItemResult = { result: UploadResult } | { refused: PushError } | { sourceError: Error };
+
 /** What GET /api/v1/caches/{name} answers. */
 export interface CacheDescription {
   name: string;
@@ -144,7 +153,69 @@ export function createClient(options: ClientOptions) {
       if (status >= 200 && status < 300) return JSON.parse(text) as UploadResult;
       throw errorOf(status, text);
     },
+
+    uploadBatch,
   };
+
+  /**
+   * Many small paths in one request (POST /paths, application/x-nixstash-batch): each NAR compressed whole,
+   * its path info on a JSON line before it. Throws a PushError when the batch as a whole was refused, with
+   * code "batch_unsupported" from a server that predates batches; otherwise a result per item, in order.
+   */
+  async function uploadBatch(
+    items: readonly BatchItem[],
+    opts: { zstdLevel?: number; signal?: AbortSignal } = {},
+  ): Promise<BatchItemResult[]> {
+    const settings = { level: opts.zstdLevel ?? 3, threads: 0 };
+    const results: (BatchItemResult | undefined)[] = items.map(() => undefined);
+    const parts: Buffer[] = [];
+    const sent: number[] = [];
+    for (const [i, item] of items.entries()) {
+      let body: Buffer;
+      try {
+        body = compressors.compressWhole(item.nar, settings);
+      } catch (error) {
+        results[i] = { sourceError: error as Error };
+        continue;
+      }
+      parts.push(
+        Buffer.from(`${JSON.stringify({ ...item.info, encoding: "zstd", bodySize: body.length })}\n`),
+      );
+      parts.push(body);
+      sent.push(i);
+    }
+    if (sent.length > 0) {
+      const { status, text } = await send(
+        "POST",
+        `${base}/paths`,
+        { ...auth, "content-type": "application/x-nixstash-batch" },
+        Buffer.concat(parts),
+        opts.signal,
+      );
+      if (status < 200 || status >= 300) {
+        const error = errorOf(status, text);
+        // A server from before batches has no such route (404 "no route …", or 405).
+        if (status === 405 || (status === 404 && /^no route/.test(error.message)))
+          throw new PushError(status, "batch_unsupported", error.message);
+        throw error;
+      }
+      const answer = JSON.parse(text) as {
+        results: (UploadResult | { error: string; status: number; message: string })[];
+      };
+      if (answer.results?.length !== sent.length)
+        throw new PushError(
+          502,
+          "bad_answer",
+          `batch of ${sent.length} answered with ${answer.results?.length} results`,
+        );
+      for (const [k, i] of sent.entries()) {
+        const one = answer.results[k]!;
+        results[i] =
+          "error" in one ? { refused: new PushError(one.status, one.error, one.message) } : { result: one };
+      }
+    }
+    return results.map((r) => r!);
+  }
 
   /**
    * One request through node:http (fetch, for the JSON calls too, cost each push ~50 ms of loading undici

@@ -1,9 +1,12 @@
 // The push pipeline's upload order: weights along the longest chain of uploads, and a semaphore that gives a
-// free place to the heaviest waiter.
+// free place to the heaviest waiter; small paths in batches. The server here is a stand-in that records what
+// it was sent (tests in test/hook push to a real server): it is how the batches' order, a refusal inside a
+// batch and a server from before batches can be set up exactly.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { type BatchItemResult, type Client, PushError, type PushPathInfo } from "./client.ts";
 import type { LocalPathInfo } from "./local-store.ts";
-import { createSemaphore, criticalPathWeights } from "./pipeline.ts";
+import { createPusher, createSemaphore, criticalPathWeights, type LocalStore } from "./pipeline.ts";
 
 const MiB = 1024 * 1024;
 const info = (name: string, narSize: number, references: string[] = []): LocalPathInfo =>
@@ -59,5 +62,123 @@ describe("upload order", () => {
     holder();
     await Promise.all(all);
     assert.deepEqual(order, ["high-1", "high-2", "mid", "low"]);
+  });
+});
+
+describe("batches of small paths", () => {
+  const storeOf = (infos: LocalPathInfo[]): LocalStore => ({
+    pathInfos: async () => infos,
+    invalidPaths: async () => [],
+    derivationOutputs: async () => ({ outputs: [], missing: [] }),
+    narSource: () =>
+      function* (scratch) {
+        yield scratch.subarray(0, 8);
+      },
+    onDisk: () => true,
+  });
+
+  /** A stand-in server: records each request (a batch's paths, or one path), answers with `answer`. */
+  function recordingClient(
+    answer: (info: PushPathInfo) => BatchItemResult = () => ({ result: { status: "stored" } as never }),
+  ) {
+    const requests: string[][] = [];
+    const client = {
+      missing: async (paths: readonly string[]) => [...paths],
+      upload: async (info: PushPathInfo) => {
+        requests.push([info.storePath]);
+        return { storePath: info.storePath, status: "stored" };
+      },
+      uploadBatch: async (items: readonly { info: PushPathInfo }[]) => {
+        requests.push(items.map((i) => i.info.storePath));
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        return items.map(({ info }) => answer(info));
+      },
+    };
+    return { client: client as unknown as Client, requests };
+  }
+
+  /** Every path goes up after its references: earlier in the same batch, or in an earlier request. */
+  function assertOrdered(requests: string[][], infos: LocalPathInfo[]) {
+    const sentAt = new Map<string, [number, number]>();
+    for (const [r, paths] of requests.entries()) for (const [i, p] of paths.entries()) sentAt.set(p, [r, i]);
+    for (const info of infos)
+      for (const ref of info.references) {
+        if (ref === info.path) continue;
+        const [r, i] = sentAt.get(info.path)!;
+        const [rr, ri] = sentAt.get(ref)!;
+        assert.ok(rr < r || (rr === r && ri < i), `${ref} goes before ${info.path}`);
+      }
+  }
+
+  it("sends small paths in batches (references before referrers), big ones on their own", async () => {
+    // A chain of 100 small paths, a big path on the chain, and small paths above it.
+    const chain = Array.from({ length: 100 }, (_, i) => info(`s${i}`, 1000, i ? [`s${i - 1}`] : []));
+    const big = info("big", 8 * MiB, ["s99"]);
+    const above = Array.from({ length: 10 }, (_, i) => info(`a${i}`, 1000, ["big", "s50"]));
+    const infos = [...chain, big, ...above];
+    const { client, requests } = recordingClient();
+    const report = await createPusher({
+      client,
+      concurrency: 4,
+      upstreamKeys: async () => [],
+      store: storeOf(infos),
+    }).push([above[0]!.path]);
+    assert.ok(
+      report.paths.every((p) => p.kind === "stored"),
+      JSON.stringify(report.paths.filter((p) => p.kind !== "stored")),
+    );
+    assertOrdered(requests, infos);
+    assert.deepEqual(
+      requests.filter((r) => r.includes(big.path)),
+      [[big.path]],
+      "the big path goes alone",
+    );
+    // 100 paths of a chain need 2 batches (64 paths at most each), not 100 requests.
+    assert.ok(requests.length <= 5, `${requests.length} requests: ${requests.map((r) => r.length)}`);
+  });
+
+  it("fails a path whose reference was refused in the same batch with that reference's reason", async () => {
+    const a = info("a", 1000);
+    const b = info("b", 1000, ["a"]);
+    const c = info("c", 1000);
+    const { client } = recordingClient((pushed) =>
+      pushed.storePath === a.path
+        ? { refused: new PushError(422, "hash_mismatch", "NarHash mismatch for a") }
+        : pushed.storePath === b.path
+          ? { refused: new PushError(422, "missing_references", "references not in cache: a") }
+          : { result: { status: "stored" } as never },
+    );
+    const report = await createPusher({
+      client,
+      concurrency: 4,
+      upstreamKeys: async () => [],
+      store: storeOf([a, b, c]),
+    }).push([b.path, c.path]);
+    const outcome = (p: LocalPathInfo) => report.paths.find((o) => o.path === p.path)!;
+    assert.deepEqual([outcome(a).kind, outcome(a).code], ["failed", "hash_mismatch"]);
+    assert.deepEqual([outcome(b).kind, outcome(b).code], ["failed", "reference_failed"]);
+    assert.match(outcome(b).reason!, /reference .*-a was not pushed: NarHash mismatch for a/);
+    assert.equal(outcome(c).kind, "stored");
+  });
+
+  it("uploads one path at a time, in order, to a server from before batches", async () => {
+    const infos = Array.from({ length: 20 }, (_, i) => info(`p${i}`, 1000, i ? [`p${i - 1}`] : []));
+    const { client, requests } = recordingClient();
+    let batches = 0;
+    (client as { uploadBatch: unknown }).uploadBatch = async () => {
+      batches++;
+      throw new PushError(404, "batch_unsupported", "no route POST /api/v1/caches/main/paths");
+    };
+    const pusher = createPusher({
+      client,
+      concurrency: 4,
+      upstreamKeys: async () => [],
+      store: storeOf(infos),
+    });
+    const report = await pusher.push([infos[19]!.path]);
+    assert.ok(report.paths.every((p) => p.kind === "stored"));
+    assert.equal(batches, 1, "asked once");
+    assert.equal(requests.length, 20);
+    assertOrdered(requests, infos);
   });
 });

@@ -60,6 +60,11 @@ export interface CompressorPool {
    * consumer wants more; the source's errors fail the stream, with their own message.
    */
   compress(source: PieceSource, settings: CompressionSettings): CompressedBody;
+  /**
+   * One zstd frame of all that `source` produces, at once, on this thread (for small NARs: a batch upload
+   * holds its entries whole). The source's errors are thrown with their own message.
+   */
+  compressWhole(source: PieceSource, settings: CompressionSettings): Buffer;
   /** Contexts waiting for reuse (for tests). */
   readonly idle: number;
   /** Scratch buffers waiting for reuse (for tests). */
@@ -127,6 +132,26 @@ export function createCompressorPool(): CompressorPool {
         },
         sendBuffers,
       });
+    },
+    compressWhole(source, settings) {
+      const { pooled, release } = take(settings);
+      const scratch = scratches.pop() ?? Buffer.allocUnsafe(SCRATCH_SIZE);
+      const pieces = source(scratch);
+      const chunks: Buffer[] = [];
+      const emit = (chunk: Buffer) => chunks.push(chunk);
+      let done = false;
+      try {
+        for (let next = pieces.next(); !next.done; next = pieces.next())
+          compressInto(pooled, next.value, zstd.EndDirective.continue, emit, () => false);
+        compressInto(pooled, EMPTY, zstd.EndDirective.end, emit, () => false);
+        done = true;
+      } finally {
+        pieces.return?.();
+        if (scratches.length < KEEP_IDLE) scratches.push(scratch);
+        // A frame cut off by an error leaves its context mid-frame: dropped, not reused.
+        if (done) release(pooled);
+      }
+      return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
     },
     get idle() {
       let n = 0;
