@@ -139,6 +139,13 @@ const ROW_TTL_MS = 1000;
 /** Rows remembered at most (~1 KiB each); past it the oldest entry goes. */
 const ROWS_MAX = 20_000;
 
+/** PostgreSQL's deadlock_detected and serialization_failure (the driver's error, or wrapped as its cause). */
+function isLockConflict(error: unknown): boolean {
+  for (let e = error as { code?: unknown; cause?: unknown } | undefined; e; e = e.cause as typeof e)
+    if (e.code === "40P01" || e.code === "40001") return true;
+  return false;
+}
+
 /** Thrown inside commitPath's transaction to roll it back when the path was committed concurrently. */
 class PathRaced extends Error {}
 
@@ -900,12 +907,27 @@ export function createRepo(database: Database) {
     async commitPaths(items: readonly { path: NewPath; nar: NewNar }[]): Promise<CommitOutcome[]> {
       try {
         return await database.transaction(async (tx) => {
+          // Every reference outside the batch is locked first, in one statement per cache (rows taken in
+          // index order): batches committing at once then lock in the same order and cannot deadlock on
+          // them, as they did (PostgreSQL's 1 s deadlock timeout, then a failed batch) locking per path.
+          const inBatch = new Set(items.map(({ path }) => `${path.cacheId}/${path.hash}`));
+          const external = new Map<number, Set<string>>();
+          for (const { path } of items)
+            for (const hash of path.requiredHashes)
+              if (!inBatch.has(`${path.cacheId}/${hash}`)) {
+                const set = external.get(path.cacheId) ?? new Set();
+                set.add(hash);
+                external.set(path.cacheId, set);
+              }
+          for (const [cacheId, hashes] of external) await lockPresentHashes(tx, cacheId, [...hashes].sort());
           const outcomes: CommitOutcome[] = [];
           for (const { path, nar } of items) outcomes.push(await commitPathIn(tx, path, nar));
           return outcomes;
         });
       } catch (error) {
-        if (!(error instanceof PathRaced)) throw error;
+        // A path committed meanwhile, or a lock cycle with another transaction (two pushes of overlapping
+        // closures in different orders): one transaction per path instead.
+        if (!(error instanceof PathRaced) && !isLockConflict(error)) throw error;
         const outcomes: CommitOutcome[] = [];
         for (const { path, nar } of items) outcomes.push(await commitPath(path, nar));
         return outcomes;
@@ -1238,10 +1260,11 @@ export function createRepo(database: Database) {
         await writes.insertPending(tx, { storageKey });
       });
     },
-    /** addPendingUpload for many keys, in one transaction. */
+    /** addPendingUpload for many keys, in one transaction (a statement per CHUNK keys). */
     async addPendingUploads(storageKeys: readonly string[]): Promise<void> {
       await database.transaction(async (tx) => {
-        for (const storageKey of storageKeys) await writes.insertPending(tx, { storageKey });
+        for (const part of chunks([...storageKeys]))
+          await tx.insert(t.pendingUploads).values(part.map((storageKey) => ({ storageKey })));
       });
     },
     /** Forgets an object that was deleted from storage (and any staged NAR it was). */

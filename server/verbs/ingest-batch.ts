@@ -31,6 +31,7 @@ import {
   type UpstreamProof,
 } from "./ingest.ts";
 import { receiveNar } from "./receive.ts";
+import { activeSecretKeys } from "./signing.ts";
 
 /** One path of a batch, as the route parsed it: its claim and NAR body, or what is wrong with its entry. */
 export type BatchEntry =
@@ -75,6 +76,11 @@ export async function ingestBatch({
   for await (const entry of input.entries) entries.push(entry);
 
   const results: (BatchResult | undefined)[] = entries.map(() => undefined);
+  // Which of the batch's paths the cache has, in one query (one round trip on PostgreSQL, not one per path).
+  const present = await ctx.repo.presentHashes(
+    cache.id,
+    entries.flatMap((entry) => ("claim" in entry ? [entry.claim.storePath.hash] : [])),
+  );
   const seen = new Set<string>();
   const toReceive: {
     index: number;
@@ -90,7 +96,9 @@ export async function ingestBatch({
         throw new AppError("bad_request", `${claim.storePath.path} appears twice in the batch`);
       seen.add(claim.storePath.hash);
       const required = requiredReferences(cache, claim, entry.upstream);
-      const existing = await ctx.repo.path(cache.id, claim.storePath.hash);
+      const existing = present.has(claim.storePath.hash)
+        ? await ctx.repo.path(cache.id, claim.storePath.hash)
+        : undefined;
       if (existing) {
         if (existing.narHash !== claim.narHash) throw differentNarHash(cache, claim, existing.narHash);
         ctx.metrics?.ingestPaths.inc({ result: "already-present" });
@@ -158,9 +166,13 @@ export async function ingestBatch({
     );
     for (const receiver of receivers) if (receiver.status === "rejected") throw receiver.reason;
 
+    if (verified.length === 0) return results.map((result) => result!);
     // In the batch's order, so that a path is committed after the paths of the batch it refers to.
     verified.sort((a, b) => a.index - b.index);
-    const paths = await Promise.all(verified.map(({ commit }) => pathToCommit(ctx, commit)));
+    // The cache's signing keys, looked up once for the batch.
+    const signingKeys = await activeSecretKeys(ctx, cache.id);
+    if (signingKeys.length === 0) throw new Error(`cache ${cache.id} has no active signing key`);
+    const paths = await Promise.all(verified.map(({ commit }) => pathToCommit(ctx, commit, signingKeys)));
     const outcomes = await ctx.repo.commitPaths(
       verified.map(({ commit }, i) => ({ path: paths[i]!, nar: commit.nar })),
     );

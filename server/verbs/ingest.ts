@@ -12,7 +12,9 @@ import {
   encodeNix32,
   fingerprint,
   parseStorePathBasename,
+  type SecretKey,
   type StorePath,
+  signFingerprint,
   verifySignature,
 } from "../../nix/index.ts";
 import type { Context } from "../context.ts";
@@ -176,11 +178,15 @@ export async function commitClaim({
   return commitResult(ctx, input, outcome);
 }
 
-/** The path row of a verified claim, signed with the cache's keys (beside the extra Sig lines kept). */
-export async function pathToCommit(ctx: Context, input: CommitInput): Promise<NewPath> {
+/**
+ * The path row of a verified claim, signed with the cache's keys (beside the extra Sig lines kept); `keys`
+ * are the cache's active signing keys when the caller has them already (a batch looks them up once).
+ */
+export async function pathToCommit(ctx: Context, input: CommitInput, keys?: SecretKey[]): Promise<NewPath> {
   const { cache, claim } = input;
   const fp = fingerprint({ ...claim, storePath: claim.storePath.path }, cache.storeDir);
-  const sigs = [...new Set([...(await signWithCacheKeys(ctx, cache.id, fp)), ...input.extraSigs])];
+  const own = keys ? keys.map((key) => signFingerprint(key, fp)) : await signWithCacheKeys(ctx, cache.id, fp);
+  const sigs = [...new Set([...own, ...input.extraSigs])];
   return {
     cacheId: cache.id,
     hash: claim.storePath.hash,
