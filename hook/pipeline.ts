@@ -172,7 +172,7 @@ function observed(source: NarSource, on: { bytes(n: number): void; failed(error:
  * ~6 ms of CPU per small path, ten times what the NAR itself costs. Bigger NARs go one request each, streamed.
  */
 const BATCH_PATH_MAX = 1 << 20;
-/** A batch closes at this many paths, or NAR bytes; the server takes at most 1000 entries and 64 MiB. */
+/** A batch closes at this many paths, or NAR bytes; the server takes at most 1000 entries and 32 MiB. */
 const BATCH_PATHS_MAX = 64;
 const BATCH_BYTES_MAX = 4 << 20;
 

@@ -22,7 +22,7 @@ export interface BatchLimits {
 export const BATCH_LIMITS: BatchLimits = {
   entries: 1000,
   headerBytes: 4 * 1024 * 1024,
-  bodyBytes: 64 * 1024 * 1024,
+  bodyBytes: 32 * 1024 * 1024,
 };
 
 export interface RawBatchEntry {
