@@ -176,11 +176,14 @@ export async function ingestBatch({
     const outcomes = await ctx.repo.commitPaths(
       verified.map(({ commit }, i) => ({ path: paths[i]!, nar: commit.nar })),
     );
+    // The NARs now owned by committed paths, before anything below may throw: the finally deletes the rest.
+    for (const [i, { commit }] of verified.entries()) {
+      const outcome = outcomes[i]!;
+      if (outcome.kind === "committed" && !outcome.deduplicated) owned.add(commit.nar.storageKey);
+    }
     for (const [i, { index, commit }] of verified.entries()) {
       try {
-        const result = await commitResult(ctx, commit, outcomes[i]!);
-        if (result.status === "stored") owned.add(commit.nar.storageKey);
-        results[index] = result;
+        results[index] = await commitResult(ctx, commit, outcomes[i]!);
       } catch (error) {
         if (!(error instanceof AppError)) throw error;
         results[index] = refusal(ctx, commit.claim.storePath.path, error);
