@@ -305,6 +305,36 @@ function slowSink(options: { closeAfter?: number } = {}) {
   return { sink, arrived, ended: () => ended };
 }
 
+describe("zstd compression of a whole source at once (compressWhole, batch uploads)", () => {
+  it("makes one frame of the whole source, reusing context and scratch", () => {
+    const pool = createCompressorPool();
+    for (const count of [0, 1, 3]) {
+      const { source, seen } = counting(count, textFill);
+      const frame = pool.compressWhole(source, { level: 3, threads: 0 });
+      const expected = Buffer.concat(
+        Array.from({ length: count }, (_, i) => {
+          const b = Buffer.alloc(SCRATCH_SIZE);
+          textFill(i, b);
+          return b;
+        }),
+      );
+      assert.equal(sha(decompress(frame)), sha(expected), `${count} pieces`);
+      assert.ok(seen.returned, "the source was let go of");
+      assert.equal(pool.idle, 1, "the context is back in the pool");
+      assert.equal(pool.idleScratch, 1, "the scratch is back in the pool");
+    }
+  });
+
+  it("throws the source's error, and drops the context", () => {
+    const pool = createCompressorPool();
+    const { source, seen } = counting(10, textFill, 3);
+    assert.throws(() => pool.compressWhole(source, { level: 3, threads: 0 }), /shrank while being read/);
+    assert.equal(seen.pulled, 3);
+    assert.equal(pool.idle, 0, "a context left mid-frame is not reused");
+    assert.equal(pool.idleScratch, 1);
+  });
+});
+
 describe("zstd compression sent straight to a request (sendTo)", () => {
   for (const threads of [0, 2]) {
     it(`sends the frame, reusing context, scratch and output buffers (threads ${threads})`, async () => {
