@@ -6,7 +6,8 @@
 //      serves them, and their infos go along as proofs with the paths that reference them;
 //   3. ask the cache which of the rest it lacks, in batches (one POST /missing per `missingChunk` paths);
 //   4. upload what is missing, `concurrency` at a time, each path only after the uploads of its references
-//      succeeded (the server refuses a path whose references it lacks: closure completeness);
+//      succeeded (the server refuses a path whose references it lacks: closure completeness) or, for small
+//      paths, in the same batch after them (many small paths per request, committed in order);
 //   5. report per path (stored, deduplicated, already there, upstream, failed, retry) and per root (done,
 //      failed, retry) with the reason.
 //
