@@ -10,27 +10,24 @@
 // Each entry gets its own result: one path's bad NAR, conflict or missing reference refuses that path (and
 // those after it that refer to it), not the batch. What is not about one path (storage or database down)
 // fails the whole batch, and nothing of it is kept.
-import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
-import { encodeNix32 } from "../../nix/index.ts";
 import type { Context } from "../context.ts";
-import type { CacheRow, NewNar } from "../db/repo.ts";
+import type { CacheRow } from "../db/repo.ts";
 import { AppError, type ErrorCode } from "../errors.ts";
 import {
+  alreadyPresent,
   type BodyEncoding,
   type CommitInput,
-  checkClaim,
   commitResult,
-  differentNarHash,
   discard,
   type IngestResult,
+  newNarKey,
   type PathClaim,
   pathToCommit,
-  pick,
+  receiveClaimed,
   requiredReferences,
   type UpstreamProof,
 } from "./ingest.ts";
-import { receiveNar } from "./receive.ts";
 import { activeSecretKeys } from "./signing.ts";
 
 /** One path of a batch, as the route parsed it: its claim and NAR body, or what is wrong with its entry. */
@@ -100,9 +97,7 @@ export async function ingestBatch({
         ? await ctx.repo.path(cache.id, claim.storePath.hash)
         : undefined;
       if (existing) {
-        if (existing.narHash !== claim.narHash) throw differentNarHash(cache, claim, existing.narHash);
-        ctx.metrics?.ingestPaths.inc({ result: "already-present" });
-        results[index] = { storePath: claim.storePath.path, status: "already-present", ...pick(existing) };
+        results[index] = alreadyPresent(ctx, cache, claim, existing);
         continue;
       }
       toReceive.push({
@@ -117,7 +112,7 @@ export async function ingestBatch({
     }
   }
 
-  const keys = toReceive.map(() => `nar/${encodeNix32(randomBytes(20))}.nar.zst`);
+  const keys = toReceive.map(() => newNarKey());
   if (keys.length > 0) await ctx.repo.addPendingUploads(keys);
   const owned = new Set<string>();
   try {
@@ -131,25 +126,9 @@ export async function ingestBatch({
         const storageKey = keys[at]!;
         const { claim } = item.commit;
         try {
-          const received = await receiveNar({
-            ctx,
-            input: {
-              body: Readable.from([item.body], { objectMode: false }),
-              compression: item.encoding,
-              storageKey,
-              narSizeLimit: claim.narSize,
-              bodySize: item.body.length,
-              what: claim.storePath.path,
-            },
-          });
-          checkClaim(claim, received);
-          const nar: NewNar = {
-            ...received.stored,
-            narHash: received.narHash,
-            narSize: received.narSize,
-            listing: received.listing,
-            storageKey,
-          };
+          const body = Readable.from([item.body], { objectMode: false });
+          const upload = { body, encoding: item.encoding, bodySize: item.body.length };
+          const nar = await receiveClaimed(ctx, claim, upload, storageKey);
           verified.push({ index: item.index, commit: { ...item.commit, nar } });
         } catch (error) {
           if (!(error instanceof AppError)) {
@@ -171,7 +150,6 @@ export async function ingestBatch({
     verified.sort((a, b) => a.index - b.index);
     // The cache's signing keys, looked up once for the batch.
     const signingKeys = await activeSecretKeys(ctx, cache.id);
-    if (signingKeys.length === 0) throw new Error(`cache ${cache.id} has no active signing key`);
     const paths = await Promise.all(verified.map(({ commit }) => pathToCommit(ctx, commit, signingKeys)));
     const outcomes = await ctx.repo.commitPaths(
       verified.map(({ commit }, i) => ({ path: paths[i]!, nar: commit.nar })),

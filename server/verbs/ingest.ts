@@ -18,10 +18,10 @@ import {
   verifySignature,
 } from "../../nix/index.ts";
 import type { Context } from "../context.ts";
-import type { CacheRow, CommitOutcome, NewNar, NewPath } from "../db/repo.ts";
+import type { CacheRow, CommitOutcome, NewNar, NewPath, PathRecord } from "../db/repo.ts";
 import { AppError, badRequest, conflict } from "../errors.ts";
 import { type ReceivedNar, receiveNar } from "./receive.ts";
-import { signWithCacheKeys, upstreamKeys } from "./signing.ts";
+import { activeSecretKeys, upstreamKeys } from "./signing.ts";
 
 export interface PathClaim {
   storePath: StorePath;
@@ -104,50 +104,72 @@ export async function ingestPath({
   // Cheap refusals before reading a byte of the body.
   const existing = await ctx.repo.path(cache.id, claim.storePath.hash);
   if (existing) {
-    if (existing.narHash !== claim.narHash) throw differentNarHash(cache, claim, existing.narHash);
+    const result = alreadyPresent(ctx, cache, claim, existing);
     input.body.resume();
-    ctx.metrics?.ingestPaths.inc({ result: "already-present" });
-    return { storePath: claim.storePath.path, status: "already-present", ...pick(existing) };
+    return result;
   }
   await checkReferencesPresent(ctx, cache, claim, required);
 
-  const storageKey = `nar/${encodeNix32(randomBytes(20))}.nar.zst`;
+  const storageKey = newNarKey();
   await ctx.repo.addPendingUpload(storageKey);
   let owned = false;
   try {
-    const received = await receiveNar({
-      ctx,
-      input: {
-        body: input.body,
-        compression: input.encoding,
-        storageKey,
-        narSizeLimit: claim.narSize,
-        what: claim.storePath.path,
-      },
-    });
-    checkClaim(claim, received);
+    const nar = await receiveClaimed(ctx, claim, { body: input.body, encoding: input.encoding }, storageKey);
     const result = await commitClaim({
       ctx,
-      input: {
-        cache,
-        claim,
-        required,
-        nar: {
-          ...received.stored,
-          narHash: received.narHash,
-          narSize: received.narSize,
-          listing: received.listing,
-          storageKey,
-        },
-        extraSigs: [],
-        pushedBy: input.pushedBy,
-      },
+      input: { cache, claim, required, nar, extraSigs: [], pushedBy: input.pushedBy },
     });
     owned = result.status === "stored";
     return result;
   } finally {
     if (!owned) await discard(ctx, storageKey);
   }
+}
+
+/** A fresh storage key for a pushed NAR (what is stored is zstd). */
+export const newNarKey = (): string => `nar/${encodeNix32(randomBytes(20))}.nar.zst`;
+
+/** The answer to a claim for a path the cache has: already-present, or a conflict when its NAR differs. */
+export function alreadyPresent(
+  ctx: Context,
+  cache: CacheRow,
+  claim: PathClaim,
+  existing: PathRecord,
+): IngestResult {
+  if (existing.narHash !== claim.narHash) throw differentNarHash(cache, claim, existing.narHash);
+  ctx.metrics?.ingestPaths.inc({ result: "already-present" });
+  return { storePath: claim.storePath.path, status: "already-present", ...pick(existing) };
+}
+
+/**
+ * Receives a claimed path's NAR into storage under `storageKey` (receive.ts) and checks it against the
+ * claim: the NAR row to commit with it. `bodySize` is the body's declared length, when known.
+ */
+export async function receiveClaimed(
+  ctx: Context,
+  claim: PathClaim,
+  upload: { body: Readable; encoding: BodyEncoding; bodySize?: number },
+  storageKey: string,
+): Promise<NewNar> {
+  const received = await receiveNar({
+    ctx,
+    input: {
+      body: upload.body,
+      compression: upload.encoding,
+      storageKey,
+      narSizeLimit: claim.narSize,
+      ...(upload.bodySize === undefined ? {} : { bodySize: upload.bodySize }),
+      what: claim.storePath.path,
+    },
+  });
+  checkClaim(claim, received);
+  return {
+    ...received.stored,
+    narHash: received.narHash,
+    narSize: received.narSize,
+    listing: received.listing,
+    storageKey,
+  };
 }
 
 export interface CommitInput {
@@ -185,7 +207,7 @@ export async function commitClaim({
 export async function pathToCommit(ctx: Context, input: CommitInput, keys?: SecretKey[]): Promise<NewPath> {
   const { cache, claim } = input;
   const fp = fingerprint({ ...claim, storePath: claim.storePath.path }, cache.storeDir);
-  const own = keys ? keys.map((key) => signFingerprint(key, fp)) : await signWithCacheKeys(ctx, cache.id, fp);
+  const own = (keys ?? (await activeSecretKeys(ctx, cache.id))).map((key) => signFingerprint(key, fp));
   const sigs = [...new Set([...own, ...input.extraSigs])];
   return {
     cacheId: cache.id,
@@ -239,7 +261,7 @@ export async function checkReferencesPresent(
   if (absent.length > 0) throw missingReferences(cache, claim, absent);
 }
 
-export function pick(record: { narHash: string; narSize: number; fileHash: string; fileSize: number }) {
+function pick(record: { narHash: string; narSize: number; fileHash: string; fileSize: number }) {
   const { narHash, narSize, fileHash, fileSize } = record;
   return { narHash, narSize, fileHash, fileSize };
 }
@@ -260,7 +282,7 @@ export async function discard(ctx: Context, storageKey: string): Promise<void> {
   }
 }
 
-export function checkClaim(claim: PathClaim, nar: ReceivedNar): void {
+function checkClaim(claim: PathClaim, nar: ReceivedNar): void {
   const path = claim.storePath.path;
   if (nar.narSize !== claim.narSize) {
     throw new AppError(
