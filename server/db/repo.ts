@@ -304,7 +304,7 @@ export function createRepo(database: Database) {
       .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, hashes))),
   );
 
-  // Row-locks what it finds (a no-op update); see commitPathOnce.
+  // Row-locks what it finds (a no-op update); see commitPathIn.
   const lockPresentHashes = hashesBy("lock_present_hashes", (q, cacheId, hashes) =>
     q
       .update(t.paths)
@@ -335,7 +335,7 @@ export function createRepo(database: Database) {
   /** See the repository's commitPath. */
   async function commitPath(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
     try {
-      return await commitPathOnce(path, nar);
+      return await database.transaction((tx) => commitPathIn(tx, path, nar));
     } catch (error) {
       if (!(error instanceof PathRaced)) throw error;
       // The same path was committed concurrently (another replica, or the same push twice at once): this
@@ -343,10 +343,6 @@ export function createRepo(database: Database) {
       const rows = await writes.pathNarHash(db, { cacheId: path.cacheId, hash: path.hash });
       return { kind: "already-present", narHash: rows[0]?.narHash ?? "" };
     }
-  }
-
-  async function commitPathOnce(path: NewPath, nar: NewNar): Promise<CommitOutcome> {
-    return database.transaction((tx) => commitPathIn(tx, path, nar));
   }
 
   /** commitPath's work inside a transaction; throws PathRaced (to roll it back) on a concurrent commit. */
