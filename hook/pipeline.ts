@@ -139,6 +139,23 @@ function describeError(error: unknown): { code: string; reason: string; transien
   return { code: "local_error", reason: (error as Error).message ?? String(error), transient: true };
 }
 
+/** The outcome of an upload an error ended: failed when the error is about the path, else worth a retry. */
+function errorOutcome(info: LocalPathInfo, error: unknown): PathOutcome {
+  const { code, reason, transient } = describeError(error);
+  return { path: info.path, narSize: info.narSize, kind: transient ? "retry" : "failed", code, reason };
+}
+
+/** The outcome of a path not pushed because a reference was not (`dep`, that reference's outcome). */
+function referenceFailed(info: LocalPathInfo, dep: PathOutcome): PathOutcome {
+  return {
+    path: info.path,
+    narSize: info.narSize,
+    kind: dep.kind === "failed" ? "failed" : "retry",
+    code: "reference_failed",
+    reason: `reference ${dep.path} was not pushed: ${dep.reason}`,
+  };
+}
+
 /**
  * A NAR source whose reads are reported (in steps of PROGRESS_STEP bytes, and the rest at the end) and whose
  * failure is told apart from the upload's own: a dump that fails may mean the path left the store.
@@ -341,10 +358,7 @@ export function createPusher(options: PusherOptions) {
         outcome = { ...base, kind: result.status };
       } catch (error) {
         if (dumpError && !options.signal?.aborted) outcome = await dumpFailed(info, dumpError);
-        else {
-          const { code, reason, transient } = describeError(error);
-          outcome = { ...base, kind: transient ? "retry" : "failed", code, reason };
-        }
+        else outcome = errorOutcome(info, error);
       }
       events.finished?.(outcome, Date.now() - began);
       return outcome;
@@ -455,15 +469,8 @@ export function createPusher(options: PusherOptions) {
       );
     } catch (error) {
       if (error instanceof PushError && error.code === "batch_unsupported") return true;
-      const { code, reason, transient } = describeError(error);
       for (const { info, resolve } of live) {
-        const outcome: PathOutcome = {
-          path: info.path,
-          narSize: info.narSize,
-          kind: transient ? "retry" : "failed",
-          code,
-          reason,
-        };
+        const outcome = errorOutcome(info, error);
         events.finished?.(outcome, Date.now() - began);
         resolve(outcome);
       }
@@ -471,25 +478,17 @@ export function createPusher(options: PusherOptions) {
     }
     const settled = new Map<string, PathOutcome>();
     for (const [i, { info, resolve }] of live.entries()) {
-      const base = { path: info.path, narSize: info.narSize };
       const one = results[i]!;
       let outcome: PathOutcome;
-      if ("result" in one) outcome = { ...base, kind: one.result.status };
+      if ("result" in one) outcome = { path: info.path, narSize: info.narSize, kind: one.result.status };
       else if ("sourceError" in one) outcome = await dumpFailed(info, one.sourceError);
       else {
         // Refused for a reference refused earlier in the same batch: said as a path pushed alone says it.
         const ref = info.references.map((r) => settled.get(r)).find((o) => o && !isSuccess(o));
-        if (one.refused.code === "missing_references" && ref)
-          outcome = {
-            ...base,
-            kind: ref.kind === "failed" ? "failed" : "retry",
-            code: "reference_failed",
-            reason: `reference ${ref.path} was not pushed: ${ref.reason}`,
-          };
-        else {
-          const { code, reason, transient } = describeError(one.refused);
-          outcome = { ...base, kind: transient ? "retry" : "failed", code, reason };
-        }
+        outcome =
+          one.refused.code === "missing_references" && ref
+            ? referenceFailed(info, ref)
+            : errorOutcome(info, one.refused);
       }
       settled.set(info.path, outcome);
       events.finished?.(outcome, Date.now() - began);
@@ -603,13 +602,6 @@ export function createPusher(options: PusherOptions) {
       if (promise) return promise;
       promise = (async (): Promise<PathOutcome> => {
         const refs = info.references.filter((ref) => ref !== info.path && missing.has(ref));
-        const refFailed = (ref: string, dep: PathOutcome): PathOutcome => ({
-          path: info.path,
-          kind: dep.kind === "failed" ? "failed" : "retry",
-          narSize: info.narSize,
-          code: "reference_failed",
-          reason: `reference ${ref} was not pushed: ${dep.reason}`,
-        });
         // Each reference pushed, or (for a small path) waiting in the batch this path is about to join; checked
         // again after any wait, until one pass over them waited for nothing, so joining follows at once.
         for (let waited = true; waited; ) {
@@ -618,7 +610,7 @@ export function createPusher(options: PusherOptions) {
             const pending = task(byPath.get(ref)!);
             const known = outcomes.get(ref);
             if (known) {
-              if (!isSuccess(known)) return refFailed(ref, known);
+              if (!isSuccess(known)) return referenceFailed(info, known);
               continue;
             }
             if (batchable(info) && joinsRefInBatch(info, ref)) continue;
@@ -631,7 +623,7 @@ export function createPusher(options: PusherOptions) {
               continue;
             }
             const dep = await pending;
-            if (!isSuccess(dep)) return refFailed(ref, dep);
+            if (!isSuccess(dep)) return referenceFailed(info, dep);
           }
         }
         let upload = running.get(info.path);
