@@ -214,7 +214,10 @@ export function createRepo(database: Database) {
           fileSize: p("fileSize"),
           storageKey: p("storageKey"),
         })
-        .onConflictDoNothing({ target: t.nars.narHash })
+        // Any unique conflict, not only NarHash's: the same content committed at once by another transaction
+        // conflicts on FileHash too, and PostgreSQL raises a conflict on an index other than the one named
+        // here (it did, in CI: nars_file_hash). Either way the row is the same NAR, found by NarHash next.
+        .onConflictDoNothing()
         .returning({ id: t.nars.id }),
     ),
     narIdByNarHash: statement("w_nar_id_by_nar_hash", (q) =>
