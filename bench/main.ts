@@ -629,8 +629,9 @@ function serverCpuSeconds(pid: number): number {
 /**
  * CPU seconds used so far by the services the postgres+s3 stack stores into (Ceph RGW, its OSD and monitor,
  * PostgreSQL). On this machine they share the two cores with client and server, so a push to that stack
- * pays for their work too. Each process counts its own time and that of its children it has reaped
- * (PostgreSQL's backends exit with their connections).
+ * pays for their work too. Every process of those names on the machine counts (the bench's own services
+ * are the only ones here), with its own time and that of the children it has reaped (PostgreSQL's backends
+ * exit with their connections).
  */
 function servicesCpuSeconds(): number {
   let seconds = 0;
