@@ -505,8 +505,9 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
     const storePath = `/nix/store/${hash}-bench-ingest-${randomBytes(3).toString("hex")}`;
     const info = { storePath, narHash: nar.narHash, narSize: nar.narSize, references: [] };
     resetPeakRss(peer.pid!);
+    const onS3 = peer.name.endsWith("postgres+s3");
     const server0 = processCpuSeconds(peer.pid!);
-    const services0 = servicesCpuSeconds();
+    const services0 = onS3 ? servicesCpuSeconds() : 0;
     const t0 = now();
     const res = await putFile(`${peer.server.url}/api/v1/caches/main/paths/${hash}`, file, {
       authorization: `Bearer ${peer.token}`,
@@ -515,18 +516,18 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
     });
     const seconds = (now() - t0) / 1000;
     const serverCpu = processCpuSeconds(peer.pid!) - server0;
-    const servicesCpu = servicesCpuSeconds() - services0;
+    const servicesCpu = onS3 ? servicesCpuSeconds() - services0 : 0;
     if (res.status >= 300) throw new Error(`${peer.name}: ingest answered ${res.status} ${res.body}`);
     const measure = `5 ingest ${(nar.narSize / 2 ** 30).toFixed(2)} GiB NAR, ${encoding} body`;
     // Whose CPU the ingest took: at 300 MB/s a GiB has 3.6 s of both cores, sender and services included.
     row({ measure, peer: peer.name, unit: "CPU s (server)", values: [], lowerIsBetter: true }).values.push(
       serverCpu,
     );
-    if (peer.name.endsWith("postgres+s3")) {
+    if (onS3) {
       row({
         measure,
         peer: peer.name,
-        unit: "CPU s (RGW, OSD, PostgreSQL)",
+        unit: SERVICES_CPU,
         values: [],
         lowerIsBetter: true,
       }).values.push(servicesCpu);
@@ -596,7 +597,7 @@ async function measure5Floors(nar: BigNar) {
     row({
       measure: `5 ingest ${gib} GiB NAR, zstd body`,
       peer: "Ceph RGW PUT of the zstd file alone (floor)",
-      unit: "CPU s (RGW, OSD, PostgreSQL)",
+      unit: SERVICES_CPU,
       values: [],
       lowerIsBetter: true,
     }).values.push(servicesCpu);
@@ -633,6 +634,7 @@ function serverCpuSeconds(pid: number): number {
  * are the only ones here), with its own time and that of the children it has reaped (PostgreSQL's backends
  * exit with their connections).
  */
+const SERVICES_CPU = "CPU s (RGW, OSD, PostgreSQL)";
 function servicesCpuSeconds(): number {
   let seconds = 0;
   for (const entry of readdirSync("/proc")) {
@@ -735,7 +737,7 @@ async function measure6Of(measure: string, workload: Workload, stacks: Stack[], 
           row({
             measure,
             peer: `${how} → ${peer.name}`,
-            unit: "CPU s (RGW, OSD, PostgreSQL)",
+            unit: SERVICES_CPU,
             values: [],
             lowerIsBetter: true,
           }).values.push(servicesCpu);
