@@ -1262,7 +1262,7 @@ export function createRepo(database: Database) {
     /** addPendingUpload for many keys, in one transaction (a statement per CHUNK keys). */
     async addPendingUploads(storageKeys: readonly string[]): Promise<void> {
       await database.transaction(async (tx) => {
-        for (const part of chunks([...storageKeys]))
+        for (const part of chunks(storageKeys))
           await tx.insert(t.pendingUploads).values(part.map((storageKey) => ({ storageKey })));
       });
     },
