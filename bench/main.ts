@@ -905,16 +905,21 @@ async function main() {
       // Rotate the order of peers from run to run, so drifting load on the machine hits all of them alike.
       const order = peers.map((_, i) => peers[(i + rep) % peers.length]!);
       log(`run ${rep + 1}/${opts.reps}`);
-      for (const peer of order) {
-        if (opts.only.has(1)) await measure1(peer, workload, baseline);
-        if (opts.only.has(2)) await measure2(peer, workload, baseline);
-        if (opts.only.has(3) && peer.name !== NODE_RAW) {
-          const s3Base = peer.name.includes("postgres") ? rgwName : undefined;
-          await measure3(peer, narFiles.get(peer)!, 1, baseline, s3Base);
-          await measure3(peer, narFiles.get(peer)!, 16, baseline, s3Base);
-        }
-        if (opts.only.has(4) && peer.name !== NODE_RAW) await measure4(peer, workload, keyOf(peer), baseline);
+      // Measure by measure, every peer in turn: a peer's sample is taken seconds after the baseline's, not
+      // minutes (the machine's load moves 2-3x within minutes: BENCHMARKS.md, session 12).
+      if (opts.only.has(1)) for (const peer of order) await measure1(peer, workload, baseline);
+      if (opts.only.has(2)) for (const peer of order) await measure2(peer, workload, baseline);
+      if (opts.only.has(3)) {
+        for (const connections of [1, 16])
+          for (const peer of order) {
+            if (peer.name === NODE_RAW) continue;
+            const s3Base = peer.name.includes("postgres") ? rgwName : undefined;
+            await measure3(peer, narFiles.get(peer)!, connections, baseline, s3Base);
+          }
       }
+      if (opts.only.has(4))
+        for (const peer of order)
+          if (peer.name !== NODE_RAW) await measure4(peer, workload, keyOf(peer), baseline);
     }
     if (opts.only.has(5)) {
       log(`ingest: making a ${opts.ingestMiB} MiB NAR`);
