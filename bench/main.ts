@@ -765,6 +765,9 @@ async function measure6Of(measure: string, workload: Workload, stacks: Stack[], 
 const HOOK_PACE_MS = 25;
 
 function hookRows(measure: string, peer: string, ms: number[], withTarget: boolean) {
+  log(
+    `${measure}, ${peer}: p50 ${percentile(ms, 50).toFixed(1)} ms, p99 ${percentile(ms, 99).toFixed(1)} ms`,
+  );
   row({ measure, peer, unit: "ms p50", values: [], lowerIsBetter: true }).values.push(percentile(ms, 50));
   row({
     measure,
