@@ -24,7 +24,6 @@ import {
   writeFileSync,
   writeSync,
 } from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -475,27 +474,19 @@ function peakRssMiB(pid: number): number {
   return kb / 1024;
 }
 
-function putFile(
+/** One PUT of `file`, sent by bench/put-file.mjs from a process of its own: its answer, time and CPU. */
+async function putFile(
   url: string,
   file: string,
   headers: Record<string, string>,
-): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      url,
-      { method: "PUT", headers: { ...headers, "content-length": String(statSync(file).size) } },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (d: string) => {
-          body += d;
-        });
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-      },
-    );
-    req.on("error", reject);
-    createReadStream(file, { highWaterMark: 1 << 20 }).pipe(req);
-  });
+): Promise<{ status: number; body: string; seconds: number; cpuSeconds: number }> {
+  const { stdout } = await execFileP(process.execPath, [
+    join(ROOT, "bench/put-file.mjs"),
+    url,
+    file,
+    JSON.stringify(headers),
+  ]);
+  return JSON.parse(stdout);
 }
 
 async function measure5(peer: NixstashPeer, nar: BigNar) {
@@ -510,13 +501,12 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
     const onS3 = peer.name.endsWith("postgres+s3");
     const server0 = processCpuSeconds(peer.pid!);
     const services0 = onS3 ? servicesCpuSeconds() : 0;
-    const t0 = now();
     const res = await putFile(`${peer.server.url}/api/v1/caches/main/paths/${hash}`, file, {
       authorization: `Bearer ${peer.token}`,
       "x-nixstash-path-info": JSON.stringify(info),
       ...(encoding === "zstd" ? { "content-encoding": "zstd" } : {}),
     });
-    const seconds = (now() - t0) / 1000;
+    const seconds = res.seconds;
     const serverCpu = processCpuSeconds(peer.pid!) - server0;
     const servicesCpu = onS3 ? servicesCpuSeconds() - services0 : 0;
     if (res.status >= 300) throw new Error(`${peer.name}: ingest answered ${res.status} ${res.body}`);
@@ -524,6 +514,10 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
     // Whose CPU the ingest took: at 300 MB/s a GiB has 3.6 s of both cores, sender and services included.
     row({ measure, peer: peer.name, unit: "CPU s (server)", values: [], lowerIsBetter: true }).values.push(
       serverCpu,
+    );
+    // The sender shares the same two cores.
+    row({ measure, peer: peer.name, unit: "CPU s (sender)", values: [], lowerIsBetter: true }).values.push(
+      res.cpuSeconds,
     );
     if (onS3) {
       row({
@@ -556,9 +550,10 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
 
 /**
  * What the machine itself does with the same bytes, in the same run: zstd's own CLI compressing the plain NAR
- * at the server's level and threads (NIXSTASH_ZSTD_LEVEL's default 3, two workers as receive.ts uses), and
- * Ceph RGW taking the compressed file from the minio client. An ingest cannot beat the first for a plain body
- * (it compresses, and hashes and parses besides), nor the second on S3.
+ * at the server's level and threads (NIXSTASH_ZSTD_LEVEL's default 3, two workers as receive.ts uses); a
+ * minimal Node server doing only the work any plain ingest does (bench/ingest-floor.mjs); and Ceph RGW taking
+ * the compressed file from the minio client. An ingest cannot beat the first two for a plain body (it does
+ * their work, and parses the NAR, records and signs it besides), nor the third on S3.
  */
 async function measure5Floors(nar: BigNar) {
   const gib = (nar.narSize / 2 ** 30).toFixed(2);
@@ -579,6 +574,38 @@ async function measure5Floors(nar: BigNar) {
     values: [],
     lowerIsBetter: true,
   }).values.push(childrenCpuSeconds() - cpu0);
+  // The least a Node server does with a plain body (bench/ingest-floor.mjs: hash, compress as the server
+  // does, hash, write; no NAR parsing, database or signing), sent the same way as to nixstash.
+  const floorPeer = "minimal Node ingest: hash, zstd -3, hash, write (floor)";
+  const floor = spawn(process.execPath, [join(ROOT, "bench/ingest-floor.mjs"), TMP], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      floor.stdout!.once("data", (d: Buffer) => resolve(Number(d.toString().trim())));
+      floor.once("exit", (code) => reject(new Error(`bench/ingest-floor.mjs exited ${code}`)));
+    });
+    const cpu0 = processCpuSeconds(floor.pid!);
+    const res = await putFile(`http://127.0.0.1:${port}/`, nar.plain, {});
+    const serverCpu = processCpuSeconds(floor.pid!) - cpu0;
+    if (res.status !== 201) throw new Error(`ingest floor answered ${res.status}: ${res.body}`);
+    const { narHash } = JSON.parse(res.body) as { narHash: string };
+    if (formatHash(Buffer.from(narHash, "hex")) !== nar.narHash)
+      throw new Error(`ingest floor hashed the NAR as ${narHash}, not ${nar.narHash}`);
+    const measure = `5 ingest ${gib} GiB NAR, plain body`;
+    const lowerIsBetter = true;
+    row({ measure, peer: floorPeer, unit: "CPU s (server)", values: [], lowerIsBetter }).values.push(
+      serverCpu,
+    );
+    row({ measure, peer: floorPeer, unit: "CPU s (sender)", values: [], lowerIsBetter }).values.push(
+      res.cpuSeconds,
+    );
+    row({ measure, peer: floorPeer, unit: "MB/s", values: [], lowerIsBetter: false }).values.push(
+      nar.narSize / MB / res.seconds,
+    );
+  } finally {
+    floor.kill();
+  }
   if (!opts.s3) return;
   const client = bucketClient();
   const bucket = `bench-floor-${randomBytes(4).toString("hex")}`;
