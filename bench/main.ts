@@ -489,6 +489,17 @@ async function putFile(
   return JSON.parse(stdout);
 }
 
+/** The table's measure for one ingest body: nixstash's rows and their floors' must land in the same one. */
+function ingestMeasure(nar: BigNar, encoding: "plain" | "zstd"): string {
+  return `5 ingest ${(nar.narSize / 2 ** 30).toFixed(2)} GiB NAR, ${encoding} body`;
+}
+
+/** Whose CPU one ingest took: the receiving server's and the sender's, on the same two cores. */
+function ingestCpuRows(measure: string, peer: string, serverCpu: number, senderCpu: number) {
+  row({ measure, peer, unit: "CPU s (server)", values: [], lowerIsBetter: true }).values.push(serverCpu);
+  row({ measure, peer, unit: "CPU s (sender)", values: [], lowerIsBetter: true }).values.push(senderCpu);
+}
+
 async function measure5(peer: NixstashPeer, nar: BigNar) {
   for (const [encoding, file] of [
     ["plain", nar.plain],
@@ -506,19 +517,12 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
       "x-nixstash-path-info": JSON.stringify(info),
       ...(encoding === "zstd" ? { "content-encoding": "zstd" } : {}),
     });
-    const seconds = res.seconds;
     const serverCpu = processCpuSeconds(peer.pid!) - server0;
     const servicesCpu = onS3 ? servicesCpuSeconds() - services0 : 0;
     if (res.status >= 300) throw new Error(`${peer.name}: ingest answered ${res.status} ${res.body}`);
-    const measure = `5 ingest ${(nar.narSize / 2 ** 30).toFixed(2)} GiB NAR, ${encoding} body`;
+    const measure = ingestMeasure(nar, encoding);
     // Whose CPU the ingest took: at 300 MB/s a GiB has 3.6 s of both cores, sender and services included.
-    row({ measure, peer: peer.name, unit: "CPU s (server)", values: [], lowerIsBetter: true }).values.push(
-      serverCpu,
-    );
-    // The sender shares the same two cores.
-    row({ measure, peer: peer.name, unit: "CPU s (sender)", values: [], lowerIsBetter: true }).values.push(
-      res.cpuSeconds,
-    );
+    ingestCpuRows(measure, peer.name, serverCpu, res.cpuSeconds);
     if (onS3) {
       row({
         measure,
@@ -535,7 +539,7 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
       values: [],
       lowerIsBetter: false,
       target: { text: "≥ 300 MB/s", ok: (r) => median(r.values) >= 300 },
-    }).values.push(nar.narSize / MB / seconds);
+    }).values.push(nar.narSize / MB / res.seconds);
     row({
       measure,
       peer: peer.name,
@@ -556,19 +560,19 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
  * their work, and parses the NAR, records and signs it besides), nor the third on S3.
  */
 async function measure5Floors(nar: BigNar) {
-  const gib = (nar.narSize / 2 ** 30).toFixed(2);
+  const plain = ingestMeasure(nar, "plain");
   let t0 = now();
   const cpu0 = childrenCpuSeconds();
   await sh("zstd", ["-q", "-f", "-3", "-T2", nar.plain, "-o", "/dev/null"]);
   row({
-    measure: `5 ingest ${gib} GiB NAR, plain body`,
+    measure: plain,
     peer: "zstd -3 -T2 CLI, compression alone (floor)",
     unit: "MB/s",
     values: [],
     lowerIsBetter: false,
   }).values.push(nar.narSize / MB / ((now() - t0) / 1000));
   row({
-    measure: `5 ingest ${gib} GiB NAR, plain body`,
+    measure: plain,
     peer: "zstd -3 -T2 CLI, compression alone (floor)",
     unit: "CPU s",
     values: [],
@@ -592,15 +596,8 @@ async function measure5Floors(nar: BigNar) {
     const { narHash } = JSON.parse(res.body) as { narHash: string };
     if (formatHash(Buffer.from(narHash, "hex")) !== nar.narHash)
       throw new Error(`ingest floor hashed the NAR as ${narHash}, not ${nar.narHash}`);
-    const measure = `5 ingest ${gib} GiB NAR, plain body`;
-    const lowerIsBetter = true;
-    row({ measure, peer: floorPeer, unit: "CPU s (server)", values: [], lowerIsBetter }).values.push(
-      serverCpu,
-    );
-    row({ measure, peer: floorPeer, unit: "CPU s (sender)", values: [], lowerIsBetter }).values.push(
-      res.cpuSeconds,
-    );
-    row({ measure, peer: floorPeer, unit: "MB/s", values: [], lowerIsBetter: false }).values.push(
+    ingestCpuRows(plain, floorPeer, serverCpu, res.cpuSeconds);
+    row({ measure: plain, peer: floorPeer, unit: "MB/s", values: [], lowerIsBetter: false }).values.push(
       nar.narSize / MB / res.seconds,
     );
   } finally {
@@ -616,7 +613,7 @@ async function measure5Floors(nar: BigNar) {
     await client.fPutObject(bucket, "floor.nar.zst", nar.zstd, {});
     const servicesCpu = servicesCpuSeconds() - services0;
     row({
-      measure: `5 ingest ${gib} GiB NAR, zstd body`,
+      measure: ingestMeasure(nar, "zstd"),
       peer: "Ceph RGW PUT of the zstd file alone (floor)",
       unit: "MB/s",
       values: [],
@@ -624,7 +621,7 @@ async function measure5Floors(nar: BigNar) {
       // The same unit as the ingest rows: NAR bytes per second (the object is the compressed NAR).
     }).values.push(nar.narSize / MB / ((now() - t0) / 1000));
     row({
-      measure: `5 ingest ${gib} GiB NAR, zstd body`,
+      measure: ingestMeasure(nar, "zstd"),
       peer: "Ceph RGW PUT of the zstd file alone (floor)",
       unit: SERVICES_CPU,
       values: [],
