@@ -28,7 +28,6 @@ import os from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { encodeNix32, formatHash } from "../nix/index.ts";
-import { downloadAll, getText, sequentialGets } from "./clients.ts";
 import { hookCallsUnderNix } from "./hook-under-nix.ts";
 import {
   bucketClient,
@@ -187,6 +186,25 @@ async function prepare(): Promise<{ workload: Workload; fileCache: string; stati
   return { workload, fileCache, staticKey: readFileSync(join(keyDir, "pub"), "utf8").trim() };
 }
 
+/** GET returning the body as text (setup only, not timed). */
+async function getText(url: string): Promise<{ status: number; text: string }> {
+  const res = await fetch(url);
+  return { status: res.status, text: await res.text() };
+}
+
+type ClientJob =
+  | { kind: "sequential"; base: string; paths: string[]; passes: number }
+  | { kind: "download"; base: string; files: string[]; connections: number };
+/** Runs one load of measure 1 or 3 from bench/http-client.mjs, a process of its own: what it timed. */
+async function httpClient(
+  job: ClientJob,
+): Promise<{ seconds: number; statuses?: Record<string, number>; bytes?: number; cpuSeconds: number }> {
+  const file = join(TMP, "http-client-job.json");
+  writeFileSync(file, JSON.stringify(job));
+  const { stdout } = await execFileP(process.execPath, [join(ROOT, "bench/http-client.mjs"), file]);
+  return JSON.parse(stdout);
+}
+
 const hashOf = (storePath: string) => storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
 
 async function narFilesOf(peer: Peer, workload: Workload): Promise<string[]> {
@@ -220,14 +238,11 @@ async function measure1(peer: Peer, workload: Workload, baseline: string) {
   const base = new URL(peer.base);
   const paths = workload.paths.map((p) => `${base.pathname.replace(/\/$/, "")}/${hashOf(p.path)}.narinfo`);
   const passes = 10;
-  // One unmeasured pass first, for every peer alike: the measure is a warm server's latency (JIT-compiled
-  // code, page cache), not the first requests after a start.
-  await sequentialGets(base, paths);
-  const t0 = now();
-  const statuses = await sequentialGets(base, Array.from({ length: passes }, () => paths).flat());
-  const ms = (now() - t0) / passes;
-  if (statuses.get(200) !== paths.length * passes)
-    throw new Error(`${peer.name}: narinfo statuses ${JSON.stringify([...statuses])}`);
+  // The client makes one unmeasured pass first, for every peer alike (a warm server's latency is measured).
+  const r = await httpClient({ kind: "sequential", base: peer.base, paths, passes });
+  const ms = (r.seconds * 1000) / passes;
+  if (r.statuses?.["200"] !== paths.length * passes)
+    throw new Error(`${peer.name}: narinfo statuses ${JSON.stringify(r.statuses)}`);
   row({
     measure: `1 narinfos sequential, 1 conn (${paths.length} per pass)`,
     peer: peer.name,
@@ -325,9 +340,7 @@ async function measure3(
   baseline: string,
   s3Baseline?: string,
 ) {
-  const t0 = now();
-  const bytes = await downloadAll(peer.base, files, connections);
-  const seconds = (now() - t0) / 1000;
+  const { seconds, bytes = 0 } = await httpClient({ kind: "download", base: peer.base, files, connections });
   const measure = `3 all NARs, ${connections} conn${connections > 1 ? "s" : ""}`;
   const isBase = peer.name === baseline || peer.name === s3Baseline;
   const floor = peer.name === NODE_FLOOR;
