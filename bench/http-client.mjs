@@ -1,19 +1,23 @@
-// The load generator of measures 1 and 3, in a small process of its own (as wrk is for measure 2 and
-// put-file.mjs for measure 5), kept as thin as possible so that the server is what is measured:
-// - "sequential": GETs every path one after another on ONE keep-alive connection, a minimal HTTP/1.1 client
-//   on a raw socket (no parser, no agent); one unmeasured pass first, then `passes` timed ones;
-// - "download": GETs every file, `connections` at a time, through node:http keep-alive agents, following one
-//   redirect (S3 presigned URLs).
-// Not from the bench's own process: its heap (the workload, the results) makes the collections that half a
-// gigabyte of received chunks sets off cost more, on the two cores the server needs, and it differs from one
-// peer's turn to the next.
+// The load generators of measures 1 and 3, each in a process of its own (as wrk is for measure 2 and
+// put-file.mjs for measure 5), and each the lightest client found for its load, so that the server is what is
+// measured:
+// - "sequential" (measure 1): GETs every path one after another on ONE keep-alive connection, a minimal
+//   HTTP/1.1 client on a raw socket (no parser, no agent); one unmeasured pass first, then `passes` timed ones.
+//   curl on one connection took 46-53 ms a pass of nginx against this client's 29-33 (ad-hoc, session 13).
+// - "download" (measure 3): curl fetches every file, `connections` at a time, following one redirect (S3
+//   presigned URLs). A Node client receiving on keep-alive agents used a whole core at ~500 MB/s and capped
+//   every server there; curl took 1.0-1.3 GB/s from nginx on the same machine (BENCHMARKS.md, session 13).
+// Not from the bench's own process: its heap (the workload, the results) makes every collection dearer, on the
+// two cores the server needs, and it differs from one peer's turn to the next.
 //   node bench/http-client.mjs JOB.json
 // JOB: {"kind":"sequential","base":URL,"paths":[...],"passes":N} | {"kind":"download","base":URL,"files":[...],"connections":N}
-// Prints one JSON line: the seconds timed, the statuses seen (sequential) or bytes received (download), and
-// its own CPU seconds. Plain JavaScript, so it starts without the TypeScript loader and stays small.
+// Prints one JSON line: the seconds timed, and the statuses seen and this client's CPU seconds (sequential) or
+// the bytes received (download). Plain JavaScript, so it starts without the TypeScript loader and stays small.
+
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import http from "node:http";
 import net from "node:net";
+import { setTimeout } from "node:timers/promises";
 
 /** GETs every path one after another on one connection; returns how many answers had each status. */
 async function sequentialGets(base, paths) {
@@ -62,71 +66,55 @@ async function sequentialGets(base, paths) {
   return statuses;
 }
 
-/** Downloads every file (relative to base), `connections` at a time; returns the bytes received. */
+/**
+ * Downloads every file (relative to base), `connections` at a time, with curl (Nix's own HTTP library, and a
+ * client that costs far less per byte than any Node one): returns the bytes received. The list goes to curl
+ * on its standard input once it has started and waits for it, so curl's own start (20-30 ms) is not timed.
+ */
 async function downloadAll(base, files, connections) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
-  const redirectAgent = new http.Agent({ keepAlive: true, maxSockets: connections });
-  let next = 0;
-  let bytes = 0;
-  const get = (url, viaRedirect) =>
-    new Promise((resolve, reject) => {
-      const req = http.get(url, { agent: viaRedirect ? redirectAgent : agent }, (res) => {
-        const status = res.statusCode ?? 0;
-        if (status >= 300 && status < 400 && res.headers.location && !viaRedirect) {
-          res.resume();
-          resolve(get(new URL(res.headers.location, url).toString(), true));
-          return;
-        }
-        if (status !== 200) {
-          res.resume();
-          reject(new Error(`GET ${url}: ${status}`));
-          return;
-        }
-        let n = 0;
-        res.on("data", (chunk) => {
-          n += chunk.length;
-        });
-        res.on("end", () => resolve(n));
-        res.on("error", reject);
-      });
-      req.on("error", reject);
-    });
-  const worker = async () => {
-    while (next < files.length) {
-      const file = files[next++];
-      // Not `bytes += await …`: that reads `bytes` before the await, and concurrent workers' sums are lost.
-      const got = await get(`${base}/${file}`, false);
-      bytes += got;
-    }
-  };
-  try {
-    await Promise.all(Array.from({ length: connections }, worker));
-  } finally {
-    agent.destroy();
-    redirectAgent.destroy();
-  }
-  return bytes;
+  const args = ["--silent", "--show-error", "--fail", "--location", "--config", "-"];
+  if (connections > 1) args.push("--parallel", "--parallel-immediate", "--parallel-max", String(connections));
+  args.push("--write-out", "%{size_download}\\n");
+  const curl = spawn("curl", args, { stdio: ["pipe", "pipe", "inherit"] });
+  let out = "";
+  curl.stdout.setEncoding("utf8");
+  curl.stdout.on("data", (d) => {
+    out += d;
+  });
+  const exited = new Promise((resolve, reject) => {
+    curl.once("error", reject);
+    curl.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`curl exited with ${code}`))));
+  });
+  // Started and blocked reading its configuration (which it parses before any transfer).
+  await setTimeout(300);
+  const config = files.map((f) => `url = "${base}/${f}"\noutput = "/dev/null"\n`).join("");
+  const t0 = performance.now();
+  curl.stdin.end(config);
+  await exited;
+  const seconds = (performance.now() - t0) / 1000;
+  const sizes = out.split("\n").filter(Boolean).map(Number);
+  if (sizes.length !== files.length)
+    throw new Error(`curl reported ${sizes.length} of ${files.length} downloads`);
+  return { seconds, bytes: sizes.reduce((a, b) => a + b, 0) };
 }
 
 const jobFile = process.argv[2];
 if (!jobFile) throw new Error("usage: http-client.mjs JOB.json");
 const job = JSON.parse(readFileSync(jobFile, "utf8"));
-let timed;
+let result;
 if (job.kind === "sequential") {
   const base = new URL(job.base);
   // The unmeasured pass: the measure is a warm server's latency (JIT-compiled code, page cache), and it warms
   // this client alike for every peer.
   await sequentialGets(base, job.paths);
   const all = Array.from({ length: job.passes }, () => job.paths).flat();
-  timed = async () => ({ statuses: await sequentialGets(base, all) });
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const statuses = await sequentialGets(base, all);
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  result = { seconds, statuses, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
 } else if (job.kind === "download") {
-  timed = async () => ({ bytes: await downloadAll(job.base, job.files, job.connections) });
+  result = await downloadAll(job.base, job.files, job.connections);
 } else throw new Error(`unknown job kind ${job.kind}`);
-const cpu0 = process.cpuUsage();
-const t0 = performance.now();
-const result = await timed();
-const seconds = (performance.now() - t0) / 1000;
-const cpu = process.cpuUsage(cpu0);
-process.stdout.write(
-  `${JSON.stringify({ ...result, seconds, cpuSeconds: (cpu.user + cpu.system) / 1e6 })}\n`,
-);
+process.stdout.write(`${JSON.stringify(result)}\n`);

@@ -198,7 +198,7 @@ type ClientJob =
 /** Runs one load of measure 1 or 3 from bench/http-client.mjs, a process of its own: what it timed. */
 async function httpClient(
   job: ClientJob,
-): Promise<{ seconds: number; statuses?: Record<string, number>; bytes?: number; cpuSeconds: number }> {
+): Promise<{ seconds: number; statuses?: Record<string, number>; bytes?: number; cpuSeconds?: number }> {
   const file = join(TMP, "http-client-job.json");
   writeFileSync(file, JSON.stringify(job));
   const { stdout } = await execFileP(process.execPath, [join(ROOT, "bench/http-client.mjs"), file]);
