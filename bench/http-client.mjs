@@ -72,7 +72,7 @@ async function sequentialGets(base, paths) {
  * on its standard input once it has started and waits for it, so curl's own start (20-30 ms) is not timed.
  */
 async function downloadAll(base, files, connections) {
-  const args = ["--silent", "--show-error", "--fail", "--location", "--config", "-"];
+  const args = ["--silent", "--no-progress-meter", "--show-error", "--fail", "--location", "--config", "-"];
   if (connections > 1) args.push("--parallel", "--parallel-immediate", "--parallel-max", String(connections));
   args.push("--write-out", "%{size_download}\\n");
   const curl = spawn("curl", args, { stdio: ["pipe", "pipe", "inherit"] });

@@ -5,9 +5,9 @@
 # --hook-runs N, --ingest-mib N, --seed N, --profile (node --cpu-prof of the servers), --no-write.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for bin in nix nix-store nginx wrk zstd; do
+for bin in nix nix-store nginx wrk zstd curl; do
   command -v "$bin" >/dev/null || {
-    echo "bench: $bin is missing (apt-get install -y nix-bin nginx wrk zstd)" >&2
+    echo "bench: $bin is missing (apt-get install -y nix-bin nginx wrk zstd curl)" >&2
     exit 2
   }
 done
