@@ -1,6 +1,6 @@
 # nixstash server image. Node 20 runs the esbuild bundle of server/main.ts, as `npm start` does.
-# Native modules (better-sqlite3, lzma-native, zstd-napi) are compiled in the first stage when no prebuilt
-# binary fits, so the runtime stage needs no compiler.
+# Native modules (better-sqlite3, lzma-native, zstd-napi, and our own sendfile addon in server/native, built by
+# package.json's install script) are compiled in the first stage, so the runtime stage needs no compiler.
 #   docker build -t nixstash .
 #   docker run -p 8080:8080 -v nixstash-data:/var/lib/nixstash nixstash     # SQLite + local storage
 # See docker-compose.yml for PostgreSQL + MinIO, and README "Running as a service".
@@ -10,6 +10,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
+COPY server/native ./server/native
 RUN npm ci --omit=dev --no-audit --no-fund
 COPY nix ./nix
 COPY schema ./schema
@@ -27,6 +28,7 @@ COPY nix ./nix
 COPY schema ./schema
 COPY server ./server
 COPY --from=deps /opt/nixstash/server/dist ./server/dist
+COPY --from=deps /opt/nixstash/server/native/build/Release/sendfile.node ./server/native/build/Release/
 RUN mkdir -p /var/lib/nixstash && chown node:node /var/lib/nixstash
 USER node
 VOLUME /var/lib/nixstash

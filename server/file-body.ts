@@ -1,13 +1,17 @@
 // A stored file, or a byte range of it, as a response body (local storage's NARs and build logs).
 //
 // It is a Readable like any other for whoever reads it; a socket response takes it through sendTo() instead,
-// which reads the file into a few buffers reused from one download to the next. Why: an fs stream allocates a
+// which has the kernel send it with sendfile(2) where it can (server/sendfile.ts), and otherwise reads the
+// file into a few buffers reused from one download to the next. Why the reuse: an fs stream allocates a
 // fresh buffer for every chunk, and at a gigabyte a second those buffers (memory outside V8's heap, but
 // accounted to it) set off a full mark-and-sweep of the server's heap every few tens of megabytes. `perf
 // record` of the server sending one 109 MB NAR put a third of its CPU in V8's marking and sweeping, and it
 // sent at half the speed of a bare node:http file server, whose heap is a fraction of ours (issue 7).
 import { close, read } from "node:fs";
+import { ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import { Readable, type Writable } from "node:stream";
+import { startSendfile } from "./sendfile.ts";
 
 /** Bytes per read. */
 const CHUNK = 256 * 1024;
@@ -20,6 +24,14 @@ const take = () => spare.pop() ?? Buffer.allocUnsafeSlow(CHUNK);
 const give = (buffer: Buffer) => {
   if (spare.length < KEEP) spare.push(buffer);
 };
+const NOTHING = Buffer.alloc(0);
+
+/** The descriptor of a plain TCP socket (not TLS), or undefined. */
+function socketFd(socket: Socket): number | undefined {
+  if ("encrypted" in socket) return undefined;
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === "number" && fd >= 0 ? fd : undefined;
+}
 
 function readAt(fd: number, buffer: Buffer, length: number, position: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -75,12 +87,48 @@ export class FileBody extends Readable {
   }
 
   /**
+   * Sends what is left of the file with sendfile(2) when `out` is the current response on a plain TCP socket
+   * and the addon is there: true once done (sent and ended, or failed and destroyed), false to copy instead.
+   * The kernel sends only after everything Node has queued on the socket (the response's head) is out, and
+   * Node writes nothing to it until the kernel is done: then `out.end()` finishes the response as usual.
+   */
+  async #sendfile(out: Writable): Promise<boolean> {
+    // A pipelined response waiting its turn has no socket yet.
+    const socket = out instanceof ServerResponse ? out.socket : null;
+    const fd = socket && !out.destroyed && this.#left > 0 ? socketFd(socket) : undefined;
+    if (!socket || fd === undefined) return false;
+    (out as ServerResponse).flushHeaders();
+    // Writes on a socket complete in order: once this empty one has, the head is with the kernel.
+    if (socket.writableLength > 0)
+      await new Promise<void>((resolve) => socket.write(NOTHING, () => resolve()));
+    if (socket.writableLength > 0 || out.destroyed || socket.destroyed) return false;
+    const sending = startSendfile(fd, this.#fd, this.#position, this.#left);
+    if (!sending) return false;
+    const onClose = () => sending.cancel();
+    out.once("close", onClose);
+    try {
+      const sent = await sending.done;
+      this.#position += sent;
+      this.#left -= sent;
+      out.end();
+    } catch (error) {
+      // The peer went away (the cancel above) or the send failed: the client sees a short body.
+      out.destroy(error as Error);
+    } finally {
+      out.removeListener("close", onClose);
+      this.destroy();
+    }
+    return true;
+  }
+
+  /**
    * Writes what is left of the file to `out` and ends it; a read error destroys `out` (the client sees a
    * short body), `out` closing early (the client went away) stops the reading. Use instead of reading this
    * stream, not besides. A buffer goes back to the pool once `out` has handed it to the kernel (its write
    * callback), never earlier, and at most IN_FLIGHT of them are out at once: that is the backpressure.
    */
   async sendTo(out: Writable): Promise<void> {
+    if (await this.#sendfile(out)) return;
     let gone = out.destroyed;
     let wake: (() => void) | undefined;
     const onClose = () => {

@@ -19,6 +19,7 @@ import { installFastLane } from "./routes/fast-lane.ts";
 import { nixFastReads } from "./routes/nix.ts";
 import { createRequestRecorder, createRequestScope } from "./routes/request-log.ts";
 import { createSecretBox, loadServerSecret } from "./secrets.ts";
+import { sendfileUnavailable } from "./sendfile.ts";
 import { createLocalStorage } from "./storage/local.ts";
 import { createS3Storage } from "./storage/s3.ts";
 import type { Storage } from "./storage/storage.ts";
@@ -64,6 +65,11 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const database = await openDatabase(config.databaseUrl);
   const storage = await openStorage(config.storage);
   await storage.check();
+  if (config.storage.kind === "local" && sendfileUnavailable)
+    log.warn(
+      { reason: sendfileUnavailable },
+      "sendfile addon not loaded: NARs are copied through the process",
+    );
   const secrets = createSecretBox(loadServerSecret(config.secret, config.dataDir));
   const ctx: Context = {
     database,

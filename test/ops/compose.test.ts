@@ -191,6 +191,15 @@ describe("docker-compose.yml and Dockerfile", () => {
     assert.ok(
       dockerfile.includes(`COPY --from=deps /opt/nixstash/${dirname(outfile)} ./${dirname(outfile)}`),
     );
+    // The sendfile addon (server/native) is built by the install script that npm ci runs in the first stage,
+    // which needs its sources then, and the runtime stage takes the built module from there.
+    assert.match(pkg.scripts.install ?? "", /node-gyp rebuild --directory=server\/native\b/);
+    assert.match(dockerfile, /^COPY server\/native \.\/server\/native\nRUN npm ci/m);
+    assert.ok(
+      dockerfile.includes(
+        "COPY --from=deps /opt/nixstash/server/native/build/Release/sendfile.node ./server/native/build/Release/",
+      ),
+    );
     const cmd = /^CMD (\["node",.*\])$/m.exec(dockerfile);
     assert.ok(cmd, "the Dockerfile has a CMD that runs node");
     const argv = JSON.parse(cmd[1]!) as string[];

@@ -1,0 +1,78 @@
+// The sendfile(2) addon (server/native/sendfile.c, built by `npm ci`): a byte range of a file sent to a socket
+// by the kernel, from the page cache, without passing through this process. FileBody uses it for NAR
+// downloads from local storage when it can (a plain TCP socket Node has nothing queued on); without the addon
+// (installed with --ignore-scripts, or a platform without sendfile) it copies through buffers, as before.
+import { createRequire } from "node:module";
+
+interface Addon {
+  start(
+    socketFd: number,
+    fileFd: number,
+    offset: number,
+    length: number,
+    done: (errno: number, sent: number) => void,
+  ): object;
+  cancel(handle: object): void;
+}
+
+/** Where the build puts the addon, from the sources (server/) and from the bundle (server/dist/). */
+const CANDIDATES = ["./native/build/Release/sendfile.node", "../native/build/Release/sendfile.node"];
+
+function load(): { addon: Addon | undefined; error: string | undefined } {
+  if (process.platform !== "linux") return { addon: undefined, error: `not on Linux (${process.platform})` };
+  const require = createRequire(import.meta.url);
+  const errors: string[] = [];
+  for (const path of CANDIDATES) {
+    try {
+      return { addon: require(path) as Addon, error: undefined };
+    } catch (error) {
+      errors.push(`${path}: ${(error as Error).message.split("\n")[0]}`);
+    }
+  }
+  return { addon: undefined, error: errors.join("; ") };
+}
+
+const loaded = load();
+/** Why the addon is not there (start.ts logs it once), or undefined when it is. */
+export const sendfileUnavailable = loaded.error;
+export const hasSendfile = loaded.addon !== undefined;
+
+export class SendfileError extends Error {
+  constructor(readonly errno: number) {
+    super(`sendfile failed (errno ${errno})`);
+  }
+}
+
+/** What a send that was started returns: its end (bytes sent), and a way to stop it early. */
+export interface Sending {
+  /** Resolves with the bytes sent once the range is sent; rejects with a SendfileError otherwise. */
+  done: Promise<number>;
+  /** Stops it (the peer went away): `done` then rejects with ECANCELED. */
+  cancel(): void;
+}
+
+/** Sends started and how many of them failed (a peer going away counts), since the process started. */
+export const sendfileCounts = { started: 0, failed: 0 };
+
+/** Starts sending `length` bytes of `fileFd` from `offset` to `socketFd`; undefined without the addon. */
+export function startSendfile(
+  socketFd: number,
+  fileFd: number,
+  offset: number,
+  length: number,
+): Sending | undefined {
+  const addon = loaded.addon;
+  if (!addon) return undefined;
+  let handle: object | undefined;
+  const done = new Promise<number>((resolve, reject) => {
+    handle = addon.start(socketFd, fileFd, offset, length, (errno, sent) => {
+      if (errno === 0) resolve(sent);
+      else {
+        sendfileCounts.failed++;
+        reject(new SendfileError(errno));
+      }
+    });
+  });
+  sendfileCounts.started++;
+  return { done, cancel: () => addon.cancel(handle!) };
+}
