@@ -7,11 +7,13 @@
 // accounted to it) set off a full mark-and-sweep of the server's heap every few tens of megabytes. `perf
 // record` of the server sending one 109 MB NAR put a third of its CPU in V8's marking and sweeping, and it
 // sent at half the speed of a bare node:http file server, whose heap is a fraction of ours (issue 7).
+
 import { close, read } from "node:fs";
 import { ServerResponse } from "node:http";
 import type { Socket } from "node:net";
+import { constants } from "node:os";
 import { Readable, type Writable } from "node:stream";
-import { startSendfile } from "./sendfile.ts";
+import { SendfileError, startSendfile } from "./sendfile.ts";
 
 /** Bytes per read. */
 const CHUNK = 256 * 1024;
@@ -25,6 +27,7 @@ const give = (buffer: Buffer) => {
   if (spare.length < KEEP) spare.push(buffer);
 };
 const NOTHING = Buffer.alloc(0);
+const { ECANCELED } = constants.errno;
 
 /** The descriptor of a plain TCP socket (not TLS), or undefined. */
 function socketFd(socket: Socket): number | undefined {
@@ -87,48 +90,77 @@ export class FileBody extends Readable {
   }
 
   /**
-   * Sends what is left of the file with sendfile(2) when `out` is the current response on a plain TCP socket
-   * and the addon is there: true once done (sent and ended, or failed and destroyed), false to copy instead.
-   * The kernel sends only after everything Node has queued on the socket (the response's head) is out, and
-   * Node writes nothing to it until the kernel is done: then `out.end()` finishes the response as usual.
+   * Sends what is left of the file to `out` and ends it; a read error destroys `out` (the client sees a short
+   * body), `out` closing early (the client went away) stops the sending and closes the file. Use instead of
+   * reading this stream, not besides. On the current response of a plain TCP socket the kernel sends it
+   * (sendfile), once node:http has flushed the head; otherwise it is copied through reused buffers.
    */
-  async #sendfile(out: Writable): Promise<boolean> {
-    // A pipelined response waiting its turn has no socket yet.
-    const socket = out instanceof ServerResponse ? out.socket : null;
-    const fd = socket && !out.destroyed && this.#left > 0 ? socketFd(socket) : undefined;
-    if (!socket || fd === undefined) return false;
-    (out as ServerResponse).flushHeaders();
-    // Writes on a socket complete in order: once this empty one has, the head is with the kernel.
+  async sendTo(out: Writable): Promise<void> {
+    try {
+      // A pipelined response waiting its turn has no socket yet.
+      const socket = out instanceof ServerResponse && !out.destroyed ? out.socket : null;
+      if (socket) (out as ServerResponse).flushHeaders();
+      const whole = (socket && (await this.#kernelSend(socket, out))) ?? (await this.#copy(out));
+      if (whole) out.end();
+    } catch (error) {
+      out.destroy(error as Error);
+    } finally {
+      this.destroy();
+    }
+  }
+
+  /**
+   * Writes what is left of the file to `socket` after what was written to it before (a response head), and
+   * leaves it open for the next response: resolves once every byte is with the kernel, rejects when the file
+   * fails or the socket closes first (the caller then destroys the socket). The file is closed either way.
+   */
+  async writeTo(socket: Socket): Promise<void> {
+    try {
+      const whole = (await this.#kernelSend(socket, socket)) ?? (await this.#copy(socket));
+      if (!whole) throw new Error("the connection closed before the body was sent");
+    } finally {
+      this.destroy();
+    }
+  }
+
+  /**
+   * Sends the rest with sendfile(2) to `socket` (whose closing `watch` reports): true when all was sent,
+   * false when the socket closed first; undefined, with nothing sent, when the kernel cannot do it here (no
+   * addon, TLS, nothing left), for the copy to do instead. Everything Node has queued on the socket goes
+   * first, and Node must write nothing to it until this settles.
+   */
+  async #kernelSend(socket: Socket, watch: Writable): Promise<boolean | undefined> {
+    const fd = this.#left > 0 ? socketFd(socket) : undefined;
+    if (fd === undefined) return undefined;
+    // Writes on a socket complete in order: once this empty one has, what was queued is with the kernel.
     if (socket.writableLength > 0)
       await new Promise<void>((resolve) => socket.write(NOTHING, () => resolve()));
-    if (socket.writableLength > 0 || out.destroyed || socket.destroyed) return false;
+    if (watch.destroyed || socket.destroyed) return false;
+    if (socket.writableLength > 0) return undefined;
     const sending = startSendfile(fd, this.#fd, this.#position, this.#left);
-    if (!sending) return false;
+    if (!sending) return undefined;
     const onClose = () => sending.cancel();
-    out.once("close", onClose);
+    watch.once("close", onClose);
     try {
       const sent = await sending.done;
       this.#position += sent;
       this.#left -= sent;
-      out.end();
+      return true;
     } catch (error) {
-      // The peer went away (the cancel above) or the send failed: the client sees a short body.
-      out.destroy(error as Error);
+      // The peer went away (the cancel above), or the send failed.
+      if (error instanceof SendfileError && error.errno === ECANCELED) return false;
+      throw error;
     } finally {
-      out.removeListener("close", onClose);
-      this.destroy();
+      watch.removeListener("close", onClose);
     }
-    return true;
   }
 
   /**
-   * Writes what is left of the file to `out` and ends it; a read error destroys `out` (the client sees a
-   * short body), `out` closing early (the client went away) stops the reading. Use instead of reading this
-   * stream, not besides. A buffer goes back to the pool once `out` has handed it to the kernel (its write
-   * callback), never earlier, and at most IN_FLIGHT of them are out at once: that is the backpressure.
+   * Copies the rest into `out` through reused buffers: true when all was written, false when `out` closed
+   * first; a read error rejects. A buffer goes back to the pool once `out` has handed it to the kernel (its
+   * write callback), never earlier, and at most IN_FLIGHT of them are out at once: that is the backpressure.
    */
-  async sendTo(out: Writable): Promise<void> {
-    if (await this.#sendfile(out)) return;
+  async #copy(out: Writable): Promise<boolean> {
     let gone = out.destroyed;
     let wake: (() => void) | undefined;
     const onClose = () => {
@@ -164,12 +196,15 @@ export class FileBody extends Readable {
           wake?.();
         });
       }
-      if (!gone) out.end();
-    } catch (error) {
-      out.destroy(error as Error);
+      // Written means handed to `out`; wait for the last buffers to be with the kernel before the caller
+      // writes after them or ends.
+      while (held > 0 && !gone)
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+      return !gone;
     } finally {
       out.removeListener("close", onClose);
-      this.destroy();
     }
   }
 }

@@ -27,7 +27,13 @@ describe("parseHead", () => {
         requestId: "abc-1",
         userAgent: "curl/8.5 Nix/2.8.0",
         close: false,
+        range: false,
       },
+    );
+    // A Range header is noted (the lane passes such NAR requests on), never read.
+    assert.equal(
+      head("GET /main/nar/x.nar.zst HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n")?.range,
+      true,
     );
     const h = head("HEAD /main/nix-cache-info HTTP/1.1\r\nhost:x\r\nCONNECTION:  keep-alive \r\n\r\n");
     assert.equal(h?.method, "HEAD");

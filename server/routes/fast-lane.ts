@@ -1,5 +1,8 @@
-// The fast lane: the hottest reads of a binary cache (narinfo, nix-cache-info) answered straight from the
-// socket, and every other request handed, with its connection, to node:http and the Hono app.
+// The fast lane: the hottest reads of a binary cache (narinfo, nix-cache-info, and NARs from local storage)
+// answered straight from the socket, and every other request handed, with its connection, to node:http and
+// the Hono app. A NAR is sent by the kernel after its head (a StreamedBody: FileBody.writeTo), and the
+// connection answers nothing else until it is: a substituter's narinfo and NAR requests share connections,
+// and one NAR through node:http would have taken its connection out of the lane for good.
 //
 // Why: a substituter asks for one narinfo per store path, one after another, and a warm cache answers each
 // from memory or one indexed row. Behind node:http and Hono every such request cost ~80 µs of parsing, header
@@ -17,8 +20,8 @@
 // far, synchronously, before the event loop can read more: node:http's own parser then owns it until it
 // closes, timeouts and limits included.
 //
-// Responses are what node:http and Hono would send for the same answer (status line, Content-Type,
-// Content-Length, X-Request-Id, Date, Connection, Keep-Alive), and each request is metered and logged by the
+// Responses are what node:http and Hono would send for the same answer (status line, Content-Type, the
+// route's other headers, Content-Length, X-Request-Id, Date, Connection, Keep-Alive), and each request is metered and logged by the
 // same recorder as the rest (request-log.ts).
 import type { Server as HttpServer } from "node:http";
 import type { Socket } from "node:net";
@@ -32,14 +35,36 @@ export interface FastRequest {
   requestId: string | undefined;
   userAgent: string | undefined;
   remoteAddress: string | undefined;
+  /** The request carries a Range header (which the lane passes on, never answers). */
+  range: boolean;
 }
+
+/**
+ * A body the lane does not hold: it writes the head, hands the socket over until `writeTo` settles, and
+ * only then answers the next request on the connection. Resolves once all `size` bytes are with the kernel;
+ * rejects when they cannot be (the lane then closes the connection: the client sees a short body).
+ */
+export interface StreamedBody {
+  readonly size: number;
+  writeTo(socket: Socket): Promise<void>;
+  /** Lets go of it unwritten (a HEAD, or a client gone before its answer). */
+  discard(): void;
+}
+
+const isStreamed = (body: FastAnswer["body"]): body is StreamedBody =>
+  typeof body !== "string" && !Buffer.isBuffer(body);
 
 /** What the answerer decided: a response, or undefined to let the full server answer it. */
 export interface FastAnswer {
   status: 200 | 404;
   contentType: string;
-  /** The body of a GET (HEAD sends the headers only); bytes are written as they are, text as UTF-8. */
-  body: string | Buffer;
+  /** More response headers, written as they are (lower-case names, values without line breaks). */
+  headers?: Readonly<Record<string, string>> | undefined;
+  /**
+   * The body of a GET (HEAD sends the headers only); bytes are written as they are, text as UTF-8, and a
+   * streamed body by itself, after the head.
+   */
+  body: string | Buffer | StreamedBody;
   /** The request id echoed in X-Request-Id (request-log.ts chooses it). */
   requestId: string;
   /** Called once the response is written (or the socket failed first), with the bytes of the body sent. */
@@ -187,7 +212,7 @@ class LaneConnection {
 
   /** Answers the complete requests at the front of #pending, in order, until one needs the full server. */
   #drain(): void {
-    while (this.#pending && !this.#gone) {
+    while (this.#pending && !this.#gone && !this.#busy) {
       if (this.#closing) {
         // Bytes after a `Connection: close` request are ignored, as node:http ignores them.
         this.#pending = undefined;
@@ -215,6 +240,7 @@ class LaneConnection {
         requestId: head.requestId,
         userAgent: head.userAgent,
         remoteAddress: this.#remote,
+        range: head.range,
       };
       let answer: ReturnType<FastAnswerer>;
       try {
@@ -250,6 +276,7 @@ class LaneConnection {
     if (this.socket.isPaused()) this.socket.resume();
     if (this.#gone) return;
     if (this.socket.destroyed) {
+      if (answer && isStreamed(answer.body)) answer.body.discard();
       answer?.done?.(0);
       return;
     }
@@ -258,6 +285,8 @@ class LaneConnection {
       return;
     }
     this.#respond(answer, head, end);
+    // A streamed body is still being written: what follows waits for it (#streamed).
+    if (this.#busy) return;
     if (this.#closing) {
       // The client ended its side, or asked to close: this was the last answer.
       this.#pending = undefined;
@@ -273,32 +302,80 @@ class LaneConnection {
     const close = head.close;
     if (close) this.#closing = true;
     const body = answer.body;
-    const bodyLength = typeof body === "string" ? Buffer.byteLength(body) : body.length;
+    const streamed = isStreamed(body) ? body : undefined;
+    const bodyLength = streamed
+      ? streamed.size
+      : typeof body === "string"
+        ? Buffer.byteLength(body)
+        : (body as Buffer).length;
+    let extra = "";
+    if (answer.headers) for (const name in answer.headers) extra += `${name}: ${answer.headers[name]}\r\n`;
     const response =
       `HTTP/1.1 ${answer.status === 200 ? "200 OK" : "404 Not Found"}\r\n` +
       `content-type: ${answer.contentType}\r\n` +
+      extra +
       `content-length: ${bodyLength}\r\n` +
       `x-request-id: ${answer.requestId}\r\n` +
       `Date: ${httpDate()}\r\n` +
       (close ? "Connection: close\r\n\r\n" : this.#keepAlive);
     const socket = this.socket;
+    if (streamed && head.method === "GET") {
+      socket.write(response);
+      this.#streamed(streamed, answer);
+      return;
+    }
+    streamed?.discard();
     const bytesOut = head.method === "HEAD" ? 0 : bodyLength;
     if (head.method === "HEAD") socket.write(response);
     else if (typeof body === "string") socket.write(response + body);
     else {
       // One buffer, one write (one syscall): the head is ASCII by construction.
+      const bytes = body as Buffer;
       const out = Buffer.allocUnsafe(response.length + bodyLength);
       out.write(response, 0, "latin1");
-      body.copy(out, response.length);
+      bytes.copy(out, response.length);
       socket.write(out);
     }
+    this.#done(answer, bytesOut);
+    if (close) socket.end();
+  }
+
+  /** Metering is not worth a connection, let alone the process (this runs inside a socket's data event). */
+  #done(answer: FastAnswer, bytesOut: number): void {
     try {
       answer.done?.(bytesOut);
     } catch (error) {
-      // Metering is not worth a connection, let alone the process (this runs inside a socket's data event).
       this.options.onError?.(error);
     }
-    if (close) socket.end();
+  }
+
+  /** Lets `body` write itself after the head; the connection reads on (within limits) but answers nothing meanwhile. */
+  #streamed(body: StreamedBody, answer: FastAnswer): void {
+    this.#busy = true;
+    // The keep-alive timeout is for idle connections; this one is busy, in writes Node does not see (the
+    // kernel's), so it would fire in the middle of any NAR that takes longer (as node:http's responses, it
+    // has no time limit of its own).
+    this.socket.setTimeout(0);
+    body.writeTo(this.socket).then(
+      () => {
+        this.#busy = false;
+        this.socket.setTimeout(this.server.keepAliveTimeout);
+        this.#done(answer, body.size);
+        if (this.socket.isPaused()) this.socket.resume();
+        if (this.#gone || this.socket.destroyed) return;
+        if (this.#closing) {
+          this.#pending = undefined;
+          this.socket.end();
+          return;
+        }
+        this.#drain();
+      },
+      () => {
+        this.#busy = false;
+        this.#done(answer, 0);
+        this.socket.destroy();
+      },
+    );
   }
 }
 
@@ -309,6 +386,7 @@ interface Head {
   requestId: string | undefined;
   userAgent: string | undefined;
   close: boolean;
+  range: boolean;
 }
 
 /**
@@ -337,6 +415,7 @@ export function parseHead(buffer: Buffer, end: number): Head | undefined {
     requestId: undefined,
     userAgent: undefined,
     close: false,
+    range: false,
   };
   let host = false;
   for (let i = 1; i < lines.length; i++) {
@@ -361,6 +440,9 @@ export function parseHead(buffer: Buffer, end: number): Head | undefined {
         break;
       case "user-agent":
         head.userAgent = value;
+        break;
+      case "range":
+        head.range = true;
         break;
       case "connection": {
         const tokens = value.toLowerCase().split(",");

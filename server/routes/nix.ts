@@ -5,6 +5,7 @@ import { Readable } from "node:stream";
 import { Hono } from "hono";
 import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
+import { FileBody } from "../file-body.ts";
 import type { Lifecycle } from "../lifecycle.ts";
 import { allows, authorize, type Caller, identify } from "../verbs/auth.ts";
 import { findCache } from "../verbs/caches.ts";
@@ -20,7 +21,7 @@ import {
   rememberedNarInfo,
 } from "../verbs/serve.ts";
 import { putLog, putRealisation } from "../verbs/uploads.ts";
-import type { FastAnswer, FastAnswerer, FastRequest } from "./fast-lane.ts";
+import type { FastAnswer, FastAnswerer, FastRequest, StreamedBody } from "./fast-lane.ts";
 import {
   type C,
   caller,
@@ -101,11 +102,7 @@ export function nixRoutes(ctx: Context) {
     }
     const nar = await findNar({ ctx, input: { cache, file: c.req.param("file") } });
     if (!nar) return c.text("not found\n", 404);
-    const headers: Record<string, string> = {
-      "content-type": "application/x-nix-nar",
-      "accept-ranges": "bytes",
-      "cache-control": "public, max-age=31536000, immutable",
-    };
+    const headers: Record<string, string> = { "content-type": NAR_TYPE, ...NAR_HEADERS };
     if (c.req.method === "HEAD") {
       return c.body(null, 200, { ...headers, "content-length": String(nar.fileSize) });
     }
@@ -205,6 +202,13 @@ export function nixRoutes(ctx: Context) {
 }
 
 const FAST_TARGET = /^\/([a-z0-9][a-z0-9._-]{0,62})\/(?:([0-9a-df-np-sv-z]{32})\.narinfo|nix-cache-info)$/;
+const FAST_NAR = /^\/([a-z0-9][a-z0-9._-]{0,62})\/nar\/([0-9a-df-np-sv-z]{52}\.nar(?:\.[a-z0-9]{1,8})?)$/;
+const NAR_TYPE = "application/x-nix-nar";
+/** A NAR's response headers besides its type and length, on both lanes. */
+const NAR_HEADERS = {
+  "accept-ranges": "bytes",
+  "cache-control": "public, max-age=31536000, immutable",
+} as const;
 const NOBODY: Caller = { principal: null };
 const NOTHING = () => {};
 const NOT_FOUND = "not found\n";
@@ -227,9 +231,38 @@ function readHotNow(
 }
 
 /**
+ * A NAR GET for the fast lane, read as the NAR route reads it (same cache, authorisation, row and access
+ * record), when local storage holds it: its bytes (a small NAR, read whole) or the file to send. Undefined
+ * (and nothing recorded) for what the route must answer: a NAR it does not know, or storage that redirects
+ * or streams (S3). Errors propagate, and the lane leaves the request to the route.
+ */
+async function readNarFast(
+  ctx: Context,
+  input: { cacheName: string; file: string; caller: () => Promise<Caller> },
+): Promise<{ cache: CacheRow; body: Buffer | StreamedBody } | undefined> {
+  const cache = await findCache({ ctx, input: { name: input.cacheName } });
+  authorize(await input.caller(), cache, "pull");
+  const nar = await findNar({ ctx, input: { cache, file: input.file } });
+  if (!nar) return undefined;
+  const opened = await openNar({ ctx, input: { nar, cacheId: cache.id } });
+  if (opened.kind !== "stream") throw new Error("local storage redirected a NAR");
+  const body = opened.body;
+  if (body.readableLength > 0 && body.readableLength === opened.size)
+    return { cache, body: body.read() as Buffer };
+  if (body instanceof FileBody)
+    return {
+      cache,
+      body: { size: opened.size, writeTo: (socket) => body.writeTo(socket), discard: () => body.destroy() },
+    };
+  body.destroy();
+  throw new Error("local storage returned a NAR body the lane cannot send");
+}
+
+/**
  * The fast lane's answers (fast-lane.ts): GET/HEAD of narinfos and nix-cache-info, read by readHot exactly
- * as the routes above read them. Whatever readHot refuses or fails on (no such cache, credentials that do
- * not allow reading, a database error) is declined, and the Hono app answers it with its usual message.
+ * as the routes above read them, and GETs of NARs from local storage (readNarFast). Whatever those refuse or
+ * fail on (no such cache or NAR, credentials that do not allow reading, a database error), and every HEAD
+ * or range of a NAR, is declined, and the Hono app answers it with its usual message.
  */
 export function nixFastReads(
   ctx: Context,
@@ -270,9 +303,67 @@ export function nixFastReads(
       },
     };
   };
+  /** A NAR GET without a range, from local storage: answered once read (a lane request in flight meanwhile). */
+  const nar = (request: FastRequest): Promise<FastAnswer | undefined> | undefined => {
+    if (request.method !== "GET" || request.range || ctx.storage.kind !== "local") return undefined;
+    const match = FAST_NAR.exec(request.target);
+    if (!match) return undefined;
+    const started = performance.now();
+    const authorization = request.authorization;
+    const finish = deps.lifecycle.begin();
+    metrics?.httpInFlight.inc();
+    const end = () => {
+      metrics?.httpInFlight.dec();
+      finish();
+    };
+    return readNarFast(ctx, {
+      cacheName: match[1]!,
+      file: match[2]!,
+      caller: async () => (authorization ? identify({ ctx, input: { authorization } }) : NOBODY),
+    }).then(
+      (read): FastAnswer | undefined => {
+        if (!read) {
+          end();
+          return undefined;
+        }
+        const requestId = requestIdOf(request.requestId);
+        const size = Buffer.isBuffer(read.body) ? read.body.length : read.body.size;
+        return {
+          status: 200,
+          contentType: NAR_TYPE,
+          headers: NAR_HEADERS,
+          body: read.body,
+          requestId,
+          done: (bytesOut) => {
+            try {
+              deps.recorder({
+                requestId,
+                method: request.method,
+                path: request.target,
+                route: "/:cache/nar/:file",
+                status: 200,
+                seconds: (performance.now() - started) / 1000,
+                bytesOut,
+                aborted: bytesOut < size,
+                cache: read.cache.name,
+                remote: request.remoteAddress,
+                userAgent: request.userAgent,
+              });
+            } finally {
+              end();
+            }
+          },
+        };
+      },
+      () => {
+        end();
+        return undefined;
+      },
+    );
+  };
   return (request) => {
     const match = FAST_TARGET.exec(request.target);
-    if (!match) return undefined;
+    if (!match) return nar(request);
     const cacheName = match[1]!;
     const hash = match[2];
     const started = performance.now();

@@ -2,12 +2,14 @@
 // reads answered from the socket exactly as the full server answers them, and every other request — bodies,
 // odd syntax, partial heads, pipelined writes, private caches — handed to node:http with nothing lost.
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseConfig } from "../../server/config.ts";
+import { sendfileCounts } from "../../server/sendfile.ts";
 import { type RunningServer, startServer } from "../../server/start.ts";
 import { fakeStorePath, hashOf, infoFor, narOf } from "../support/nar.ts";
 import { testTmp } from "../support/services.ts";
@@ -16,6 +18,8 @@ interface RawResponse {
   status: number;
   headers: Map<string, string>;
   body: string;
+  /** The body's bytes as received. */
+  bytes: Buffer;
 }
 
 /** One client connection that writes raw bytes and reads HTTP/1.1 responses (Content-Length bodies). */
@@ -53,13 +57,14 @@ class RawClient {
         }
         if (!opts.head && headers.get("transfer-encoding") === "chunked") {
           const body = this.#chunked(end + 4);
-          if (body !== undefined) return { status: Number(lines[0]!.split(" ")[1]), headers, body };
+          if (body !== undefined)
+            return { status: Number(lines[0]!.split(" ")[1]), headers, body, bytes: Buffer.from(body) };
         }
         const length = opts.head ? 0 : Number(headers.get("content-length") ?? 0);
         if (headers.get("transfer-encoding") !== "chunked" && this.#buffer.length >= end + 4 + length) {
-          const body = this.#buffer.subarray(end + 4, end + 4 + length).toString("utf8");
+          const bytes = Buffer.from(this.#buffer.subarray(end + 4, end + 4 + length));
           this.#buffer = this.#buffer.subarray(end + 4 + length);
-          return { status: Number(lines[0]!.split(" ")[1]), headers, body };
+          return { status: Number(lines[0]!.split(" ")[1]), headers, body: bytes.toString("utf8"), bytes };
         }
       }
       if (this.ended)
@@ -392,6 +397,79 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
         assert.equal(r.body, await slow.text());
       } finally {
         d.close();
+      }
+    }
+  });
+
+  it("sends NARs from local storage itself, small ones whole and large ones by the kernel, in order", async () => {
+    // A NAR of random bytes stays large once compressed: sent with sendfile after its head.
+    const big = fakeStorePath("fast-lane-big");
+    const bigNar = narOf({ dir: { blob: randomBytes(3 * 1024 * 1024).toString("base64") } });
+    const stored = await api(`/api/v1/caches/main/paths/${hashOf(big)}`, {
+      method: "PUT",
+      token: admin,
+      headers: { "x-nixstash-path-info": JSON.stringify(infoFor(big, bigNar)) },
+      body: bigNar,
+    });
+    assert.equal(stored.status, 201, await stored.text());
+    const narUrlOf = async (path: string) =>
+      `/main/${/^URL: (.*)$/m.exec(await (await slowLane(path)).text())![1]}`;
+    const smallUrl = await narUrlOf(narinfoPath);
+    const bigUrl = await narUrlOf(`/main/${hashOf(big)}.narinfo`);
+    const served = () => {
+      const line = server.ctx
+        .metrics!.registry.render()
+        .split("\n")
+        .find((l) => l.startsWith('nixstash_nar_served_bytes_total{cache="main"} '));
+      return Number(line?.split(" ")[1] ?? 0);
+    };
+    const [before, bytesBefore, kernelBefore] = [handoffs(), served(), sendfileCounts.started];
+    const c = new RawClient(port);
+    try {
+      // Pipelined in one write: each answer waits for the one before, the large one included.
+      c.write(get(smallUrl) + get(bigUrl) + get(narinfoPath) + get(bigUrl));
+      const [small, large, info, again] = [await c.read(), await c.read(), await c.read(), await c.read()];
+      // Metered as the route meters them (before the comparisons below, which meter their own reads).
+      assert.equal(served() - bytesBefore, small.bytes.length + 2 * large.bytes.length);
+      assert.equal(sendfileCounts.started - kernelBefore, 2, "the large one went out by sendfile, twice");
+      for (const [fast, url] of [
+        [small, smallUrl],
+        [large, bigUrl],
+      ] as const) {
+        const slow = await slowLane(url);
+        assert.equal(fast.status, 200);
+        assert.ok(fast.bytes.equals(Buffer.from(await slow.arrayBuffer())), `${url}: the same bytes`);
+        for (const name of ["content-type", "content-length", "accept-ranges", "cache-control"])
+          assert.equal(fast.headers.get(name), slow.headers.get(name), `${url}: ${name}`);
+      }
+      assert.ok(large.bytes.length > 3 * 1024 * 1024);
+      assert.equal(info.status, 200);
+      assert.match(info.body, /^StorePath: /);
+      assert.ok(again.bytes.equals(large.bytes));
+      assert.equal(total(handoffs()), total(before), "the connection stayed in the lane");
+
+      // A range, a HEAD (a pusher's question) and an unknown NAR are the route's: the connection moves.
+      c.write(get(bigUrl, "Range: bytes=10-19\r\n"));
+      const range = await c.read();
+      assert.equal(range.status, 206);
+      assert.ok(range.bytes.equals(large.bytes.subarray(10, 20)));
+      assert.equal(total(handoffs()), total(before) + 1);
+    } finally {
+      c.close();
+    }
+    for (const request of [
+      `HEAD ${bigUrl} HTTP/1.1\r\nHost: x\r\n\r\n`,
+      get(`/main/nar/${"0".repeat(52)}.nar.zst`),
+    ]) {
+      const other = new RawClient(port);
+      try {
+        const moved = total(handoffs());
+        other.write(request);
+        const r = await other.read({ head: request.startsWith("HEAD") });
+        assert.equal(r.status, request.startsWith("HEAD") ? 200 : 404);
+        assert.equal(total(handoffs()), moved + 1);
+      } finally {
+        other.close();
       }
     }
   });
