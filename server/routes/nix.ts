@@ -269,19 +269,31 @@ export function nixFastReads(
   deps: { lifecycle: Lifecycle; recorder: (r: RequestRecord) => void },
 ): FastAnswerer {
   const metrics = ctx.metrics;
-  const answer = (
+  /** A lane request that is answered later: counted in flight (shutdown waits for it) until `end` runs. */
+  const inFlight = () => {
+    const finish = deps.lifecycle.begin();
+    metrics?.httpInFlight.inc();
+    return () => {
+      metrics?.httpInFlight.dec();
+      finish();
+    };
+  };
+  const callerOf = (authorization: string | undefined) => async () =>
+    authorization ? identify({ ctx, input: { authorization } }) : NOBODY;
+  /**
+   * The lane's answer, metered and logged as the route's would be once it is written (`end` runs then). A
+   * NAR gives its `size`: fewer bytes out than that is an aborted download.
+   */
+  const answered = (
     request: FastRequest,
-    hash: string | undefined,
-    read: { cache: CacheRow; body: string | Buffer | undefined },
+    reply: Omit<FastAnswer, "requestId" | "done"> & { route: string; cache: string; size?: number },
     started: number,
     end: () => void,
   ): FastAnswer => {
     const requestId = requestIdOf(request.requestId);
-    const status = read.body === undefined ? 404 : 200;
+    const { route, cache, size, ...answer } = reply;
     return {
-      status,
-      contentType: status === 404 ? NOT_FOUND_TYPE : hash ? NARINFO_TYPE : CACHE_INFO_TYPE,
-      body: read.body ?? NOT_FOUND,
+      ...answer,
       requestId,
       done: (bytesOut) => {
         try {
@@ -289,11 +301,12 @@ export function nixFastReads(
             requestId,
             method: request.method,
             path: request.target,
-            route: hash ? "/:cache/<hash>.narinfo" : "/:cache/nix-cache-info",
-            status,
+            route,
+            status: answer.status,
             seconds: (performance.now() - started) / 1000,
             bytesOut,
-            cache: read.cache.name,
+            ...(size === undefined ? {} : { aborted: bytesOut < size }),
+            cache,
             remote: request.remoteAddress,
             userAgent: request.userAgent,
           });
@@ -303,57 +316,52 @@ export function nixFastReads(
       },
     };
   };
+  const answer = (
+    request: FastRequest,
+    hash: string | undefined,
+    read: { cache: CacheRow; body: string | Buffer | undefined },
+    started: number,
+    end: () => void,
+  ): FastAnswer => {
+    const status = read.body === undefined ? 404 : 200;
+    return answered(
+      request,
+      {
+        status,
+        contentType: status === 404 ? NOT_FOUND_TYPE : hash ? NARINFO_TYPE : CACHE_INFO_TYPE,
+        body: read.body ?? NOT_FOUND,
+        route: hash ? "/:cache/<hash>.narinfo" : "/:cache/nix-cache-info",
+        cache: read.cache.name,
+      },
+      started,
+      end,
+    );
+  };
   /** A NAR GET without a range, from local storage: answered once read (a lane request in flight meanwhile). */
   const nar = (request: FastRequest): Promise<FastAnswer | undefined> | undefined => {
     if (request.method !== "GET" || request.range || ctx.storage.kind !== "local") return undefined;
     const match = FAST_NAR.exec(request.target);
     if (!match) return undefined;
     const started = performance.now();
-    const authorization = request.authorization;
-    const finish = deps.lifecycle.begin();
-    metrics?.httpInFlight.inc();
-    const end = () => {
-      metrics?.httpInFlight.dec();
-      finish();
-    };
+    const end = inFlight();
     return readNarFast(ctx, {
       cacheName: match[1]!,
       file: match[2]!,
-      caller: async () => (authorization ? identify({ ctx, input: { authorization } }) : NOBODY),
+      caller: callerOf(request.authorization),
     }).then(
-      (read): FastAnswer | undefined => {
+      (read) => {
         if (!read) {
           end();
           return undefined;
         }
-        const requestId = requestIdOf(request.requestId);
         const size = Buffer.isBuffer(read.body) ? read.body.length : read.body.size;
-        return {
-          status: 200,
-          contentType: NAR_TYPE,
-          headers: NAR_HEADERS,
-          body: read.body,
-          requestId,
-          done: (bytesOut) => {
-            try {
-              deps.recorder({
-                requestId,
-                method: request.method,
-                path: request.target,
-                route: "/:cache/nar/:file",
-                status: 200,
-                seconds: (performance.now() - started) / 1000,
-                bytesOut,
-                aborted: bytesOut < size,
-                cache: read.cache.name,
-                remote: request.remoteAddress,
-                userAgent: request.userAgent,
-              });
-            } finally {
-              end();
-            }
-          },
-        };
+        const reply = { status: 200, contentType: NAR_TYPE, headers: NAR_HEADERS, body: read.body } as const;
+        return answered(
+          request,
+          { ...reply, route: "/:cache/nar/:file", cache: read.cache.name, size },
+          started,
+          end,
+        );
       },
       () => {
         end();
@@ -372,17 +380,8 @@ export function nixFastReads(
     // neither the lifecycle nor the in-flight gauge counts it.
     const now = authorization ? undefined : readHotNow(ctx, { cacheName, hash });
     if (now) return answer(request, hash, now, started, NOTHING);
-    const finish = deps.lifecycle.begin();
-    metrics?.httpInFlight.inc();
-    const end = () => {
-      metrics?.httpInFlight.dec();
-      finish();
-    };
-    return readHot(ctx, {
-      cacheName,
-      hash,
-      caller: async () => (authorization ? identify({ ctx, input: { authorization } }) : NOBODY),
-    }).then(
+    const end = inFlight();
+    return readHot(ctx, { cacheName, hash, caller: callerOf(authorization) }).then(
       (read) => answer(request, hash, read, started, end),
       () => {
         end();

@@ -131,6 +131,14 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
     if (init.token) headers.set("authorization", `Bearer ${init.token}`);
     return fetch(`${server.url}${path}`, { ...init, headers });
   };
+  /** Pushes one path through the native API (201 stored; 200 when its NAR was stored for another cache). */
+  const push = (cache: string, path: string, bytes: Buffer) =>
+    api(`/api/v1/caches/${cache}/paths/${hashOf(path)}`, {
+      method: "PUT",
+      token: admin,
+      headers: { "x-nixstash-path-info": JSON.stringify(infoFor(path, bytes)) },
+      body: bytes,
+    });
   /** The same request answered by the Hono app in-process: what the full server says. */
   const slowLane = (path: string, init: RequestInit = {}) =>
     import("../../server/app.ts").then(({ createApp }) => createApp(server.ctx).request(path, init));
@@ -143,12 +151,7 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
     port = Number(new URL(server.url).port);
     admin = server.bootstrap.adminToken!;
     const pushed = async (cache: string) => {
-      const res = await api(`/api/v1/caches/${cache}/paths/${hashOf(storePath)}`, {
-        method: "PUT",
-        token: admin,
-        headers: { "x-nixstash-path-info": JSON.stringify(infoFor(storePath, nar)) },
-        body: nar,
-      });
+      const res = await push(cache, storePath, nar);
       // 201 stored; 200 when the NAR was already stored for another cache (deduplicated).
       assert.ok(res.status === 201 || res.status === 200, await res.text());
     };
@@ -405,12 +408,7 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
     // A NAR of random bytes stays large once compressed: sent with sendfile after its head.
     const big = fakeStorePath("fast-lane-big");
     const bigNar = narOf({ dir: { blob: randomBytes(3 * 1024 * 1024).toString("base64") } });
-    const stored = await api(`/api/v1/caches/main/paths/${hashOf(big)}`, {
-      method: "PUT",
-      token: admin,
-      headers: { "x-nixstash-path-info": JSON.stringify(infoFor(big, bigNar)) },
-      body: bigNar,
-    });
+    const stored = await push("main", big, bigNar);
     assert.equal(stored.status, 201, await stored.text());
     const narUrlOf = async (path: string) =>
       `/main/${/^URL: (.*)$/m.exec(await (await slowLane(path)).text())![1]}`;
@@ -483,12 +481,7 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
       // Absent, then pushed: visible on the very next read (misses are never remembered).
       c.write(get(gonePath));
       assert.equal((await c.read()).status, 404);
-      const pushed = await api(`/api/v1/caches/main/paths/${hashOf(gone)}`, {
-        method: "PUT",
-        token: admin,
-        headers: { "x-nixstash-path-info": JSON.stringify(infoFor(gone, goneNar)) },
-        body: goneNar,
-      });
+      const pushed = await push("main", gone, goneNar);
       assert.equal(pushed.status, 201, await pushed.text());
       c.write(get(gonePath) + get(gonePath));
       const served = await c.read();
