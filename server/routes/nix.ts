@@ -291,9 +291,14 @@ export function nixFastReads(
     end: () => void,
   ): FastAnswer => {
     const requestId = requestIdOf(request.requestId);
-    const { route, cache, size, ...answer } = reply;
+    const { status, route, cache, size } = reply;
+    // Object shapes fixed (no rest or spread): this runs for every narinfo, and spreading here cost
+    // measure 2 a third of its rate (ad-hoc A/B, session 13).
     return {
-      ...answer,
+      status,
+      contentType: reply.contentType,
+      headers: reply.headers,
+      body: reply.body,
       requestId,
       done: (bytesOut) => {
         try {
@@ -302,10 +307,10 @@ export function nixFastReads(
             method: request.method,
             path: request.target,
             route,
-            status: answer.status,
+            status,
             seconds: (performance.now() - started) / 1000,
             bytesOut,
-            ...(size === undefined ? {} : { aborted: bytesOut < size }),
+            aborted: size === undefined ? undefined : bytesOut < size,
             cache,
             remote: request.remoteAddress,
             userAgent: request.userAgent,
