@@ -10,7 +10,8 @@
 // Not from the bench's own process: its heap (the workload, the results) makes every collection dearer, on the
 // two cores the server needs, and it differs from one peer's turn to the next.
 //   node bench/http-client.mjs JOB.json
-// JOB: {"kind":"sequential","base":URL,"paths":[...],"passes":N} | {"kind":"download","base":URL,"files":[...],"connections":N}
+// JOB: {"kind":"sequential","base":URL,"paths":[...],"passes":N}
+//    | {"kind":"download","base":URL,"files":[...],"connections":N}
 // Prints one JSON line: the seconds timed, and the statuses seen and this client's CPU seconds (sequential) or
 // the bytes received (download). Plain JavaScript, so it starts without the TypeScript loader and stays small.
 

@@ -21,8 +21,8 @@
 // closes, timeouts and limits included.
 //
 // Responses are what node:http and Hono would send for the same answer (status line, Content-Type, the
-// route's other headers, Content-Length, X-Request-Id, Date, Connection, Keep-Alive), and each request is metered and logged by the
-// same recorder as the rest (request-log.ts).
+// route's other headers, Content-Length, X-Request-Id, Date, Connection, Keep-Alive), and each request is
+// metered and logged by the same recorder as the rest (request-log.ts).
 import type { Server as HttpServer } from "node:http";
 import type { Socket } from "node:net";
 
@@ -303,11 +303,7 @@ class LaneConnection {
     if (close) this.#closing = true;
     const body = answer.body;
     const streamed = isStreamed(body) ? body : undefined;
-    const bodyLength = streamed
-      ? streamed.size
-      : typeof body === "string"
-        ? Buffer.byteLength(body)
-        : (body as Buffer).length;
+    const bodyLength = streamed ? streamed.size : Buffer.byteLength(body as string | Buffer);
     let extra = "";
     if (answer.headers) for (const name in answer.headers) extra += `${name}: ${answer.headers[name]}\r\n`;
     const response =
@@ -349,7 +345,10 @@ class LaneConnection {
     }
   }
 
-  /** Lets `body` write itself after the head; the connection reads on (within limits) but answers nothing meanwhile. */
+  /**
+   * Lets `body` write itself after the head; the connection reads on (within limits) but answers nothing
+   * meanwhile.
+   */
   #streamed(body: StreamedBody, answer: FastAnswer): void {
     this.#busy = true;
     // The keep-alive timeout is for idle connections; this one is busy, in writes Node does not see (the

@@ -342,7 +342,7 @@ export function nixFastReads(
       end,
     );
   };
-  /** A NAR GET without a range, from local storage: answered once read (a lane request in flight meanwhile). */
+  /** A NAR GET without a range, from local storage: answered once read (in flight meanwhile). */
   const nar = (request: FastRequest): Promise<FastAnswer | undefined> | undefined => {
     if (request.method !== "GET" || request.range || ctx.storage.kind !== "local") return undefined;
     const match = FAST_NAR.exec(request.target);
