@@ -38,6 +38,14 @@ export function requestBody(c: C): Readable {
   return body ? Readable.fromWeb(body as import("node:stream/web").ReadableStream) : Readable.from([]);
 }
 
+/**
+ * The bytes of a body read whole before it was returned (local storage reads a small NAR at once), or
+ * undefined for a body still to be streamed: such a body goes out in one write, with its head.
+ */
+export function wholeBody(body: Readable, size: number): Buffer | undefined {
+  return body.readableLength > 0 && body.readableLength === size ? (body.read() as Buffer) : undefined;
+}
+
 /** The header @hono/node-server reads as "the handler already wrote the response itself". */
 const ALREADY_SENT = "x-hono-already-sent";
 /**
@@ -61,11 +69,10 @@ export function sendStream(c: C, status: number, headers: Record<string, string>
   // request log reads Content-Length to count the bytes served.
   for (const [name, value] of c.body(null, status as 200, headers).headers) outgoing.setHeader(name, value);
   outgoing.statusCode = status;
-  const size = Number(headers["content-length"]);
-  if (body.readableLength > 0 && body.readableLength === size) {
-    // A body read whole before it was returned (a small NAR from local storage): one write, head and body
-    // in the same packet, and no pipe to set up.
-    outgoing.end(body.read() as Buffer);
+  const whole = wholeBody(body, Number(headers["content-length"]));
+  if (whole) {
+    // One write, head and body in the same packet, and no pipe to set up.
+    outgoing.end(whole);
     return new PlatformResponse(null, { status, headers: SENT });
   }
   if (body instanceof FileBody) {

@@ -31,6 +31,7 @@ import {
   readTextBody,
   requestBody,
   sendStream,
+  wholeBody,
 } from "./http.ts";
 import { type RequestRecord, requestIdOf } from "./request-log.ts";
 
@@ -247,8 +248,8 @@ async function readNarFast(
   const opened = await openNar({ ctx, input: { nar, cacheId: cache.id } });
   if (opened.kind !== "stream") throw new Error("local storage redirected a NAR");
   const body = opened.body;
-  if (body.readableLength > 0 && body.readableLength === opened.size)
-    return { cache, body: body.read() as Buffer };
+  const whole = wholeBody(body, opened.size);
+  if (whole) return { cache, body: whole };
   if (body instanceof FileBody)
     return {
       cache,
@@ -359,8 +360,9 @@ export function nixFastReads(
           end();
           return undefined;
         }
-        const size = Buffer.isBuffer(read.body) ? read.body.length : read.body.size;
-        const reply = { status: 200, contentType: NAR_TYPE, headers: NAR_HEADERS, body: read.body } as const;
+        const body = read.body;
+        const size = Buffer.isBuffer(body) ? body.length : body.size;
+        const reply = { status: 200, contentType: NAR_TYPE, headers: NAR_HEADERS, body } as const;
         return answered(
           request,
           { ...reply, route: "/:cache/nar/:file", cache: read.cache.name, size },
