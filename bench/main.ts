@@ -222,7 +222,7 @@ async function narFilesOf(peer: Peer, workload: Workload): Promise<string[]> {
 // ---- measures 1-4: serving
 /**
  * How a narinfo row (measures 1, 2) compares: nginx is the baseline; nixstash on SQLite is also set against
- * the floor of one Node process (narinfos from memory over raw sockets); the Node peers carry no target.
+ * the floor of one Node process (bench/node-raw.ts); the Node peers carry no target.
  */
 function versus(peer: Peer, baseline: string, target?: Row["target"]): Partial<Row> {
   if (peer.name === baseline) return { isBaseline: true };
@@ -343,13 +343,13 @@ async function measure3(
   const { seconds, bytes = 0 } = await httpClient({ kind: "download", base: peer.base, files, connections });
   const measure = `3 all NARs, ${connections} conn${connections > 1 ? "s" : ""}`;
   const isBase = peer.name === baseline || peer.name === s3Baseline;
-  const floor = peer.name === NODE_FLOOR;
+  const floor = peer.name === NODE_FLOOR || peer.name === NODE_RAW;
   // Both rows (time and rate) compare with the same peers.
   const compared: Partial<Row> = {
     ...(isBase ? { isBaseline: true } : {}),
     ...(peer.name === baseline ? {} : { baseline }),
     ...(s3Baseline && !isBase && peer.name.includes("postgres") ? { baseline2: s3Baseline } : {}),
-    ...(peer.name.includes("sqlite") ? { baseline2: NODE_FLOOR } : {}),
+    ...(peer.name.includes("sqlite") ? { baseline2: NODE_RAW } : {}),
   };
   row({
     measure,
@@ -922,7 +922,7 @@ async function main() {
     if (needServing) {
       peers.push(await startNginx(fileCache, join(TMP, "nginx")));
       if ([1, 2, 3, 4].some((m) => opts.only.has(m))) peers.push(await startNodeStatic(fileCache));
-      if ([1, 2].some((m) => opts.only.has(m))) peers.push(await startNodeRaw(fileCache));
+      if ([1, 2, 3].some((m) => opts.only.has(m))) peers.push(await startNodeRaw(fileCache));
       if (opts.s3) {
         log("uploading the static cache to a public-read RGW bucket");
         peers.push(await startRgwStatic(fileCache));
@@ -939,8 +939,7 @@ async function main() {
     }
     const keyOf = (p: Peer) => (p.publicKey === "" ? staticKey : p.publicKey);
     const narFiles = new Map<Peer, string[]>();
-    if (opts.only.has(3))
-      for (const p of peers) if (p.name !== NODE_RAW) narFiles.set(p, await narFilesOf(p, workload));
+    if (opts.only.has(3)) for (const p of peers) narFiles.set(p, await narFilesOf(p, workload));
     for (let rep = 0; rep < opts.reps; rep++) {
       // Rotate the order of peers from run to run, so drifting load on the machine hits all of them alike.
       const order = peers.map((_, i) => peers[(i + rep) % peers.length]!);
@@ -952,7 +951,6 @@ async function main() {
       if (opts.only.has(3)) {
         for (const connections of [1, 16])
           for (const peer of order) {
-            if (peer.name === NODE_RAW) continue;
             const s3Base = peer.name.includes("postgres") ? rgwName : undefined;
             await measure3(peer, narFiles.get(peer)!, connections, baseline, s3Base);
           }

@@ -4,7 +4,8 @@
 // - nixstash on PostgreSQL + Ceph RGW (NAR downloads answered with a 302 to a presigned URL, the default);
 // - Ceph RGW serving the same static cache directly from a public-read bucket (the S3 row);
 // - a bare node:http server serving the same files (bench/node-static.ts), a Node peer for measures 1-4;
-// - narinfos from memory over raw sockets (bench/node-raw.ts): the floor of one Node process, measures 1-2.
+// - narinfos and small NARs from memory, large NARs by sendfile, over raw sockets (bench/node-raw.ts): the floor
+//   of one Node process, measures 1-3.
 // Each is a real separate process (nixstash exactly as `npm start` runs it), started and stopped here.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -152,9 +153,9 @@ async function startNodePeer(script: string, name: string, root: string): Promis
 export const startNodeStatic = (root: string) => startNodePeer("node-static.ts", NODE_FLOOR, root);
 export const NODE_FLOOR = "node:http (static files)";
 
-/** bench/node-raw.ts: narinfos from memory over raw sockets, the floor of one Node process (measures 1-2). */
+/** bench/node-raw.ts: the floor of one Node process over raw sockets (measures 1-3; see its header). */
 export const startNodeRaw = (root: string) => startNodePeer("node-raw.ts", NODE_RAW, root);
-export const NODE_RAW = "node raw socket (from memory, floor)";
+export const NODE_RAW = "node raw socket (floor)";
 
 export interface NixstashPeer extends Peer {
   server: ServerProcess;

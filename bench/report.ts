@@ -85,6 +85,7 @@ function shortName(peer: string): string {
   if (peer.startsWith("nginx")) return "nginx";
   if (peer.startsWith("Ceph RGW")) return "RGW";
   if (peer.startsWith("node:http")) return "node floor";
+  if (peer.startsWith("node raw")) return "node raw floor";
   if (peer.startsWith("nix copy --to file://")) return "file://";
   return peer;
 }
