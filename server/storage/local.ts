@@ -6,7 +6,9 @@
 // one, never a torn file, and a stored object survives a crash. A small body (declared or hinted at most
 // SMALL_PUT) takes the same steps on fewer thread-pool round trips: see putSmall. A failed put removes its
 // temp file; after a crash, anything in `.tmp/` is debris of an interrupted upload and may be deleted. Reads
-// open the file once, so a concurrent overwrite or delete never cuts a stream short.
+// open the file once, so a concurrent overwrite or delete never cuts a stream short. The bytes of small
+// objects read recently stay in memory (16 MiB in all), served while the file at their key is still the one
+// they were read from (see get).
 // Limitation of directories: an object cannot be stored at a key that another key uses as a directory
 // (`a/b` and `a/b/c`); S3 allows it, nixstash's key layout never needs it. Such a put fails with StorageError.
 import { randomUUID } from "node:crypto";
@@ -20,6 +22,8 @@ import {
   openSync,
   readSync,
   renameSync,
+  type Stats,
+  statSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
@@ -47,11 +51,24 @@ import {
 export interface LocalStorageOptions {
   /** The directory holding the objects (created when missing). */
   root: string;
+  /** Bytes of small objects kept in memory after a read (see get); default RECENT_BYTES, 0 = none. */
+  recentBytes?: number;
 }
 
 const TMP = ".tmp";
 /** Objects (or ranges) up to this size are read in one synchronous call when served. */
 const SMALL_READ = 64 * 1024;
+/** Of the small objects read, the most recent are kept in memory up to this many bytes in all (see get). */
+const RECENT_BYTES = 16 * 1024 * 1024;
+/** About what an entry of `recent` costs in memory besides its bytes (key, map entry, record, Buffer). */
+const RECENT_ENTRY_COST = 256;
+
+/** A small object's bytes as read, and the file they were read from. */
+interface Recent {
+  bytes: Buffer;
+  ino: number;
+  mtimeMs: number;
+}
 /** Bodies declared or hinted at most this long are gathered in memory and written by putSmall. */
 const SMALL_PUT = 256 * 1024;
 /**
@@ -153,6 +170,42 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
   const fileOf = (key: string): string => path.join(root, ...key.split("/"));
   const tempFile = (): string => path.join(tmpDir, `${randomUUID()}.part`);
 
+  // The bytes of the small objects read most recently, oldest first, each with the identity of the file
+  // they came from. A read of one checks that the file at its key is still that file (one stat: a put
+  // renames a new file over the key, a delete removes it) and answers from memory, where open, fstat, read
+  // and close took ~60-100 µs of a small NAR request when the server woke for it on this VM (ad-hoc timings
+  // inside the fast lane, session 14). The check keeps it right when something else changes the directory
+  // (another replica on a shared file system); put and delete also forget a key at once.
+  const recentLimit = options.recentBytes ?? RECENT_BYTES;
+  const recent = new Map<string, Recent>();
+  let recentSize = 0;
+  // Counted with what an entry costs besides its bytes, so that many tiny objects stay within the limit too.
+  const sizeOf = (known: Recent) => known.bytes.length + RECENT_ENTRY_COST;
+  const forget = (key: string) => {
+    const known = recent.get(key);
+    if (!known) return;
+    recent.delete(key);
+    recentSize -= sizeOf(known);
+  };
+  const remember = (key: string, known: Recent) => {
+    if (sizeOf(known) > recentLimit) return;
+    forget(key);
+    recent.set(key, known);
+    recentSize += sizeOf(known);
+    for (const [oldest, old] of recent) {
+      if (recentSize <= recentLimit) break;
+      recent.delete(oldest);
+      recentSize -= sizeOf(old);
+    }
+  };
+  /** A stream with all of bytes already pushed: a reader finds them buffered (sendStream writes them at once). */
+  const buffered = (bytes: Buffer): Readable => {
+    const whole = new Readable({ read() {} });
+    if (bytes.length > 0) whole.push(bytes);
+    whole.push(null);
+    return whole;
+  };
+
   async function put(
     key: string,
     body: NodeJS.ReadableStream | Readable,
@@ -241,6 +294,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         () => rename(tmp, dest),
         () => mkdir(path.dirname(dest), { recursive: true }),
       );
+      forget(key);
       await fsyncDirectory(path.dirname(dest));
       return { size: written };
     } catch (err) {
@@ -278,6 +332,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
       fd = undefined;
       const dest = fileOf(key);
       whenMissingSync(() => renameSync(tmp, dest), path.dirname(dest));
+      forget(key);
       await fsyncDirectory(path.dirname(dest));
       return { size };
     } catch (err) {
@@ -292,6 +347,23 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
   async function get(key: string, range?: ByteRange): Promise<Readable | null> {
     assertKey(key, "get");
     if (range) assertRange(range, key);
+    const known = recent.get(key);
+    if (known) {
+      let now: Stats | undefined;
+      try {
+        now = statSync(fileOf(key), { throwIfNoEntry: false });
+      } catch {}
+      if (now && now.ino === known.ino && now.mtimeMs === known.mtimeMs && now.size === known.bytes.length) {
+        // Read again: the newest now, the last to go.
+        recent.delete(key);
+        recent.set(key, known);
+        const bytes = known.bytes;
+        if (!range) return buffered(bytes);
+        const end = Math.min(range.end ?? bytes.length - 1, bytes.length - 1);
+        return buffered(bytes.subarray(Math.min(range.start, bytes.length), end + 1));
+      }
+      forget(key);
+    }
     // Opened, measured and (when small) read synchronously: most NARs are a few KiB, and four thread-pool
     // round trips (open, fstat, read, close) made a small NAR request twice as slow as a narinfo (issue 7).
     // These are page-cache operations of microseconds; nginx serves files with the same blocking calls.
@@ -314,7 +386,9 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
       const end = range ? Math.min(range.end ?? info.size - 1, info.size - 1) : info.size - 1;
       length = Math.max(0, end - start + 1);
       if (length <= SMALL_READ) {
-        const bytes = Buffer.allocUnsafe(length);
+        // Its own memory, not a slice of Node's shared pool: kept in `recent`, a slice would hold the pool's
+        // whole 8 KiB slab.
+        const bytes = Buffer.allocUnsafeSlow(length);
         let filled = 0;
         while (filled < length) {
           const read = readSync(fd, bytes, filled, length - filled, start + filled);
@@ -322,11 +396,10 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
           filled += read;
         }
         closeSync(fd);
-        // Already pushed, so a reader finds every byte buffered (sendStream then writes them at once).
-        const whole = new Readable({ read() {} });
-        if (filled > 0) whole.push(bytes.subarray(0, filled));
-        whole.push(null);
-        return whole;
+        const got = bytes.subarray(0, filled);
+        if (start === 0 && filled === info.size)
+          remember(key, { bytes: got, ino: info.ino, mtimeMs: info.mtimeMs });
+        return buffered(got);
       }
     } catch (err) {
       closeSync(fd);
@@ -354,6 +427,8 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     } catch (err) {
       if (isAbsent(err)) return;
       throw new StorageError("delete", key, messageOf(err), { cause: err });
+    } finally {
+      forget(key);
     }
   }
 

@@ -250,6 +250,30 @@ export function storageConformance(name: string, make: () => Promise<StorageUnde
       assert.deepEqual(await keysOf(storage, key), [key]);
     });
 
+    it("reads what the last put or delete left, after reads of the object before them", async () => {
+      const key = `${space("reread")}key`;
+      const first = randomBytes(3000);
+      await storage.put(key, bodyOf(first), { size: first.length });
+      for (let i = 0; i < 2; i++) assert.deepEqual(await readAll(await storage.get(key)), first);
+      // Small and declared, as most NARs are put.
+      const second = randomBytes(3000);
+      await storage.put(key, bodyOf(second), { size: second.length });
+      assert.deepEqual(await readAll(await storage.get(key)), second);
+      assert.deepEqual(
+        await readAll(await storage.get(key, { start: 10, end: 19 })),
+        second.subarray(10, 20),
+      );
+      // Streamed, its length unknown beforehand.
+      const third = randomBytes(500);
+      await storage.put(key, bodyOf(third));
+      assert.deepEqual(await readAll(await storage.get(key)), third);
+      assert.deepEqual(await readAll(await storage.get(key, { start: 490 })), third.subarray(490));
+      assert.deepEqual(await readAll(await storage.get(key, { start: 500 })), Buffer.alloc(0));
+      await storage.delete(key);
+      assert.equal(await storage.get(key), null);
+      assert.equal(await storage.stat(key), null);
+    });
+
     it("stats size and modification time", async () => {
       const key = `${space("stat")}key`;
       const before = Date.now();

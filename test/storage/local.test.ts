@@ -1,7 +1,7 @@
 // The local-directory driver: the conformance suite on a fresh temporary directory, plus what only a
 // directory has (temp files under .tmp/, keys that collide with directories, an unusable root).
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PassThrough, Readable } from "node:stream";
 import { describe, it } from "node:test";
@@ -12,6 +12,13 @@ import { storageConformance } from "./conformance.ts";
 
 async function tempRoot(): Promise<string> {
   return mkdtemp(join(testTmp(), "storage-local-"));
+}
+
+async function readBytes(stream: Readable | null): Promise<Buffer> {
+  assert.ok(stream, "expected the object to be there");
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
 }
 
 async function tmpFiles(root: string): Promise<string[]> {
@@ -27,7 +34,79 @@ storageConformance("local", async () => {
   };
 });
 
+/** A whole second, which utimes sets exactly (a file's own time has nanoseconds that a Date cannot carry). */
+const SETTLED = 1_700_000_000;
+
+/** Gives a file the modification time SETTLED, so that scribble can give it back exactly. */
+async function settle(file: string): Promise<void> {
+  await utimes(file, SETTLED, SETTLED);
+}
+
+/** Changes a settled file's bytes in place behind the driver's back, keeping its size, inode and time. */
+async function scribble(file: string, bytes: Buffer): Promise<void> {
+  assert.equal(bytes.length, (await stat(file)).size);
+  await writeFile(file, bytes);
+  await settle(file);
+}
+
 describe("local storage specifics", () => {
+  it("answers a small object it has read from memory while its file is the same, and reads a changed one", async () => {
+    const dir = await tempRoot();
+    const storage = createLocalStorage({ root: dir });
+    const first = Buffer.alloc(1000, 1);
+    await storage.put("k", Readable.from([first]));
+    await settle(join(dir, "k"));
+    assert.deepEqual(await readBytes(await storage.get("k")), first);
+    // Same file, same size and time: the remembered bytes are served (which is how this test can see them).
+    await scribble(join(dir, "k"), Buffer.alloc(1000, 2));
+    assert.deepEqual(await readBytes(await storage.get("k")), first);
+    assert.deepEqual(await readBytes(await storage.get("k", { start: 998 })), first.subarray(998));
+    // Written behind its back as anything else would write it: a new time, or a new file renamed over it.
+    const second = Buffer.alloc(1000, 3);
+    await writeFile(join(dir, "k"), second);
+    await utimes(join(dir, "k"), new Date(), new Date(Date.now() + 5000));
+    assert.deepEqual(await readBytes(await storage.get("k")), second);
+    const third = Buffer.alloc(1000, 4);
+    await writeFile(join(dir, "k.new"), third);
+    await rename(join(dir, "k.new"), join(dir, "k"));
+    assert.deepEqual(await readBytes(await storage.get("k")), third);
+    await rm(join(dir, "k"));
+    assert.equal(await storage.get("k"), null);
+    // Objects over 64 KiB are never kept: each read opens the file.
+    const big = Buffer.alloc(65 * 1024, 5);
+    await storage.put("big", Readable.from([big]));
+    await settle(join(dir, "big"));
+    assert.deepEqual(await readBytes(await storage.get("big")), big);
+    await scribble(join(dir, "big"), Buffer.alloc(65 * 1024, 6));
+    assert.deepEqual(await readBytes(await storage.get("big")), Buffer.alloc(65 * 1024, 6));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("keeps the small objects read most recently within its memory limit", async () => {
+    const dir = await tempRoot();
+    // Room for three 1000-byte objects with what each entry costs besides its bytes.
+    const storage = createLocalStorage({ root: dir, recentBytes: 3 * 1300 });
+    const bytesOf = (i: number) => Buffer.alloc(1000, i);
+    for (const i of [1, 2, 3, 4]) {
+      await storage.put(`k${i}`, Readable.from([bytesOf(i)]));
+      await settle(join(dir, `k${i}`));
+    }
+    for (const i of [1, 2, 3]) await readBytes(await storage.get(`k${i}`));
+    await readBytes(await storage.get("k1")); // k1 is the newest now, k2 the oldest
+    await readBytes(await storage.get("k4")); // one too many: k2 goes
+    for (const i of [1, 2, 3, 4]) await scribble(join(dir, `k${i}`), bytesOf(10 + i));
+    // The kept ones first: reading k2 again keeps it, and makes room for it.
+    for (const i of [1, 3, 4])
+      assert.deepEqual(await readBytes(await storage.get(`k${i}`)), bytesOf(i), `k${i}`);
+    assert.deepEqual(await readBytes(await storage.get("k2")), bytesOf(12));
+    // None at all with a limit of 0.
+    const none = createLocalStorage({ root: dir, recentBytes: 0 });
+    await readBytes(await none.get("k1"));
+    await scribble(join(dir, "k1"), bytesOf(21));
+    assert.deepEqual(await readBytes(await none.get("k1")), bytesOf(21));
+    await rm(dir, { recursive: true, force: true });
+  });
+
   it("creates the root on check() and keeps temp files out of list()", async () => {
     const dir = await tempRoot();
     const root = join(dir, "not", "yet");
