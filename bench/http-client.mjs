@@ -72,15 +72,16 @@ async function sequentialGets(base, paths) {
  * Downloads every file (relative to base), `connections` at a time, with curl (Nix's own HTTP library, and a
  * client that costs far less per byte than any Node one): returns the bytes received. The list goes to curl
  * on its standard input once it has started and waits for it, so curl's own start (20-30 ms) is not timed.
+ * scratchDir holds curl's per-file lines meanwhile.
  */
-async function downloadAll(base, files, connections) {
+async function downloadAll(base, files, connections, scratchDir) {
   const args = ["--silent", "--no-progress-meter", "--show-error", "--fail", "--location", "--config", "-"];
   if (connections > 1) args.push("--parallel", "--parallel-immediate", "--parallel-max", String(connections));
   args.push("--write-out", "%{size_download}\\n");
   // curl's per-transfer line goes to a file, read once it has exited: a pipe would wake this process for
   // every file downloaded, on the two cores the server needs (nixstash's small NARs on one connection took
   // ~20% longer that way, nginx's ~7%: ad-hoc, session 14).
-  const outFile = join(dirname(jobFile), `curl-out-${process.pid}`);
+  const outFile = join(scratchDir, `curl-out-${process.pid}`);
   const outFd = openSync(outFile, "w");
   const curl = spawn("curl", args, { stdio: ["pipe", outFd, "inherit"] });
   closeSync(outFd);
@@ -120,6 +121,6 @@ if (job.kind === "sequential") {
   const cpu = process.cpuUsage(cpu0);
   result = { seconds, statuses, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
 } else if (job.kind === "download") {
-  result = await downloadAll(job.base, job.files, job.connections);
+  result = await downloadAll(job.base, job.files, job.connections, dirname(jobFile));
 } else throw new Error(`unknown job kind ${job.kind}`);
 process.stdout.write(`${JSON.stringify(result)}\n`);

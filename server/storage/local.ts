@@ -62,13 +62,6 @@ const SMALL_READ = 64 * 1024;
 const RECENT_BYTES = 16 * 1024 * 1024;
 /** About what an entry of `recent` costs in memory besides its bytes (key, map entry, record, Buffer). */
 const RECENT_ENTRY_COST = 256;
-
-/** A small object's bytes as read, and the file they were read from. */
-interface Recent {
-  bytes: Buffer;
-  ino: number;
-  mtimeMs: number;
-}
 /** Bodies declared or hinted at most this long are gathered in memory and written by putSmall. */
 const SMALL_PUT = 256 * 1024;
 /**
@@ -162,6 +155,18 @@ async function gather(
   } finally {
     signal?.removeEventListener("abort", abort);
   }
+}
+
+/** The last byte of range in an object of size bytes: its end, clamped to the object. */
+function lastByte(range: ByteRange, size: number): number {
+  return Math.min(range.end ?? size - 1, size - 1);
+}
+
+/** A small object's bytes as read, and the file they were read from. */
+interface Recent {
+  bytes: Buffer;
+  ino: number;
+  mtimeMs: number;
 }
 
 export function createLocalStorage(options: LocalStorageOptions): Storage {
@@ -352,15 +357,16 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
       let now: Stats | undefined;
       try {
         now = statSync(fileOf(key), { throwIfNoEntry: false });
-      } catch {}
+      } catch {} // whatever failed here fails the open below again, with its error
       if (now && now.ino === known.ino && now.mtimeMs === known.mtimeMs && now.size === known.bytes.length) {
         // Read again: the newest now, the last to go.
         recent.delete(key);
         recent.set(key, known);
         const bytes = known.bytes;
         if (!range) return buffered(bytes);
-        const end = Math.min(range.end ?? bytes.length - 1, bytes.length - 1);
-        return buffered(bytes.subarray(Math.min(range.start, bytes.length), end + 1));
+        return buffered(
+          bytes.subarray(Math.min(range.start, bytes.length), lastByte(range, bytes.length) + 1),
+        );
       }
       forget(key);
     }
@@ -383,7 +389,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         return null;
       }
       start = range?.start ?? 0;
-      const end = range ? Math.min(range.end ?? info.size - 1, info.size - 1) : info.size - 1;
+      const end = range ? lastByte(range, info.size) : info.size - 1;
       length = Math.max(0, end - start + 1);
       if (length <= SMALL_READ) {
         // Its own memory, not a slice of Node's shared pool: kept in `recent`, a slice would hold the pool's
