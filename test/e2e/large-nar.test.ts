@@ -36,6 +36,8 @@ async function* syntheticNar(size: number): AsyncGenerator<Buffer> {
   yield Buffer.concat([Buffer.alloc((8 - (size % 8)) % 8), str(")")]);
 }
 
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
+
 function memory(pid: number, field: "VmHWM" | "VmRSS"): number {
   const kb = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
   return Number(kb) * 1024;
@@ -71,8 +73,24 @@ for (const stack of STACKS) {
       // failed now and then on PostgreSQL + S3 in full-suite runs (RSS up by ~1.16 GiB), never run alone.
       const phasePeaks = { up: 0, down: 0 };
       let phase: keyof typeof phasePeaks = "up";
+      // And what the server itself counts when its RSS reaches a new peak (read at most twice a second), so
+      // that such a failure also says whether V8's heap, its buffers or memory outside both grew.
+      let split = "";
+      let splitRead = 0;
+      const readSplit = async (rss: number) => {
+        const text = await (await fetch(`${server!.url}/metrics`)).text();
+        const gauge = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
+        const heap = gauge("nodejs_heap_used_bytes");
+        const external = gauge("nodejs_external_memory_bytes");
+        split = `at ${mib(rss)} RSS: V8 heap ${mib(heap)}, buffers ${mib(external)}, other ${mib(rss - heap - external)}`;
+      };
       const sampler = setInterval(() => {
-        phasePeaks[phase] = Math.max(phasePeaks[phase], memory(server!.child.pid!, "VmRSS"));
+        const rss = memory(server!.child.pid!, "VmRSS");
+        if (rss > Math.max(phasePeaks.up, phasePeaks.down) && Date.now() - splitRead >= 500) {
+          splitRead = Date.now();
+          readSplit(rss).catch(() => {});
+        }
+        phasePeaks[phase] = Math.max(phasePeaks[phase], rss);
       }, 100);
       t.after(() => clearInterval(sampler));
       const started = Date.now();
@@ -112,8 +130,7 @@ for (const stack of STACKS) {
 
       clearInterval(sampler);
       const peak = memory(server.child.pid!, "VmHWM");
-      const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
-      const phases = `sampled peaks: upload ${mib(phasePeaks.up)}, download ${mib(phasePeaks.down)}`;
+      const phases = `sampled peaks: upload ${mib(phasePeaks.up)}, download ${mib(phasePeaks.down)}; ${split}`;
       t.diagnostic(
         `up ${mib(narSize / upSeconds)}/s, down ${mib(narSize / downSeconds)}/s, server RSS at rest ${mib(atRest)}, peak ${mib(peak)} (${phases})`,
       );
