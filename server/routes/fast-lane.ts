@@ -256,8 +256,7 @@ class LaneConnection {
           (a) => this.#settle(a, head, end),
           (error: unknown) => {
             this.options.onError?.(error);
-            this.#busy = false;
-            if (this.socket.isPaused()) this.socket.resume();
+            this.#free();
             this.#leave("error");
           },
         );
@@ -272,8 +271,7 @@ class LaneConnection {
   }
 
   #settle(answer: FastAnswer | undefined, head: Head, end: number): void {
-    this.#busy = false;
-    if (this.socket.isPaused()) this.socket.resume();
+    this.#free();
     if (this.#gone) return;
     if (this.socket.destroyed) {
       if (answer && isStreamed(answer.body)) answer.body.discard();
@@ -287,6 +285,17 @@ class LaneConnection {
     this.#respond(answer, head, end);
     // A streamed body is still being written: what follows waits for it (#streamed).
     if (this.#busy) return;
+    this.#next();
+  }
+
+  /** Free to answer again: reading resumes (a client that kept sending was paused meanwhile, see #onData). */
+  #free(): void {
+    this.#busy = false;
+    if (this.socket.isPaused()) this.socket.resume();
+  }
+
+  /** After an answer is out: the connection closes if that was its last, or answers what waits. */
+  #next(): void {
     if (this.#closing) {
       // The client ended its side, or asked to close: this was the last answer.
       this.#pending = undefined;
@@ -357,17 +366,11 @@ class LaneConnection {
     this.socket.setTimeout(0);
     body.writeTo(this.socket).then(
       () => {
-        this.#busy = false;
         this.socket.setTimeout(this.server.keepAliveTimeout);
         this.#done(answer, body.size);
-        if (this.socket.isPaused()) this.socket.resume();
+        this.#free();
         if (this.#gone || this.socket.destroyed) return;
-        if (this.#closing) {
-          this.#pending = undefined;
-          this.socket.end();
-          return;
-        }
-        this.#drain();
+        this.#next();
       },
       () => {
         this.#busy = false;

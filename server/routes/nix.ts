@@ -362,10 +362,17 @@ export function nixFastReads(
         }
         const body = read.body;
         const size = Buffer.isBuffer(body) ? body.length : body.size;
-        const reply = { status: 200, contentType: NAR_TYPE, headers: NAR_HEADERS, body } as const;
         return answered(
           request,
-          { ...reply, route: "/:cache/nar/:file", cache: read.cache.name, size },
+          {
+            status: 200,
+            contentType: NAR_TYPE,
+            headers: NAR_HEADERS,
+            body,
+            route: "/:cache/nar/:file",
+            cache: read.cache.name,
+            size,
+          },
           started,
           end,
         );
