@@ -63,6 +63,23 @@ describe("upload order", () => {
     await Promise.all(all);
     assert.deepEqual(order, ["high-1", "high-2", "mid", "low"]);
   });
+
+  it("gives a freed place to a heavier waiter that the holder's end made ready, not to one already waiting", async () => {
+    const acquire = createSemaphore(1);
+    const holder = await acquire(0);
+    const order: string[] = [];
+    const wait = (name: string, priority: number) =>
+      acquire(priority).then((release) => {
+        order.push(name);
+        release();
+      });
+    const light = wait("light, waiting before", 1);
+    // As an upload ends: its place is released, then what waited for its path asks for one.
+    holder();
+    const heavy = Promise.resolve().then(() => wait("heavy, ready as the holder ends", 9));
+    await Promise.all([light, heavy]);
+    assert.deepEqual(order, ["heavy, ready as the holder ends", "light, waiting before"]);
+  });
 });
 
 describe("batches of small paths", () => {
