@@ -49,7 +49,8 @@ describe("upload order", () => {
     assert.ok(w.get(chain[0]!.path)! > w.get(chain[4999]!.path)! * 4000);
   });
 
-  it("gives a free place to the waiter of highest priority, the earliest among equals", async () => {
+  /** A semaphore of one place, held; `wait` queues a waiter that notes its name in `order` once in. */
+  async function heldSemaphore() {
     const acquire = createSemaphore(1);
     const holder = await acquire(0);
     const order: string[] = [];
@@ -58,6 +59,11 @@ describe("upload order", () => {
         order.push(name);
         release();
       });
+    return { holder, order, wait };
+  }
+
+  it("gives a free place to the waiter of highest priority, the earliest among equals", async () => {
+    const { holder, order, wait } = await heldSemaphore();
     const all = [wait("low", 1), wait("high-1", 5), wait("mid", 3), wait("high-2", 5)];
     holder();
     await Promise.all(all);
@@ -65,14 +71,7 @@ describe("upload order", () => {
   });
 
   it("gives a freed place to a heavier waiter that the holder's end made ready, not to one already waiting", async () => {
-    const acquire = createSemaphore(1);
-    const holder = await acquire(0);
-    const order: string[] = [];
-    const wait = (name: string, priority: number) =>
-      acquire(priority).then((release) => {
-        order.push(name);
-        release();
-      });
+    const { holder, order, wait } = await heldSemaphore();
     const light = wait("light, waiting before", 1);
     // As an upload ends: its place is released, then what waited for its path asks for one.
     holder();
