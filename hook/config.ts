@@ -2,13 +2,16 @@
 // variables, then defaults. The only file of hook/ that reads the environment (cli.ts hands it in). A bad
 // value stops the command with a message naming the flag and the variable.
 //
+// Checked by the few small parsers below rather than zod (which the server's config uses): every command
+// starts here, and importing zod took ~85 ms of the CLI's ~250 ms start (`nixstash push` waits for it before
+// its first request; issue 7, measure 6).
+//
 // State and spool locations follow the post-build hook's rules (hook/post-build-hook.sh) exactly, because
 // the hook (run by Nix, often as root under the nix-daemon) and the daemon must agree without talking:
 //   state dir = $NIXSTASH_STATE_DIR, else /var/lib/nixstash for root, else ${XDG_STATE_HOME:-~/.local/state}/nixstash
 //   spool dir = $NIXSTASH_SPOOL, else <state dir>/spool
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { z } from "zod";
 
 export interface HookPaths {
   stateDir: string;
@@ -85,31 +88,56 @@ function createReader(flags: Flags, env: NodeJS.ProcessEnv) {
     return value === "" ? undefined : value;
   };
   const where = (name: string) => `--${name}${ENV[name] ? ` (${ENV[name]})` : ""}`;
-  function read<T>(name: string, schema: z.ZodType<T>, fallback: T): T {
+  function read<T>(name: string, parse: Parse<T>, fallback: T): T {
     const value = raw(name);
     if (value === undefined) return fallback;
-    const result = schema.safeParse(value);
-    if (!result.success)
-      throw new ConfigError(
-        `invalid ${where(name)}: ${JSON.stringify(value)}: ${result.error.issues[0]?.message}`,
-      );
-    return result.data;
+    try {
+      return parse(value);
+    } catch (error) {
+      if (!(error instanceof Invalid)) throw error;
+      throw new ConfigError(`invalid ${where(name)}: ${JSON.stringify(value)}: ${error.message}`);
+    }
   }
   return { raw, read, where };
 }
 
-const seconds = z.coerce.number().positive().finite();
-const url = z
-  .string()
-  .url()
-  .refine((u) => /^https?:\/\//.test(u), "must be an http:// or https:// URL")
-  .transform((u) => u.replace(/\/+$/, ""));
+/** A setting's text to its value; throws Invalid saying what a good value is. */
+type Parse<T> = (text: string) => T;
+class Invalid extends Error {}
+
+const text: Parse<string> = (value) => value;
+const oneOf =
+  <const T extends string>(...choices: T[]): Parse<T> =>
+  (value) => {
+    if ((choices as string[]).includes(value)) return value as T;
+    throw new Invalid(`must be one of ${choices.join(", ")}`);
+  };
+const wholeNumber =
+  (min: number, max: number): Parse<number> =>
+  (value) => {
+    const n = /^\s*\d+\s*$/.test(value) ? Number(value) : Number.NaN;
+    if (n >= min && n <= max) return n;
+    throw new Invalid(`must be a whole number from ${min} to ${max}`);
+  };
+const seconds: Parse<number> = (value) => {
+  const n = value.trim() === "" ? Number.NaN : Number(value);
+  if (Number.isFinite(n) && n > 0) return n;
+  throw new Invalid("must be a positive number of seconds");
+};
+const url: Parse<string> = (value) => {
+  if (/^https?:\/\//.test(value) && URL.canParse(value)) return value.replace(/\/+$/, "");
+  throw new Invalid("must be an http:// or https:// URL");
+};
+const cacheName: Parse<string> = (value) => {
+  if (/^[a-z0-9][a-z0-9._-]{0,62}$/.test(value)) return value;
+  throw new Invalid("not a cache name (a lower-case letter or digit, then up to 62 of those or . _ -)");
+};
 
 export function loadServerSettings(flags: Flags, env: NodeJS.ProcessEnv): ServerSettings {
   const { raw, read, where } = createReader(flags, env);
   const server = read("server", url, "");
   if (!server) throw new ConfigError(`no server: give ${where("server")}, e.g. http://cache.example.org`);
-  const cache = read("cache", z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "not a cache name"), "main");
+  const cache = read("cache", cacheName, "main");
   let token = raw("token");
   const tokenFile = raw("token-file");
   if (!token && tokenFile) {
@@ -125,12 +153,12 @@ export function loadServerSettings(flags: Flags, env: NodeJS.ProcessEnv): Server
 
 export function loadPushSettings(flags: Flags, env: NodeJS.ProcessEnv): PushSettings {
   const { read } = createReader(flags, env);
-  const keys = read("upstream-keys", z.string(), "");
+  const keys = read("upstream-keys", text, "");
   return {
     ...loadServerSettings(flags, env),
-    concurrency: read("jobs", z.coerce.number().int().min(1).max(64), 4),
+    concurrency: read("jobs", wholeNumber(1, 64), 4),
     upstreamKeys: keys === "" ? undefined : keys === "none" ? [] : keys.split(/[\s,]+/).filter(Boolean),
-    zstdLevel: read("zstd-level", z.coerce.number().int().min(1).max(19), 3),
+    zstdLevel: read("zstd-level", wholeNumber(1, 19), 3),
     retryBaseMs: read("retry-base", seconds, 2) * 1000,
     retryMaxMs: read("retry-max", seconds, 300) * 1000,
   };
@@ -151,7 +179,7 @@ export function loadDaemonSettings(flags: Flags, env: NodeJS.ProcessEnv, uid: nu
     ...loadPushSettings(flags, env),
     ...loadPaths(flags, env, uid),
     pollMs: read("poll", seconds, 5) * 1000,
-    nice: read("nice", z.coerce.number().int().min(0).max(19), 10),
+    nice: read("nice", wholeNumber(0, 19), 10),
     keepDoneMs: read("keep-done", seconds, 7 * 24 * 3600) * 1000,
   };
 }
@@ -159,11 +187,7 @@ export function loadDaemonSettings(flags: Flags, env: NodeJS.ProcessEnv, uid: nu
 export function loadLogSettings(flags: Flags, env: NodeJS.ProcessEnv): LogSettings {
   const { read } = createReader(flags, env);
   return {
-    logLevel: read(
-      "log-level",
-      z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
-      "info",
-    ),
-    logFormat: read("log-format", z.enum(["text", "json"]), "text"),
+    logLevel: read("log-level", oneOf("fatal", "error", "warn", "info", "debug", "trace", "silent"), "info"),
+    logFormat: read("log-format", oneOf("text", "json"), "text"),
   };
 }

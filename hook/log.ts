@@ -1,9 +1,14 @@
 // Logs of the builder-side commands: pino (structured, as the server logs), written to stderr either as JSON
 // lines (`--log-format json`, for machines and tests) or as one readable line per event (the default, for a
 // terminal or the systemd journal): `2025-01-01T12:00:00.000Z INFO  pushed path=/nix/store/… size=1.2 MiB`.
+import { createRequire } from "node:module";
 import { Writable } from "node:stream";
-import { type Logger, pino } from "pino";
+import type * as Pino from "pino";
+import type { Logger } from "pino";
 import type { LogSettings } from "./config.ts";
+
+/** pino, loaded by the first logger made: `nixstash push` makes none, and would have waited ~35 ms for it. */
+const load = createRequire(import.meta.url);
 
 export type { Logger };
 
@@ -49,6 +54,7 @@ export function formatLine(json: string): string {
 }
 
 export function createLogger(settings: LogSettings, out: NodeJS.WritableStream = process.stderr): Logger {
+  const { pino } = load("pino") as typeof Pino;
   const options = { level: settings.logLevel, base: undefined };
   if (settings.logFormat === "json") return pino(options, pino.destination({ dest: 2, sync: true }));
   const text = new Writable({

@@ -13,8 +13,15 @@
 // done only after the server answered success (or said it has it, or it is signed by an upstream key the
 // server accepts), so resuming after a crash at worst asks again.
 import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname } from "node:path";
-import Database from "better-sqlite3";
+import type BetterSqlite3 from "better-sqlite3";
+
+/**
+ * better-sqlite3, loaded by the first queue opened: of the CLI's commands only the daemon and `queue` open
+ * one, and `nixstash push` would have waited ~20 ms for it at every start.
+ */
+const load = createRequire(import.meta.url);
 
 export type PathState = "waiting" | "uploading" | "done" | "failed";
 
@@ -79,6 +86,7 @@ export interface QueueOptions {
 export function openQueue(file: string, options: QueueOptions = {}) {
   const clock = options.clock ?? Date.now;
   if (!options.readonly) mkdirSync(dirname(file), { recursive: true, mode: 0o755 });
+  const Database = load("better-sqlite3") as typeof BetterSqlite3;
   const db = new Database(file, {
     readonly: options.readonly ?? false,
     fileMustExist: options.readonly ?? false,
@@ -294,7 +302,7 @@ export function openQueue(file: string, options: QueueOptions = {}) {
 
 export type Queue = ReturnType<typeof openQueue>;
 
-function migrate(db: Database.Database): void {
+function migrate(db: BetterSqlite3.Database): void {
   const version = db.pragma("user_version", { simple: true }) as number;
   if (version > SCHEMA_VERSION)
     throw new Error(`queue database ${db.name} is from a newer nixstash (schema ${version})`);
