@@ -34,8 +34,18 @@ export interface Database {
   /** For reads. */
   readonly db: Db;
   readonly t: Tables;
-  /** Runs fn in one transaction: all of it commits, or none of it. */
-  transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T>;
+  /**
+   * Runs fn in one transaction: all of it commits, or none of it. `keepRevision`: it changes nothing that
+   * anyone remembers from reads (last-access times, counters), so revision() stays.
+   */
+  transaction<T>(fn: (tx: Db) => Promise<T>, options?: { keepRevision?: boolean }): Promise<T>;
+  /**
+   * A number that changes whenever a commit may have changed what reads return; undefined where the
+   * database cannot tell without a query (PostgreSQL: other replicas commit unseen). On SQLite: after every
+   * transaction this process commits (but those that keep it), and once the writer connection has seen a
+   * commit it did not make (another process: `PRAGMA data_version` changes exactly then). ~4 µs a call.
+   */
+  revision(): number | undefined;
   /** Throws when the database cannot answer. */
   ping(): Promise<void>;
   close(): Promise<void>;
@@ -89,16 +99,30 @@ function openSqlite(file: string): Database {
   const readerConnection = openSqliteConnection(file);
   const reader = drizzleSqlite(readerConnection, { schema: sqliteSchema });
   const mutex = new Mutex();
+  // Asked of the writer, which makes every commit of this process: its data_version then changes only for
+  // other processes' commits (the reader's would change for ours too).
+  const dataVersion = writerConnection.prepare("PRAGMA data_version").pluck();
+  let seenDataVersion = dataVersion.get();
+  let revision = 0;
   return {
     dialect: "sqlite",
     db: reader,
     t: sqliteSchema,
-    transaction: (fn) =>
+    revision: () => {
+      const now = dataVersion.get();
+      if (now !== seenDataVersion) {
+        seenDataVersion = now;
+        revision++;
+      }
+      return revision;
+    },
+    transaction: (fn, options) =>
       mutex.run(async () => {
         writerConnection.exec("BEGIN IMMEDIATE");
         try {
           const result = await fn(writer);
           writerConnection.exec("COMMIT");
+          if (!options?.keepRevision) revision++;
           return result;
         } catch (error) {
           if (writerConnection.inTransaction) writerConnection.exec("ROLLBACK");
@@ -138,6 +162,7 @@ async function openPostgres(url: string): Promise<Database> {
     dialect: "postgres",
     db: asDb,
     t: pgSchema as unknown as Tables,
+    revision: () => undefined,
     transaction: async (fn) => {
       const client = await pool.connect();
       let handle = handles.get(client);

@@ -441,10 +441,24 @@ export function createRepo(database: Database) {
   // kept for ROW_TTL_MS, as cache rows are: a path this process deletes or re-signs is forgotten at once
   // (deletePathsGuarded, purgeCache, replaceSigs and dropUnreferencedNar clear the memo), one deleted
   // through another replica is served for at most that long, as Nix clients themselves keep narinfos for
-  // 30 days. Absent rows are never remembered: a push is visible at once everywhere. On SQLite a point read
-  // costs ~10 µs here (its read transaction locks the WAL index), on PostgreSQL a round trip; the memo
-  // answers in well under 1 µs.
-  const rows = new Map<string, { row: unknown; until: number }>();
+  // 30 days. On SQLite a point read costs ~10 µs here (its read transaction locks the WAL index), on
+  // PostgreSQL a round trip; the memo answers in well under 1 µs.
+  //
+  // Where the database says when anything was committed (database.revision(): SQLite, for this process's
+  // transactions and other processes' commits alike), an entry read at the current revision holds past its
+  // second too, checked in ~4 µs instead of read again; and absent rows are remembered as absent (null) on
+  // that condition alone, checked on every use, so a push is still seen at once. Elsewhere (PostgreSQL)
+  // absent rows are never remembered. Last-access flushes keep the revision (recordAccess): the access
+  // times in remembered path rows can lag, and nothing reads those from here (pathDetail queries).
+  interface Remembered {
+    /** The row, or null: no such row. */
+    row: unknown;
+    /** A found row holds until then without a check. */
+    until: number;
+    /** database.revision() before the read. */
+    revision: number | undefined;
+  }
+  const rows = new Map<string, Remembered>();
   let rowEpoch = 0;
   const forgetRows = () => {
     rowEpoch++;
@@ -452,18 +466,26 @@ export function createRepo(database: Database) {
   };
   const pathKey = (cacheId: number, hash: string) => `p/${cacheId}/${hash}`;
   const narKey = (cacheId: number, fileHash: string) => `n/${cacheId}/${fileHash}`;
-  const peekRow = <T>(key: string): T | undefined => {
-    const known = rows.get(key);
-    return known && known.until > performance.now() ? (known.row as T) : undefined;
+  /** Whether `entry` still says what the database holds (a found row checked past its second holds another). */
+  const holds = (entry: Remembered, now: number): boolean => {
+    if (entry.row !== null && entry.until > now) return true;
+    if (entry.revision === undefined || entry.revision !== database.revision()) return false;
+    if (entry.row !== null) entry.until = now + ROW_TTL_MS;
+    return true;
   };
-  const remember = (key: string, row: unknown, now: number) => {
+  /** The remembered row under `key`: the row, null when it is known absent, undefined when nothing holds. */
+  const peekRow = <T>(key: string): T | null | undefined => {
+    const known = rows.get(key);
+    return known && holds(known, performance.now()) ? (known.row as T | null) : undefined;
+  };
+  const remember = (key: string, row: unknown, now: number, revision: number | undefined) => {
     rows.delete(key);
     if (rows.size >= ROWS_MAX) rows.delete(rows.keys().next().value!);
-    rows.set(key, { row, until: now + ROW_TTL_MS });
+    rows.set(key, { row, until: now + ROW_TTL_MS, revision });
   };
   /**
-   * The live row under `key`, or `read()`'s, remembered when found. `read` may also hand `alongside` other
-   * rows it learnt (key → row), remembered with it under the same rule.
+   * The row under `key` as remembered, or `read()`'s, remembered (see above). `read` may also hand
+   * `alongside` other rows it learnt (key → row), remembered with it under the same rule.
    */
   async function rememberRow<T>(
     key: string,
@@ -471,16 +493,20 @@ export function createRepo(database: Database) {
   ): Promise<T | undefined> {
     const now = performance.now();
     const known = rows.get(key);
-    if (known && known.until > now) return known.row as T;
-    // Taken before the read: a deletion committed while it runs clears the memo first, and the row read
-    // must not be remembered then (it may be the deleted one).
+    if (known && holds(known, now)) return (known.row ?? undefined) as T | undefined;
+    // Both taken before the read: a deletion committed while it runs clears the memo first, and the row
+    // read must not be remembered then (it may be the deleted one); any other commit meanwhile changes the
+    // revision, so the row is read again at its next use.
     const epoch = rowEpoch;
+    const revision = database.revision();
     const alongside = new Map<string, unknown>();
     const row = await read(alongside);
     if (known) rows.delete(key);
-    if (row !== undefined && epoch === rowEpoch) {
-      remember(key, row, now);
-      for (const [other, value] of alongside) remember(other, value, now);
+    if (epoch === rowEpoch) {
+      if (row !== undefined) {
+        remember(key, row, now, revision);
+        for (const [other, value] of alongside) remember(other, value, now, revision);
+      } else if (revision !== undefined) remember(key, null, now, revision);
     }
     return row;
   }
@@ -843,8 +869,8 @@ export function createRepo(database: Database) {
     },
 
     // ---- paths
-    /** path without waiting: the remembered row, or undefined when none is remembered (or live). */
-    peekPath(cacheId: number, hash: string): PathRecord | undefined {
+    /** path without waiting: the remembered row, null when it is known absent, undefined when unknown. */
+    peekPath(cacheId: number, hash: string): PathRecord | null | undefined {
       return peekRow(pathKey(cacheId, hash));
     },
     async path(cacheId: number, hash: string): Promise<PathRecord | undefined> {
@@ -1126,39 +1152,43 @@ export function createRepo(database: Database) {
 
     // ---- access (last access, downloads and hits), written in batches
     async recordAccess(batch: AccessBatch): Promise<void> {
-      await database.transaction(async (tx) => {
-        for (const [cacheId, hashes] of batch.narinfos) {
-          for (const part of chunks([...hashes])) {
-            await tx
-              .update(t.paths)
-              .set({ lastAccessedAt: batch.at })
-              .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)));
+      // Last-access times and counters only: no read this process remembers changes (see rememberRow).
+      await database.transaction(
+        async (tx) => {
+          for (const [cacheId, hashes] of batch.narinfos) {
+            for (const part of chunks([...hashes])) {
+              await tx
+                .update(t.paths)
+                .set({ lastAccessedAt: batch.at })
+                .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)));
+            }
           }
-        }
-        for (const [cacheId, narIds] of batch.nars) {
-          for (const part of chunks([...narIds])) {
-            await tx
-              .update(t.paths)
-              .set({ lastAccessedAt: batch.at })
-              .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.narId, part)));
+          for (const [cacheId, narIds] of batch.nars) {
+            for (const part of chunks([...narIds])) {
+              await tx
+                .update(t.paths)
+                .set({ lastAccessedAt: batch.at })
+                .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.narId, part)));
+            }
           }
-        }
-        for (const c of batch.counters) {
-          const s = t.cacheDailyStats;
-          await tx
-            .insert(s)
-            .values(c)
-            .onConflictDoUpdate({
-              target: [s.cacheId, s.day],
-              set: {
-                narinfoHits: sql`${s.narinfoHits} + ${c.narinfoHits}`,
-                narinfoMisses: sql`${s.narinfoMisses} + ${c.narinfoMisses}`,
-                narDownloads: sql`${s.narDownloads} + ${c.narDownloads}`,
-                narBytes: sql`${s.narBytes} + ${c.narBytes}`,
-              },
-            });
-        }
-      });
+          for (const c of batch.counters) {
+            const s = t.cacheDailyStats;
+            await tx
+              .insert(s)
+              .values(c)
+              .onConflictDoUpdate({
+                target: [s.cacheId, s.day],
+                set: {
+                  narinfoHits: sql`${s.narinfoHits} + ${c.narinfoHits}`,
+                  narinfoMisses: sql`${s.narinfoMisses} + ${c.narinfoMisses}`,
+                  narDownloads: sql`${s.narDownloads} + ${c.narDownloads}`,
+                  narBytes: sql`${s.narBytes} + ${c.narBytes}`,
+                },
+              });
+          }
+        },
+        { keepRevision: true },
+      );
     },
     async dailyStats(cacheId: number, sinceDay: number): Promise<DailyStatsRow[]> {
       return db

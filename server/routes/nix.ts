@@ -217,18 +217,18 @@ const NOT_FOUND_TYPE = "text/plain; charset=UTF-8";
 
 /**
  * readHot without waiting, for an anonymous caller: the answer when all it needs is remembered (a public
- * cache's row, the path's record: repo.ts keeps both for a second), else undefined. Most narinfo reads of a
- * busy cache are answered this way, without a promise.
+ * cache's row, the path's record or, on SQLite, its absence: see repo.ts), else undefined. Most narinfo
+ * reads of a busy cache are answered this way, without a promise.
  */
 function readHotNow(
   ctx: Context,
   input: { cacheName: string; hash: string | undefined },
-): { cache: CacheRow; body: string | Buffer } | undefined {
+): { cache: CacheRow; body: string | Buffer | undefined } | undefined {
   const cache = ctx.repo.peekCacheByName(input.cacheName);
   if (!cache?.public) return undefined;
   if (input.hash === undefined) return { cache, body: cacheInfoText(cache) };
   const body = rememberedNarInfo({ ctx, input: { cache, hash: input.hash } });
-  return body === undefined ? undefined : { cache, body };
+  return body === undefined ? undefined : { cache, body: body ?? undefined };
 }
 
 /**

@@ -60,17 +60,21 @@ export async function narInfoText({
   return record ? renderedOf(record).text : undefined;
 }
 
-/** narInfoText without waiting, as UTF-8: the bytes when the repository remembers the path, else undefined. */
+/**
+ * narInfoText without waiting, as UTF-8: the bytes when the repository remembers the path, null when it
+ * remembers there is none, undefined when it does not know.
+ */
 export function rememberedNarInfo({
   ctx,
   input,
 }: {
   ctx: Context;
   input: { cache: CacheRow; hash: string };
-}): Buffer | undefined {
+}): Buffer | null | undefined {
   const record = ctx.repo.peekPath(input.cache.id, input.hash);
-  if (!record) return undefined;
-  ctx.access?.narinfo(input.cache.id, input.hash, true);
+  if (record === undefined) return undefined;
+  ctx.access?.narinfo(input.cache.id, input.hash, record !== null);
+  if (record === null) return null;
   const r = renderedOf(record);
   r.bytes ??= Buffer.from(r.text);
   return r.bytes;

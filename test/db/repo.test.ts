@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import BetterSqlite3 from "better-sqlite3";
 import { and, eq } from "drizzle-orm";
 import { encodeNix32 } from "../../nix/index.ts";
 import { type Database, openDatabase } from "../../server/db/database.ts";
@@ -34,6 +35,7 @@ for (const dialect of ["sqlite", "postgres"] as const) {
     let cache: CacheRow;
     let other: CacheRow;
     let drop: (() => Promise<void>) | undefined;
+    let sqliteFile = "";
 
     const pathRow = (name: string, overrides: Partial<NewPath> = {}): NewPath => {
       const hash = hash32();
@@ -53,7 +55,8 @@ for (const dialect of ["sqlite", "postgres"] as const) {
     };
 
     before(async () => {
-      let url = `sqlite:${join(mkdtempSync(join(testTmp(), "repo-")), "db.sqlite")}`;
+      sqliteFile = join(mkdtempSync(join(testTmp(), "repo-")), "db.sqlite");
+      let url = `sqlite:${sqliteFile}`;
       if (dialect === "postgres") {
         const fresh = await freshPostgres();
         if (!fresh) return;
@@ -175,6 +178,56 @@ for (const dialect of ["sqlite", "postgres"] as const) {
         await reader.narByFileHash(cache.id, nar.fileHash),
         undefined,
         "and forgotten after the second",
+      );
+    });
+
+    it("keeps a row past its second on SQLite while nothing commits, and knows absent paths until something does", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      const db = database;
+      const reader = createRepo(db);
+      const path = pathRow("revision");
+      const absent = pathRow("revision-absent");
+      assert.equal((await repo.commitPath(path, narRow())).kind, "committed");
+      const first = await reader.path(cache.id, path.hash);
+      assert.ok(first);
+      assert.equal(await reader.path(cache.id, absent.hash), undefined);
+      const accessed = {
+        at: Date.now(),
+        narinfos: new Map([[cache.id, new Set([path.hash])]]),
+        nars: new Map(),
+      };
+      await reader.recordAccess({ ...accessed, counters: [] });
+      await new Promise((r) => setTimeout(r, 1100));
+      if (db.dialect === "sqlite") {
+        assert.equal(typeof db.revision(), "number");
+        // Same object: not read again (a read makes a new one), through a last-access flush too.
+        assert.equal(await reader.path(cache.id, path.hash), first, "kept: nothing committed since");
+        assert.equal(reader.peekPath(cache.id, absent.hash), null, "known absent, without a query");
+        // A commit by another connection to the file (as by another process on it).
+        const other = new BetterSqlite3(sqliteFile);
+        other.prepare("UPDATE paths SET sigs = 'main-1:other' WHERE hash = ?").run(path.hash);
+        other.close();
+        assert.equal(
+          reader.peekPath(cache.id, absent.hash),
+          undefined,
+          "another process committed: not known",
+        );
+        // The row was checked above, and holds a second from then (as long as one read then would).
+        await new Promise((r) => setTimeout(r, 1100));
+        assert.equal((await reader.path(cache.id, path.hash))?.sigs, "main-1:other", "read again");
+      } else {
+        assert.equal(db.revision(), undefined, "PostgreSQL cannot tell without a query");
+        const again = await reader.path(cache.id, path.hash);
+        assert.notEqual(again, first, "read again after its second");
+        assert.deepEqual(again, first);
+        assert.equal(reader.peekPath(cache.id, absent.hash), undefined, "absence is never remembered");
+      }
+      // Either way, a path committed through this process (or a replica sharing the database) is seen at once.
+      assert.equal((await repo.commitPath(absent, narRow())).kind, "committed");
+      assert.equal(
+        (await reader.path(cache.id, absent.hash))?.storePath,
+        absent.storePath,
+        "a push is seen at once",
       );
     });
 
