@@ -84,12 +84,12 @@ for (const stack of STACKS) {
       // that such a failure also says whether V8's heap, its buffers or memory outside both grew.
       let split = "";
       let splitRead = 0;
-      const readSplit = async (rss: number) => {
+      const readSplit = async (rss: number): Promise<string> => {
         const text = await (await fetch(`${server!.url}/metrics`)).text();
         const gauge = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
         const heap = gauge("nodejs_heap_used_bytes");
         const external = gauge("nodejs_external_memory_bytes");
-        split = `at ${mib(rss)} RSS: V8 heap ${mib(heap)}, buffers ${mib(external)}, other ${mib(rss - heap - external)}`;
+        return `at ${mib(rss)} RSS: V8 heap ${mib(heap)}, buffers ${mib(external)}, other ${mib(rss - heap - external)}`;
       };
       // Past the limit, once: the server writes a heap snapshot (SIGUSR2), which collects all garbage first.
       // The split read after it says whether the memory was garbage not yet collected or still held, and the
@@ -100,17 +100,19 @@ for (const stack of STACKS) {
         process.kill(server!.child.pid!, "SIGUSR2");
         for (let i = 0; i < 100 && !readdirSync(snapshots).some((f) => f.endsWith(".heapsnapshot")); i++)
           await new Promise((r) => setTimeout(r, 100));
-        const rss = memory(server!.child.pid!, "VmRSS");
-        const before = split;
-        await readSplit(rss);
-        afterSnapshot = `; after a full collection (heap snapshot in ${snapshots}): ${split}`;
-        split = before;
+        const after = await readSplit(memory(server!.child.pid!, "VmRSS"));
+        afterSnapshot = `; after a full collection (heap snapshot in ${snapshots}): ${after}`;
       };
       const sampler = setInterval(() => {
         const rss = memory(server!.child.pid!, "VmRSS");
         if (rss > Math.max(phasePeaks.up, phasePeaks.down) && Date.now() - splitRead >= 500) {
           splitRead = Date.now();
-          readSplit(rss).catch(() => {});
+          readSplit(rss).then(
+            (text) => {
+              split = text;
+            },
+            () => {},
+          );
         }
         phasePeaks[phase] = Math.max(phasePeaks[phase], rss);
         if (!snapshotAsked && rss - atRest >= GROWTH_LIMIT) {
