@@ -1155,20 +1155,25 @@ export function createRepo(database: Database) {
       // Last-access times and counters only: no read this process remembers changes (see rememberRow).
       await database.transaction(
         async (tx) => {
-          for (const [cacheId, hashes] of batch.narinfos) {
-            for (const part of chunks([...hashes])) {
+          // Paths read by narinfo (named by hash) and by NAR (named by NAR id) get the same update.
+          const read = [
+            ...[...batch.narinfos].map(([cacheId, hashes]) => ({
+              cacheId,
+              keys: [...hashes],
+              by: t.paths.hash,
+            })),
+            ...[...batch.nars].map(([cacheId, narIds]) => ({
+              cacheId,
+              keys: [...narIds],
+              by: t.paths.narId,
+            })),
+          ];
+          for (const { cacheId, keys, by } of read) {
+            for (const part of chunks<string | number>(keys)) {
               await tx
                 .update(t.paths)
                 .set({ lastAccessedAt: batch.at })
-                .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.hash, part)));
-            }
-          }
-          for (const [cacheId, narIds] of batch.nars) {
-            for (const part of chunks([...narIds])) {
-              await tx
-                .update(t.paths)
-                .set({ lastAccessedAt: batch.at })
-                .where(and(eq(t.paths.cacheId, cacheId), inArray(t.paths.narId, part)));
+                .where(and(eq(t.paths.cacheId, cacheId), inArray(by, part)));
             }
           }
           for (const c of batch.counters) {
