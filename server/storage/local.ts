@@ -35,6 +35,14 @@ import { pipeline } from "node:stream/promises";
 import { FileBody } from "../file-body.ts";
 import { STAGE_BUFFER } from "../streams.ts";
 import {
+  bufferedBody,
+  bufferedRange,
+  lastByte,
+  RECENT_BYTES,
+  SMALL_OBJECT,
+  SmallObjects,
+} from "./small-objects.ts";
+import {
   abortedError,
   asReadable,
   assertKey,
@@ -57,12 +65,6 @@ export interface LocalStorageOptions {
 }
 
 const TMP = ".tmp";
-/** Objects (or ranges) up to this size are read in one synchronous call when served. */
-const SMALL_READ = 64 * 1024;
-/** Of the small objects read, the most recent are kept in memory up to this many bytes in all (see get). */
-const RECENT_BYTES = 16 * 1024 * 1024;
-/** About what an entry of `recent` costs in memory besides its bytes (key, map entry, record, Buffer). */
-const RECENT_ENTRY_COST = 256;
 /** Bodies declared or hinted at most this long are gathered in memory and written by putSmall. */
 const SMALL_PUT = 256 * 1024;
 /**
@@ -169,11 +171,6 @@ async function gather(
   }
 }
 
-/** The last byte of range in an object of size bytes: its end, clamped to the object. */
-function lastByte(range: ByteRange, size: number): number {
-  return Math.min(range.end ?? size - 1, size - 1);
-}
-
 /** A small object's bytes as read, and the file they were read from. */
 interface Recent {
   bytes: Buffer;
@@ -193,35 +190,8 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
   // and close took ~60-100 µs of a small NAR request when the server woke for it on this VM (ad-hoc timings
   // inside the fast lane, session 14). The check keeps it right when something else changes the directory
   // (another replica on a shared file system); put and delete also forget a key at once.
-  const recentLimit = options.recentBytes ?? RECENT_BYTES;
-  const recent = new Map<string, Recent>();
-  let recentSize = 0;
-  // Counted with what an entry costs besides its bytes, so that many tiny objects stay within the limit too.
-  const sizeOf = (known: Recent) => known.bytes.length + RECENT_ENTRY_COST;
-  const forget = (key: string) => {
-    const known = recent.get(key);
-    if (!known) return;
-    recent.delete(key);
-    recentSize -= sizeOf(known);
-  };
-  const remember = (key: string, known: Recent) => {
-    if (sizeOf(known) > recentLimit) return;
-    forget(key);
-    recent.set(key, known);
-    recentSize += sizeOf(known);
-    for (const [oldest, old] of recent) {
-      if (recentSize <= recentLimit) break;
-      recent.delete(oldest);
-      recentSize -= sizeOf(old);
-    }
-  };
-  /** A stream with all of bytes already pushed: a reader finds them buffered (sendStream writes them at once). */
-  const buffered = (bytes: Buffer): Readable => {
-    const whole = new Readable({ read() {} });
-    if (bytes.length > 0) whole.push(bytes);
-    whole.push(null);
-    return whole;
-  };
+  const recent = new SmallObjects<Recent>(options.recentBytes ?? RECENT_BYTES);
+  const forget = (key: string) => recent.forget(key);
 
   async function put(
     key: string,
@@ -367,21 +337,14 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
   async function get(key: string, range?: ByteRange): Promise<Readable | null> {
     assertKey(key, "get");
     if (range) assertRange(range, key);
-    const known = recent.get(key);
+    const known = recent.use(key);
     if (known) {
       let now: Stats | undefined;
       try {
         now = statSync(fileOf(key), { throwIfNoEntry: false });
       } catch {} // whatever failed here fails the open below again, with its error
       if (now && now.ino === known.ino && now.mtimeMs === known.mtimeMs && now.size === known.bytes.length) {
-        // Read again: the newest now, the last to go.
-        recent.delete(key);
-        recent.set(key, known);
-        const bytes = known.bytes;
-        if (!range) return buffered(bytes);
-        return buffered(
-          bytes.subarray(Math.min(range.start, bytes.length), lastByte(range, bytes.length) + 1),
-        );
+        return bufferedRange(known.bytes, range);
       }
       forget(key);
     }
@@ -406,7 +369,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
       start = range?.start ?? 0;
       const end = range ? lastByte(range, info.size) : info.size - 1;
       length = Math.max(0, end - start + 1);
-      if (length <= SMALL_READ) {
+      if (length <= SMALL_OBJECT) {
         // Its own memory, not a slice of Node's shared pool: kept in `recent`, a slice would hold the pool's
         // whole 8 KiB slab.
         const bytes = Buffer.allocUnsafeSlow(length);
@@ -419,8 +382,8 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         closeSync(fd);
         const got = bytes.subarray(0, filled);
         if (start === 0 && filled === info.size)
-          remember(key, { bytes: got, ino: info.ino, mtimeMs: info.mtimeMs });
-        return buffered(got);
+          recent.remember(key, { bytes: got, ino: info.ino, mtimeMs: info.mtimeMs });
+        return bufferedBody(got);
       }
     } catch (err) {
       closeSync(fd);
