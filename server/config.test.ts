@@ -22,6 +22,7 @@ describe("configuration", () => {
       NIXSTASH_S3_ACCESS_KEY: "a",
       NIXSTASH_S3_SECRET_KEY: "s",
       NIXSTASH_S3_REDIRECT: "false",
+      NIXSTASH_S3_MEMORY_MB: "0.5",
     });
     assert.deepEqual(config.listen, { host: "0.0.0.0", port: 9000 });
     assert.equal(config.publicUrl, "https://cache.example.org");
@@ -36,6 +37,7 @@ describe("configuration", () => {
       secretKey: "s",
       pathStyle: true,
       redirect: false,
+      memoryBytes: 512 * 1024,
     });
   });
 
@@ -55,6 +57,8 @@ describe("configuration", () => {
     [{ NIXSTASH_STORAGE: "s3://bucket" }, /NIXSTASH_S3_ACCESS_KEY: required/],
     [{ NIXSTASH_S3_REDIRECT: "maybe" }, /NIXSTASH_S3_REDIRECT="maybe": expected true or false/],
     [{ NIXSTASH_ZSTD_LEVEL: "40" }, /NIXSTASH_ZSTD_LEVEL/],
+    [{ NIXSTASH_S3_MEMORY_MB: "-1" }, /NIXSTASH_S3_MEMORY_MB/],
+    [{ NIXSTASH_S3_MEMORY_MB: "lots" }, /NIXSTASH_S3_MEMORY_MB/],
     [{ NIXSTASH_SECRET: "short" }, /NIXSTASH_SECRET.*at least 32/],
     [{ NIXSTASH_DEFAULT_CACHE: "Bad Name" }, /NIXSTASH_DEFAULT_CACHE/],
     [{ NIXSTASH_LOG_LEVEL: "loud" }, /NIXSTASH_LOG_LEVEL/],

@@ -11,6 +11,8 @@
 //   NIXSTASH_S3_ACCESS_KEY / NIXSTASH_S3_SECRET_KEY   credentials (required with s3://)
 //   NIXSTASH_S3_PATH_STYLE   true|false  default true (MinIO, Ceph RGW, Garage need it)
 //   NIXSTASH_S3_REDIRECT     true|false  answer NAR downloads with a 302 to a presigned URL   default true
+//   NIXSTASH_S3_MEMORY_MB    MiB of small objects (up to 64 KiB) kept in memory once written or read whole,
+//                            and served from there instead of redirected (0-4096; 0 = none)   default 16
 //   NIXSTASH_SECRET          32+ byte server secret (encrypts signing keys at rest); unset = generated file
 //                            <data dir>/server-secret (mode 0600). Replicas must share it.
 //   NIXSTASH_DEFAULT_CACHE   the cache created on first start                      default main
@@ -58,6 +60,7 @@ const env = z.object({
   NIXSTASH_S3_SECRET_KEY: z.string().optional(),
   NIXSTASH_S3_PATH_STYLE: bool.default(true),
   NIXSTASH_S3_REDIRECT: bool.default(true),
+  NIXSTASH_S3_MEMORY_MB: z.coerce.number().min(0).max(4096).default(16),
   NIXSTASH_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
   NIXSTASH_DEFAULT_CACHE: cacheName.default("main"),
   NIXSTASH_ZSTD_LEVEL: z.coerce.number().int().min(1).max(19).default(3),
@@ -78,6 +81,8 @@ export type StorageConfig =
       secretKey: string;
       pathStyle: boolean;
       redirect: boolean;
+      /** Bytes of small objects the S3 driver keeps in memory (its recentBytes). */
+      memoryBytes: number;
     };
 
 export interface Config {
@@ -157,5 +162,6 @@ function storageConfig(e: z.infer<typeof env>, dataDir: string): StorageConfig {
     secretKey: e.NIXSTASH_S3_SECRET_KEY!,
     pathStyle: e.NIXSTASH_S3_PATH_STYLE,
     redirect: e.NIXSTASH_S3_REDIRECT,
+    memoryBytes: Math.floor(e.NIXSTASH_S3_MEMORY_MB * 1024 * 1024),
   };
 }

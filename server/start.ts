@@ -40,6 +40,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     pathStyle: config.pathStyle,
     prefix: config.prefix,
     createBucket: true,
+    recentBytes: config.memoryBytes,
   });
 }
 

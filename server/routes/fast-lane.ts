@@ -1,5 +1,5 @@
-// The fast lane: the hottest reads of a binary cache (narinfo, nix-cache-info, and NARs from local storage)
-// answered straight from the socket, and every other request handed, with its connection, to node:http and
+// The fast lane: the hottest reads of a binary cache (narinfo, nix-cache-info, and NARs: from local storage,
+// from memory, or as a redirect to the bucket) answered straight from the socket, and every other request handed, with its connection, to node:http and
 // the Hono app. A NAR is sent by the kernel after its head (a StreamedBody: FileBody.writeTo), and the
 // connection answers nothing else until it is: a substituter's narinfo and NAR requests share connections,
 // and one NAR through node:http would have taken its connection out of the lane for good.
@@ -56,8 +56,10 @@ const isStreamed = (body: FastAnswer["body"]): body is StreamedBody =>
 
 /** What the answerer decided: a response, or undefined to let the full server answer it. */
 export interface FastAnswer {
-  status: 200 | 404;
-  contentType: string;
+  /** 302: a redirect, its Location among `headers`. */
+  status: 200 | 302 | 404;
+  /** Undefined: no Content-Type (a redirect, as the route sends it). */
+  contentType: string | undefined;
   /** More response headers, written as they are (lower-case names, values without line breaks). */
   headers?: Readonly<Record<string, string>> | undefined;
   /**
@@ -316,8 +318,8 @@ class LaneConnection {
     let extra = "";
     if (answer.headers) for (const name in answer.headers) extra += `${name}: ${answer.headers[name]}\r\n`;
     const response =
-      `HTTP/1.1 ${answer.status === 200 ? "200 OK" : "404 Not Found"}\r\n` +
-      `content-type: ${answer.contentType}\r\n` +
+      `HTTP/1.1 ${answer.status === 200 ? "200 OK" : answer.status === 404 ? "404 Not Found" : "302 Found"}\r\n` +
+      (answer.contentType === undefined ? "" : `content-type: ${answer.contentType}\r\n`) +
       extra +
       `content-length: ${bodyLength}\r\n` +
       `x-request-id: ${answer.requestId}\r\n` +

@@ -233,20 +233,25 @@ function readHotNow(
 
 /**
  * A NAR GET for the fast lane, read as the NAR route reads it (same cache, authorisation, row and access
- * record), when local storage holds it: its bytes (a small NAR, read whole) or the file to send. Undefined
- * (and nothing recorded) for what the route must answer: a NAR it does not know, or storage that redirects
- * or streams (S3). Errors propagate, and the lane leaves the request to the route.
+ * record): its bytes (a small NAR, read whole or held in memory), the file to send (local storage), or where
+ * to redirect (S3). Undefined (and nothing recorded) for what the route must answer: a NAR it does not know,
+ * or one streamed from the bucket (S3 with redirects off). Errors propagate, and the lane leaves the request
+ * to the route.
  */
 async function readNarFast(
   ctx: Context,
   input: { cacheName: string; file: string; caller: () => Promise<Caller> },
-): Promise<{ cache: CacheRow; body: Buffer | StreamedBody } | undefined> {
+): Promise<
+  { cache: CacheRow; body: Buffer | StreamedBody } | { cache: CacheRow; redirect: string } | undefined
+> {
   const cache = await findCache({ ctx, input: { name: input.cacheName } });
   authorize(await input.caller(), cache, "pull");
   const nar = await findNar({ ctx, input: { cache, file: input.file } });
   if (!nar) return undefined;
+  if (ctx.storage.kind !== "local" && !ctx.settings.redirectNars && !ctx.storage.peek(nar.storageKey))
+    return undefined;
   const opened = await openNar({ ctx, input: { nar, cacheId: cache.id } });
-  if (opened.kind !== "stream") throw new Error("local storage redirected a NAR");
+  if (opened.kind === "redirect") return { cache, redirect: opened.url };
   const body = opened.body;
   const whole = wholeBody(body, opened.size);
   if (whole) return { cache, body: whole };
@@ -256,14 +261,14 @@ async function readNarFast(
       body: { size: opened.size, writeTo: (socket) => body.writeTo(socket), discard: () => body.destroy() },
     };
   body.destroy();
-  throw new Error("local storage returned a NAR body the lane cannot send");
+  throw new Error("storage returned a NAR body the lane cannot send");
 }
 
 /**
  * The fast lane's answers (fast-lane.ts): GET/HEAD of narinfos and nix-cache-info, read by readHot exactly
- * as the routes above read them, and GETs of NARs from local storage (readNarFast). Whatever those refuse or
- * fail on (no such cache or NAR, credentials that do not allow reading, a database error), and every HEAD
- * or range of a NAR, is declined, and the Hono app answers it with its usual message.
+ * as the routes above read them, and GETs of NARs (readNarFast: sent, or redirected to the bucket). Whatever
+ * those refuse or fail on (no such cache or NAR, credentials that do not allow reading, a database error),
+ * and every HEAD or range of a NAR, is declined, and the Hono app answers it with its usual message.
  */
 export function nixFastReads(
   ctx: Context,
@@ -345,7 +350,7 @@ export function nixFastReads(
   };
   /** A NAR GET without a range, from local storage: answered once read (in flight meanwhile). */
   const nar = (request: FastRequest): Promise<FastAnswer | undefined> | undefined => {
-    if (request.method !== "GET" || request.range || ctx.storage.kind !== "local") return undefined;
+    if (request.method !== "GET" || request.range) return undefined;
     const match = FAST_NAR.exec(request.target);
     if (!match) return undefined;
     const started = performance.now();
@@ -360,6 +365,20 @@ export function nixFastReads(
           end();
           return undefined;
         }
+        if ("redirect" in read)
+          return answered(
+            request,
+            {
+              status: 302,
+              contentType: undefined,
+              headers: { location: read.redirect },
+              body: "",
+              route: "/:cache/nar/:file",
+              cache: read.cache.name,
+            },
+            started,
+            end,
+          );
         const body = read.body;
         const size = Buffer.isBuffer(body) ? body.length : body.size;
         return answered(

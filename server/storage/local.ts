@@ -469,5 +469,15 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     }
   }
 
-  return { kind: "local", put, get, stat: statKey, delete: deleteKey, list, presignGet, check };
+  return {
+    kind: "local",
+    put,
+    get,
+    peek: () => undefined,
+    stat: statKey,
+    delete: deleteKey,
+    list,
+    presignGet,
+    check,
+  };
 }

@@ -53,6 +53,12 @@ export interface Storage {
   delete(key: string): Promise<void>;
   /** Every object whose key starts with prefix (a plain string prefix, not only whole segments), in no particular order. */
   list(prefix: string): AsyncIterable<StoredObject>;
+  /**
+   * The whole object's bytes when this process holds them in memory and can vouch for them without any I/O,
+   * else undefined. For small objects only; a driver may keep none (local storage checks a file before it
+   * trusts its memory, so it answers from `get` instead).
+   */
+  peek(key: string): Buffer | undefined;
   /** A URL a client can GET directly (presigned), or null if this driver cannot redirect. */
   presignGet(key: string, expiresSeconds: number): Promise<string | null>;
   /** Throws when the backend is unreachable or unusable (used by readiness checks). */

@@ -5,6 +5,7 @@ import { formatNarInfo, type NarInfo } from "../../nix/index.ts";
 import { narFileName, parseNarFileName } from "../compression.ts";
 import type { Context } from "../context.ts";
 import type { CacheRow, NarRow, PathRecord } from "../db/repo.ts";
+import { bufferedBody } from "../storage/small-objects.ts";
 import type { ByteRange } from "../storage/storage.ts";
 
 export function narUrl(fileHash: string, compression: string): string {
@@ -106,6 +107,9 @@ export async function openNar({
       : nar.fileSize;
     ctx.access?.nar(input.cacheId, nar.id, Math.max(0, bytes));
   }
+  // A small NAR this process holds is answered at once: a redirect would cost the client a second request.
+  const held = range ? undefined : ctx.storage.peek(nar.storageKey);
+  if (held) return { kind: "stream", body: bufferedBody(held), size: held.length } satisfies NarBody;
   if (ctx.settings.redirectNars) {
     const url = await ctx.storage.presignGet(nar.storageKey, ctx.settings.presignSeconds);
     if (url) return { kind: "redirect", url } satisfies NarBody;

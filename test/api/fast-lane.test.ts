@@ -2,15 +2,17 @@
 // reads answered from the socket exactly as the full server answers them, and every other request — bodies,
 // odd syntax, partial heads, pipelined writes, private caches — handed to node:http with nothing lost.
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { encodeNix32 } from "../../nix/index.ts";
 import { parseConfig } from "../../server/config.ts";
 import { sendfileCounts } from "../../server/sendfile.ts";
 import { type RunningServer, startServer } from "../../server/start.ts";
+import { freshS3 } from "../support/harness.ts";
 import { fakeStorePath, hashOf, infoFor, narOf } from "../support/nar.ts";
 import { testTmp } from "../support/services.ts";
 
@@ -526,6 +528,105 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
       const r = await c.read();
       assert.equal(r.status, 200);
       assert.ok(await c.waitEnded());
+    } finally {
+      c.close();
+    }
+  });
+});
+
+describe("fast lane on S3 storage (small NARs from memory, others redirected)", () => {
+  let server: RunningServer | undefined;
+  let port = 0;
+  let drop: (() => Promise<void>) | undefined;
+  before(async () => {
+    const s3 = await freshS3();
+    if (!s3) return;
+    drop = async () => {
+      for await (const o of s3.storage.list("")) await s3.storage.delete(o.key);
+    };
+    server = await startServer(
+      parseConfig({
+        ...s3.env,
+        NIXSTASH_DATA_DIR: mkdtempSync(join(testTmp(), "fast-lane-s3-")),
+        NIXSTASH_LISTEN: "127.0.0.1:0",
+        NIXSTASH_LOG_LEVEL: "silent",
+      }),
+    );
+    port = Number(new URL(server.url).port);
+  });
+  after(async () => {
+    await server?.close();
+    await drop?.();
+  });
+
+  it("answers a small NAR it holds and redirects a large one, keeping the connection, as the route would", async (t) => {
+    if (!server) return t.skip("S3 unavailable");
+    const admin = server.bootstrap.adminToken!;
+    const pushed = async (path: string, bytes: Buffer) => {
+      const res = await fetch(`${server!.url}/api/v1/caches/main/paths/${hashOf(path)}`, {
+        method: "PUT",
+        headers: {
+          authorization: `Bearer ${admin}`,
+          "x-nixstash-path-info": JSON.stringify(infoFor(path, bytes)),
+        },
+        body: bytes,
+      });
+      assert.equal(res.status, 201, await res.text());
+      return (await fetch(`${server!.url}/main/${hashOf(path)}.narinfo`)).text();
+    };
+    const smallPath = fakeStorePath("s3-lane-small");
+    const smallInfo = await pushed(smallPath, narOf(Buffer.from("small and kept")));
+    const bigInfo = await pushed(
+      fakeStorePath("s3-lane-big"),
+      narOf({ dir: { blob: randomBytes(256 * 1024).toString("base64") } }),
+    );
+    const field = (info: string, name: string) => new RegExp(`^${name}: (.*)$`, "m").exec(info)![1]!;
+    const smallUrl = `/main/${field(smallInfo, "URL")}`;
+    const bigUrl = `/main/${field(bigInfo, "URL")}`;
+    const narinfoPath = `/main/${hashOf(smallPath)}.narinfo`;
+    const handoffs = () =>
+      [
+        ...server!.ctx
+          .metrics!.registry.render()
+          .matchAll(/^nixstash_fast_lane_handoffs_total\{[^}]*\} (\d+)$/gm),
+      ]
+        .map((m) => Number(m[1]))
+        .reduce((a, b) => a + b, 0);
+    const slowLane = (path: string) =>
+      import("../../server/app.ts").then(({ createApp }) => createApp(server!.ctx).request(path));
+
+    const before = handoffs();
+    const c = new RawClient(port);
+    try {
+      c.write(get(smallUrl) + get(bigUrl) + get(narinfoPath));
+      const [small, big, info] = [await c.read(), await c.read(), await c.read()];
+      assert.equal(handoffs(), before, "the connection stayed in the lane");
+      assert.equal(info.status, 200);
+
+      // The small NAR: its stored bytes, with the route's headers, from memory (no redirect).
+      assert.equal(small.status, 200);
+      assert.equal(small.bytes.length, Number(field(smallInfo, "FileSize")));
+      assert.equal(
+        `sha256:${encodeNix32(createHash("sha256").update(small.bytes).digest())}`,
+        field(smallInfo, "FileHash"),
+      );
+      const slowSmall = await slowLane(smallUrl);
+      assert.equal(slowSmall.status, 200, "the route answers it from memory too");
+      assert.ok(small.bytes.equals(Buffer.from(await slowSmall.arrayBuffer())));
+      for (const name of ["content-type", "content-length", "cache-control"])
+        assert.equal(small.headers.get(name), slowSmall.headers.get(name), name);
+
+      // The large one: the route's redirect (the same presigned URL), to its bytes in the bucket.
+      assert.equal(big.status, 302);
+      const slowBig = await slowLane(bigUrl);
+      assert.equal(slowBig.status, 302);
+      assert.equal(big.headers.get("location"), slowBig.headers.get("location"));
+      assert.equal(big.headers.get("content-type"), undefined);
+      const fetched = Buffer.from(await (await fetch(big.headers.get("location")!)).arrayBuffer());
+      assert.equal(
+        `sha256:${encodeNix32(createHash("sha256").update(fetched).digest())}`,
+        field(bigInfo, "FileHash"),
+      );
     } finally {
       c.close();
     }

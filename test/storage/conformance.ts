@@ -252,12 +252,23 @@ export function storageConformance(name: string, make: () => Promise<StorageUnde
 
     it("reads what the last put or delete left, after reads of the object before them", async () => {
       const key = `${space("reread")}key`;
+      // What a driver holds in memory, if anything, is the object's bytes as they are now.
+      const peekIs = (expected: Buffer | undefined) => {
+        const held = storage.peek(key);
+        assert.ok(
+          held === undefined || (expected !== undefined && held.equals(expected)),
+          "peek: stale bytes",
+        );
+      };
       const first = randomBytes(3000);
       await storage.put(key, bodyOf(first), { size: first.length });
+      peekIs(first);
       for (let i = 0; i < 2; i++) assert.deepEqual(await readAll(await storage.get(key)), first);
+      peekIs(first);
       // Small and declared, as most NARs are put.
       const second = randomBytes(3000);
       await storage.put(key, bodyOf(second), { size: second.length });
+      peekIs(second);
       assert.deepEqual(await readAll(await storage.get(key)), second);
       assert.deepEqual(
         await readAll(await storage.get(key, { start: 10, end: 19 })),
@@ -266,10 +277,12 @@ export function storageConformance(name: string, make: () => Promise<StorageUnde
       // Streamed, its length unknown beforehand.
       const third = randomBytes(500);
       await storage.put(key, bodyOf(third));
+      peekIs(third);
       assert.deepEqual(await readAll(await storage.get(key)), third);
       assert.deepEqual(await readAll(await storage.get(key, { start: 490 })), third.subarray(490));
       assert.deepEqual(await readAll(await storage.get(key, { start: 500 })), Buffer.alloc(0));
       await storage.delete(key);
+      peekIs(undefined);
       assert.equal(await storage.get(key), null);
       assert.equal(await storage.stat(key), null);
     });

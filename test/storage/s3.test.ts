@@ -130,6 +130,60 @@ if (!service) {
       assert.equal(new URL(a!).searchParams.get("X-Amz-Expires"), String(longest));
     });
 
+    it("keeps the small objects it wrote or read whole in memory, and answers get and peek from there", async () => {
+      const storage = await createS3Storage(options(bucket));
+      const text = async (key: string) => {
+        const body = await storage.get(key);
+        return body ? Buffer.concat(await Readable.from(body).toArray()).toString() : null;
+      };
+      // Written by this driver, then removed behind its back: still answered (no request to the bucket).
+      await storage.put("nar/held.nar", Readable.from([Buffer.from("held "), Buffer.from("bytes")]));
+      await client.removeObject(bucket, "nar/held.nar");
+      assert.equal(storage.peek("nar/held.nar")?.toString(), "held bytes");
+      assert.equal(await text("nar/held.nar"), "held bytes");
+      const ranged = await storage.get("nar/held.nar", { start: 5, end: 7 });
+      assert.equal(Buffer.concat(await Readable.from(ranged!).toArray()).toString(), "byt");
+      // Its own delete forgets it.
+      await storage.delete("nar/held.nar");
+      assert.equal(storage.peek("nar/held.nar"), undefined);
+      assert.equal(await text("nar/held.nar"), null);
+
+      // Written by someone else: kept after the first whole read, not before.
+      await client.putObject(bucket, "nar/read.nar", Buffer.from("read once"));
+      assert.equal(storage.peek("nar/read.nar"), undefined);
+      assert.equal(await text("nar/read.nar"), "read once");
+      await client.removeObject(bucket, "nar/read.nar");
+      assert.equal(storage.peek("nar/read.nar")?.toString(), "read once");
+
+      // Past 64 KiB, and with no memory at all: nothing is kept.
+      const large = randomBytes(64 * 1024 + 1);
+      await storage.put("nar/large.nar", Readable.from([large]));
+      assert.equal(storage.peek("nar/large.nar"), undefined);
+      const none = await createS3Storage({ ...options(bucket), recentBytes: 0 });
+      await none.put("nar/none.nar", Readable.from([Buffer.from("none")]));
+      assert.equal(none.peek("nar/none.nar"), undefined);
+      assert.equal(
+        await none
+          .get("nar/none.nar")
+          .then((b) => b && Readable.from(b).toArray())
+          .then((c) => c && Buffer.concat(c).toString()),
+        "none",
+      );
+      assert.equal(none.peek("nar/none.nar"), undefined, "not kept after a read either");
+    });
+
+    it("keeps its memory of small objects within its limit, the least recently used going first", async () => {
+      const storage = await createS3Storage({ ...options(bucket), recentBytes: 3 * (1024 + 256) });
+      for (const name of ["a", "b", "c"])
+        await storage.put(`lru/${name}`, Readable.from([randomBytes(1024)]));
+      assert.ok(storage.peek("lru/a"), "a used: now the most recent");
+      await storage.put("lru/d", Readable.from([randomBytes(1024)]));
+      assert.deepEqual(
+        ["a", "b", "c", "d"].map((n) => storage.peek(`lru/${n}`) !== undefined),
+        [true, false, true, true],
+      );
+    });
+
     it("uploads with small parts and more concurrency, and keeps the content type", async () => {
       const storage = await createS3Storage({ ...options(bucket), partSize: 5 * MiB, concurrency: 4 });
       const bytes = randomBytes(33 * MiB + 7);
