@@ -1,6 +1,6 @@
 // The fast lane: the hottest reads of a binary cache (narinfo, nix-cache-info, and NARs: from local storage,
-// from memory, or as a redirect to the bucket) answered straight from the socket, and every other request handed, with its connection, to node:http and
-// the Hono app. A NAR is sent by the kernel after its head (a StreamedBody: FileBody.writeTo), and the
+// from memory, or as a redirect to the bucket) answered straight from the socket, and every other request
+// handed, with its connection, to node:http and the Hono app. A NAR is sent by the kernel after its head (a StreamedBody: FileBody.writeTo), and the
 // connection answers nothing else until it is: a substituter's narinfo and NAR requests share connections,
 // and one NAR through node:http would have taken its connection out of the lane for good.
 //

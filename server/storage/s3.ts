@@ -260,6 +260,8 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   const spareParts: Buffer[] = [];
   /** Small objects written or read whole by this process (see the header). */
   const held = new SmallObjects<{ bytes: Buffer }>(options.recentBytes ?? RECENT_BYTES);
+  /** Puts and deletes begun: a read that saw a put or delete begin meanwhile keeps nothing (see keepWhole). */
+  let changes = 0;
   const presigner = options.publicEndPoint
     ? clientFor(Client, options.publicEndPoint, options, partSize)
     : client;
@@ -331,6 +333,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     signal?.addEventListener("abort", onAbort, { once: true });
     // Whatever happens to this put, what memory held for the key may no longer be what the bucket holds.
     held.forget(key);
+    changes++;
     const headers = { "Content-Type": opts.contentType ?? "application/octet-stream" };
     // A known (or roughly known) size may need bigger parts to fit S3's 10,000 parts.
     const planned = expected ?? sizeHint;
@@ -439,10 +442,11 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     const known = held.use(key);
     if (known) return bufferedRange(known.bytes, range);
     const name = nameOf(key);
+    const seen = changes;
     try {
       if (!range || (range.start === 0 && range.end === undefined)) {
         const body = await client.getObject(bucket, name);
-        return isSmall(body) ? await keepWhole(key, body) : body;
+        return isSmall(body) ? await keepWhole(key, body, seen) : body;
       }
       const length = range.end === undefined ? 0 : range.end - range.start + 1;
       return await client.getPartialObject(bucket, name, range.start, length);
@@ -462,8 +466,11 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     return held.limit > 0 && Number.isSafeInteger(length) && length <= SMALL_OBJECT;
   };
 
-  /** A small object read whole, kept, and handed over as one buffered body. */
-  async function keepWhole(key: string, body: Readable): Promise<Readable> {
+  /**
+   * A small object read whole, kept, and handed over as one buffered body. Not kept when a put or delete
+   * began since the read did (`seen`): the bytes read may be older than what that put left.
+   */
+  async function keepWhole(key: string, body: Readable, seen: number): Promise<Readable> {
     const chunks: Buffer[] = [];
     try {
       for await (const chunk of body) chunks.push(chunk as Buffer);
@@ -471,7 +478,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
       throw fail("get", key, err);
     }
     const bytes = ownBytes(Buffer.concat(chunks));
-    held.remember(key, { bytes });
+    if (changes === seen) held.remember(key, { bytes });
     return bufferedRange(bytes, undefined);
   }
 
@@ -489,6 +496,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   async function deleteKey(key: string): Promise<void> {
     assertKey(key, "delete");
     held.forget(key);
+    changes++;
     try {
       await client.removeObject(bucket, nameOf(key));
     } catch (err) {
