@@ -235,8 +235,8 @@ function readHotNow(
  * A NAR GET for the fast lane, read as the NAR route reads it (same cache, authorisation, row and access
  * record): its bytes (a small NAR, read whole or held in memory), the file to send (local storage), or where
  * to redirect (S3). Undefined (and nothing recorded) for what the route must answer: a NAR it does not know,
- * or one streamed from the bucket (S3 with redirects off). Errors propagate, and the lane leaves the request
- * to the route.
+ * or one streamed from the bucket (S3 with redirects off, a NAR too large to keep). Errors propagate, and
+ * the lane leaves the request to the route.
  */
 async function readNarFast(
   ctx: Context,
@@ -248,7 +248,7 @@ async function readNarFast(
   authorize(await input.caller(), cache, "pull");
   const nar = await findNar({ ctx, input: { cache, file: input.file } });
   if (!nar) return undefined;
-  if (ctx.storage.kind !== "local" && !ctx.settings.redirectNars && !ctx.storage.peek(nar.storageKey))
+  if (ctx.storage.kind !== "local" && !ctx.settings.redirectNars && nar.fileSize > ctx.storage.keepsUpTo)
     return undefined;
   const opened = await openNar({ ctx, input: { nar, cacheId: cache.id } });
   if (opened.kind === "redirect") return { cache, redirect: opened.url };

@@ -474,6 +474,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     put,
     get,
     peek: () => undefined,
+    keepsUpTo: 0,
     stat: statKey,
     delete: deleteKey,
     list,

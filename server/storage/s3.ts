@@ -15,7 +15,8 @@
 //
 // Small objects this process wrote or read whole stay in memory (`held`, 16 MiB in all): get answers them
 // without a request, and peek() lets a NAR request be answered with them instead of a redirect, which costs
-// the client a second request to the bucket (~1.4 ms for Ceph RGW here, against ~0.1 ms from memory). They
+// the client a second request to the bucket (~1.4 ms for Ceph RGW here, against ~0.1 ms from memory); a
+// small NAR not held yet is read whole once (keepsUpTo) and kept. They
 // are trusted without asking the bucket because nixstash never rewrites a key: every NAR and log is stored
 // under a fresh random key, and its database row goes before its object is deleted. Another writer that
 // rewrites keys in the same bucket (under this prefix) would be served stale bytes: give it a prefix of its
@@ -260,8 +261,23 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   const spareParts: Buffer[] = [];
   /** Small objects written or read whole by this process (see the header). */
   const held = new SmallObjects<{ bytes: Buffer }>(options.recentBytes ?? RECENT_BYTES);
-  /** Puts and deletes begun: a read that saw a put or delete begin meanwhile keeps nothing (see keepWhole). */
+  // Puts and deletes begun, numbered, with the number of the last one of each key among the most recent
+  // (bounded; `forgotten` is the newest number dropped from it): a whole read keeps nothing when its key
+  // changed since it began, or may have (see keepWhole).
   let changes = 0;
+  const changed = new Map<string, number>();
+  let forgotten = 0;
+  const change = (key: string) => {
+    held.forget(key);
+    changes++;
+    changed.delete(key);
+    changed.set(key, changes);
+    if (changed.size > 1024) {
+      const [oldest, number] = changed.entries().next().value!;
+      changed.delete(oldest);
+      forgotten = number;
+    }
+  };
   const presigner = options.publicEndPoint
     ? clientFor(Client, options.publicEndPoint, options, partSize)
     : client;
@@ -332,8 +348,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     }
     signal?.addEventListener("abort", onAbort, { once: true });
     // Whatever happens to this put, what memory held for the key may no longer be what the bucket holds.
-    held.forget(key);
-    changes++;
+    change(key);
     const headers = { "Content-Type": opts.contentType ?? "application/octet-stream" };
     // A known (or roughly known) size may need bigger parts to fit S3's 10,000 parts.
     const planned = expected ?? sizeHint;
@@ -467,8 +482,9 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   };
 
   /**
-   * A small object read whole, kept, and handed over as one buffered body. Not kept when a put or delete
-   * began since the read did (`seen`): the bytes read may be older than what that put left.
+   * A small object read whole, kept, and handed over as one buffered body. Not kept when a put or delete of
+   * its key began since the read did (`seen`, the number of changes then): the bytes read may be older than
+   * what that put left.
    */
   async function keepWhole(key: string, body: Readable, seen: number): Promise<Readable> {
     const chunks: Buffer[] = [];
@@ -478,7 +494,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
       throw fail("get", key, err);
     }
     const bytes = ownBytes(Buffer.concat(chunks));
-    if (changes === seen) held.remember(key, { bytes });
+    if (forgotten <= seen && (changed.get(key) ?? 0) <= seen) held.remember(key, { bytes });
     return bufferedRange(bytes, undefined);
   }
 
@@ -495,8 +511,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
 
   async function deleteKey(key: string): Promise<void> {
     assertKey(key, "delete");
-    held.forget(key);
-    changes++;
+    change(key);
     try {
       await client.removeObject(bucket, nameOf(key));
     } catch (err) {
@@ -575,5 +590,16 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
 
   const peek = (key: string): Buffer | undefined => held.use(key)?.bytes;
 
-  return { kind: "s3", put, get, peek, stat: statKey, delete: deleteKey, list, presignGet, check };
+  return {
+    kind: "s3",
+    put,
+    get,
+    peek,
+    keepsUpTo: held.limit > 0 ? SMALL_OBJECT : 0,
+    stat: statKey,
+    delete: deleteKey,
+    list,
+    presignGet,
+    check,
+  };
 }

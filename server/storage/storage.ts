@@ -59,6 +59,11 @@ export interface Storage {
    * trusts its memory, so it answers from `get` instead).
    */
   peek(key: string): Buffer | undefined;
+  /**
+   * Whole objects up to this many bytes that get reads are kept, for peek to answer afterwards; 0 when the
+   * driver keeps none that way (a reader of a small object may then prefer a redirect).
+   */
+  readonly keepsUpTo: number;
   /** A URL a client can GET directly (presigned), or null if this driver cannot redirect. */
   presignGet(key: string, expiresSeconds: number): Promise<string | null>;
   /** Throws when the backend is unreachable or unusable (used by readiness checks). */

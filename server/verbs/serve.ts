@@ -107,10 +107,12 @@ export async function openNar({
       : nar.fileSize;
     ctx.access?.nar(input.cacheId, nar.id, Math.max(0, bytes));
   }
-  // A small NAR this process holds is answered at once: a redirect would cost the client a second request.
+  // A small NAR this process holds is answered at once: a redirect would cost the client a second request
+  // (s3.ts). One it does not hold yet, but would keep, is read from storage once and kept (get keeps it).
   const held = range ? undefined : ctx.storage.peek(nar.storageKey);
   if (held) return { kind: "stream", body: bufferedBody(held), size: held.length } satisfies NarBody;
-  if (ctx.settings.redirectNars) {
+  const kept = !range && nar.fileSize <= ctx.storage.keepsUpTo;
+  if (ctx.settings.redirectNars && !kept) {
     const url = await ctx.storage.presignGet(nar.storageKey, ctx.settings.presignSeconds);
     if (url) return { kind: "redirect", url } satisfies NarBody;
   }

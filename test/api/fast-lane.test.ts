@@ -537,22 +537,30 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
 describe("fast lane on S3 storage (small NARs from memory, others redirected)", () => {
   let server: RunningServer | undefined;
   let port = 0;
+  let s3: Awaited<ReturnType<typeof freshS3>>;
   let drop: (() => Promise<void>) | undefined;
-  before(async () => {
-    const s3 = await freshS3();
-    if (!s3) return;
-    drop = async () => {
-      for await (const o of s3.storage.list("")) await s3.storage.delete(o.key);
-    };
+  const dataDir = mkdtempSync(join(testTmp(), "fast-lane-s3-"));
+  /** (Re)starts the server on the same database and bucket: a server that holds nothing in memory yet. */
+  const start = async (env: Record<string, string> = {}) => {
+    await server?.close();
     server = await startServer(
       parseConfig({
-        ...s3.env,
-        NIXSTASH_DATA_DIR: mkdtempSync(join(testTmp(), "fast-lane-s3-")),
+        ...s3!.env,
+        NIXSTASH_DATA_DIR: dataDir,
         NIXSTASH_LISTEN: "127.0.0.1:0",
         NIXSTASH_LOG_LEVEL: "silent",
+        ...env,
       }),
     );
     port = Number(new URL(server.url).port);
+  };
+  before(async () => {
+    s3 = await freshS3();
+    if (!s3) return;
+    drop = async () => {
+      for await (const o of s3!.storage.list("")) await s3!.storage.delete(o.key);
+    };
+    await start();
   });
   after(async () => {
     await server?.close();
@@ -630,6 +638,56 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
     } finally {
       c.close();
     }
+  });
+  it("reads a small NAR it does not hold from the bucket once and keeps it; with no memory it redirects it", async (t) => {
+    if (!server) return t.skip("S3 unavailable");
+    const path = fakeStorePath("s3-lane-read-through");
+    const nar = narOf(Buffer.from("read through once"));
+    const res = await fetch(`${server.url}/api/v1/caches/main/paths/${hashOf(path)}`, {
+      method: "PUT",
+      headers: {
+        authorization: `Bearer ${server.bootstrap.adminToken!}`,
+        "x-nixstash-path-info": JSON.stringify(infoFor(path, nar)),
+      },
+      body: nar,
+    });
+    assert.equal(res.status, 201, await res.text());
+    const info = await (await fetch(`${server.url}/main/${hashOf(path)}.narinfo`)).text();
+    const url = `/main/${/^URL: (.*)$/m.exec(info)![1]}`;
+    const fileHash = /^FileHash: (.*)$/m.exec(info)![1]!;
+    const fetchRaw = async () => {
+      const c = new RawClient(port);
+      try {
+        c.write(get(url));
+        return await c.read();
+      } finally {
+        c.close();
+      }
+    };
+    const hashOfBytes = (bytes: Buffer) =>
+      `sha256:${encodeNix32(createHash("sha256").update(bytes).digest())}`;
+
+    // A server that did not receive it (a replica, or after a restart) reads it from the bucket, not redirects.
+    await start();
+    const first = await fetchRaw();
+    assert.equal(first.status, 200);
+    assert.equal(hashOfBytes(first.bytes), fileHash);
+    // ... and keeps it: removed from the bucket behind the server's back, it is still answered.
+    const cache = await server!.ctx.repo.cacheByName("main");
+    const row = await server!.ctx.repo.narByFileHash(cache!.id, fileHash);
+    await s3!.storage.delete(row!.storageKey);
+    const again = await fetchRaw();
+    assert.equal(again.status, 200);
+    assert.ok(again.bytes.equals(first.bytes));
+
+    // With no memory for small objects, it redirects like any other NAR.
+    await start({ NIXSTASH_S3_MEMORY_MB: "0" });
+    const redirected = await fetchRaw();
+    assert.equal(redirected.status, 302);
+    assert.match(
+      redirected.headers.get("location") ?? "",
+      new RegExp(row!.storageKey.replace(/[.]/g, "\\.")),
+    );
   });
 });
 
