@@ -16,11 +16,10 @@
 // Small objects this process wrote or read whole stay in memory (`held`, 16 MiB in all): get answers them
 // without a request, and peek() lets a NAR request be answered with them instead of a redirect, which costs
 // the client a second request to the bucket (~1.4 ms for Ceph RGW here, against ~0.1 ms from memory); a
-// small NAR not held yet is read whole once (keepsUpTo) and kept. They
-// are trusted without asking the bucket because nixstash never rewrites a key: every NAR and log is stored
-// under a fresh random key, and its database row goes before its object is deleted. Another writer that
-// rewrites keys in the same bucket (under this prefix) would be served stale bytes: give it a prefix of its
-// own, or set recentBytes to 0.
+// small NAR not held yet is read whole once (up to keepsUpTo) and kept. They are trusted without asking the
+// bucket because nixstash never rewrites a key: every NAR and log is stored under a fresh random key, and
+// its database row goes before its object is deleted. Another writer that rewrites keys in the same bucket
+// (under this prefix) would be served stale bytes: give it a prefix of its own, or set recentBytes to 0.
 import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import type { Client } from "minio";
