@@ -1,8 +1,9 @@
 // The fast lane: the hottest reads of a binary cache (narinfo, nix-cache-info, and NARs: from local storage,
 // from memory, or as a redirect to the bucket) answered straight from the socket, and every other request
-// handed, with its connection, to node:http and the Hono app. A NAR is sent by the kernel after its head (a StreamedBody: FileBody.writeTo), and the
-// connection answers nothing else until it is: a substituter's narinfo and NAR requests share connections,
-// and one NAR through node:http would have taken its connection out of the lane for good.
+// handed, with its connection, to node:http and the Hono app. A NAR is sent by the kernel after its head (a
+// StreamedBody: FileBody.writeTo), and the connection answers nothing else until it is: a substituter's
+// narinfo and NAR requests share connections, and one NAR through node:http would have taken its connection
+// out of the lane for good.
 //
 // Why: a substituter asks for one narinfo per store path, one after another, and a warm cache answers each
 // from memory or one indexed row. Behind node:http and Hono every such request cost ~80 µs of parsing, header

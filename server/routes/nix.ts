@@ -348,7 +348,7 @@ export function nixFastReads(
       end,
     );
   };
-  /** A NAR GET without a range, from local storage: answered once read (in flight meanwhile). */
+  /** A NAR GET without a range: answered once read or redirected (in flight meanwhile). */
   const nar = (request: FastRequest): Promise<FastAnswer | undefined> | undefined => {
     if (request.method !== "GET" || request.range) return undefined;
     const match = FAST_NAR.exec(request.target);

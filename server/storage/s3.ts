@@ -23,7 +23,14 @@
 import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import type { Client } from "minio";
-import { bufferedRange, ownBytes, RECENT_BYTES, SMALL_OBJECT, SmallObjects } from "./small-objects.ts";
+import {
+  bufferedBody,
+  bufferedRange,
+  ownBytes,
+  RECENT_BYTES,
+  SMALL_OBJECT,
+  SmallObjects,
+} from "./small-objects.ts";
 import {
   abortedError,
   asReadable,
@@ -260,6 +267,8 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   const spareParts: Buffer[] = [];
   /** Small objects written or read whole by this process (see the header). */
   const held = new SmallObjects<{ bytes: Buffer }>(options.recentBytes ?? RECENT_BYTES);
+  /** Objects up to this size are kept (none when there is no memory for them). */
+  const keepsUpTo = held.limit > 0 ? SMALL_OBJECT : 0;
   // Puts and deletes begun, numbered, with the number of the last one of each key among the most recent
   // (bounded; `forgotten` is the newest number dropped from it): a whole read keeps nothing when its key
   // changed since it began, or may have (see keepWhole).
@@ -385,7 +394,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
             checkTotal(total);
             if (signal?.aborted) throw abortedError("put", key, signal);
             await putWhole(name, part.bytes, headers);
-            if (part.bytes.length <= SMALL_OBJECT) held.remember(key, { bytes: ownBytes(part.bytes) });
+            if (part.bytes.length <= keepsUpTo) held.remember(key, { bytes: ownBytes(part.bytes) });
             if (part.buffer) pool.give(part.buffer);
             return { size: total };
           }
@@ -477,7 +486,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     const length = Number(
       (body as Readable & { headers?: Record<string, string> }).headers?.["content-length"],
     );
-    return held.limit > 0 && Number.isSafeInteger(length) && length <= SMALL_OBJECT;
+    return Number.isSafeInteger(length) && length <= keepsUpTo;
   };
 
   /**
@@ -494,7 +503,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     }
     const bytes = ownBytes(Buffer.concat(chunks));
     if (forgotten <= seen && (changed.get(key) ?? 0) <= seen) held.remember(key, { bytes });
-    return bufferedRange(bytes, undefined);
+    return bufferedBody(bytes);
   }
 
   async function statKey(key: string): Promise<{ size: number; modified: Date } | null> {
@@ -594,7 +603,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     put,
     get,
     peek,
-    keepsUpTo: held.limit > 0 ? SMALL_OBJECT : 0,
+    keepsUpTo,
     stat: statKey,
     delete: deleteKey,
     list,

@@ -8,7 +8,7 @@ import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { encodeNix32 } from "../../nix/index.ts";
+import { formatHash } from "../../nix/index.ts";
 import { parseConfig } from "../../server/config.ts";
 import { sendfileCounts } from "../../server/sendfile.ts";
 import { type RunningServer, startServer } from "../../server/start.ts";
@@ -106,6 +106,16 @@ class RawClient {
   }
 }
 
+/** The handoff counters of a server, by reason, from its own /metrics text. */
+function handoffsOf(server: RunningServer): Record<string, number> {
+  const text = server.ctx.metrics!.registry.render();
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^nixstash_fast_lane_handoffs_total\{reason="(\w+)"\} (\d+)$/gm))
+    out[m[1]!] = Number(m[2]);
+  return out;
+}
+const total = (counts: Record<string, number>) => Object.values(counts).reduce((a, b) => a + b, 0);
+
 const get = (path: string, extra = "") => `GET ${path} HTTP/1.1\r\nHost: nixstash\r\n${extra}\r\n`;
 
 describe("fast lane (narinfo and nix-cache-info straight from the socket)", () => {
@@ -119,15 +129,7 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
   const privatePath = `/secret/${hashOf(storePath)}.narinfo`;
   const missingPath = `/main/${hashOf(fakeStorePath("absent"))}.narinfo`;
 
-  /** The handoff counters, by reason, from the server's own /metrics text. */
-  const handoffs = (): Record<string, number> => {
-    const text = server.ctx.metrics!.registry.render();
-    const out: Record<string, number> = {};
-    for (const m of text.matchAll(/^nixstash_fast_lane_handoffs_total\{reason="(\w+)"\} (\d+)$/gm))
-      out[m[1]!] = Number(m[2]);
-    return out;
-  };
-  const total = (counts: Record<string, number>) => Object.values(counts).reduce((a, b) => a + b, 0);
+  const handoffs = () => handoffsOf(server);
   const api = async (path: string, init: RequestInit & { token?: string } = {}) => {
     const headers = new Headers(init.headers);
     if (init.token) headers.set("authorization", `Bearer ${init.token}`);
@@ -566,40 +568,35 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
     await server?.close();
     await drop?.();
   });
+  /** Pushes one path through the native API (201 stored); its narinfo as the server then serves it. */
+  const pushed = async (path: string, bytes: Buffer) => {
+    const res = await fetch(`${server!.url}/api/v1/caches/main/paths/${hashOf(path)}`, {
+      method: "PUT",
+      headers: {
+        authorization: `Bearer ${server!.bootstrap.adminToken!}`,
+        "x-nixstash-path-info": JSON.stringify(infoFor(path, bytes)),
+      },
+      body: bytes,
+    });
+    assert.equal(res.status, 201, await res.text());
+    return (await fetch(`${server!.url}/main/${hashOf(path)}.narinfo`)).text();
+  };
+  const field = (info: string, name: string) => new RegExp(`^${name}: (.*)$`, "m").exec(info)![1]!;
+  /** What a narinfo's FileHash says of these bytes. */
+  const fileHashOf = (bytes: Buffer) => formatHash(createHash("sha256").update(bytes).digest());
 
   it("answers a small NAR it holds and redirects a large one, keeping the connection, as the route would", async (t) => {
     if (!server) return t.skip("S3 unavailable");
-    const admin = server.bootstrap.adminToken!;
-    const pushed = async (path: string, bytes: Buffer) => {
-      const res = await fetch(`${server!.url}/api/v1/caches/main/paths/${hashOf(path)}`, {
-        method: "PUT",
-        headers: {
-          authorization: `Bearer ${admin}`,
-          "x-nixstash-path-info": JSON.stringify(infoFor(path, bytes)),
-        },
-        body: bytes,
-      });
-      assert.equal(res.status, 201, await res.text());
-      return (await fetch(`${server!.url}/main/${hashOf(path)}.narinfo`)).text();
-    };
     const smallPath = fakeStorePath("s3-lane-small");
     const smallInfo = await pushed(smallPath, narOf(Buffer.from("small and kept")));
     const bigInfo = await pushed(
       fakeStorePath("s3-lane-big"),
       narOf({ dir: { blob: randomBytes(256 * 1024).toString("base64") } }),
     );
-    const field = (info: string, name: string) => new RegExp(`^${name}: (.*)$`, "m").exec(info)![1]!;
     const smallUrl = `/main/${field(smallInfo, "URL")}`;
     const bigUrl = `/main/${field(bigInfo, "URL")}`;
     const narinfoPath = `/main/${hashOf(smallPath)}.narinfo`;
-    const handoffs = () =>
-      [
-        ...server!.ctx
-          .metrics!.registry.render()
-          .matchAll(/^nixstash_fast_lane_handoffs_total\{[^}]*\} (\d+)$/gm),
-      ]
-        .map((m) => Number(m[1]))
-        .reduce((a, b) => a + b, 0);
+    const handoffs = () => total(handoffsOf(server!));
     const slowLane = (path: string) =>
       import("../../server/app.ts").then(({ createApp }) => createApp(server!.ctx).request(path));
 
@@ -614,10 +611,7 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
       // The small NAR: its stored bytes, with the route's headers, from memory (no redirect).
       assert.equal(small.status, 200);
       assert.equal(small.bytes.length, Number(field(smallInfo, "FileSize")));
-      assert.equal(
-        `sha256:${encodeNix32(createHash("sha256").update(small.bytes).digest())}`,
-        field(smallInfo, "FileHash"),
-      );
+      assert.equal(fileHashOf(small.bytes), field(smallInfo, "FileHash"));
       const slowSmall = await slowLane(smallUrl);
       assert.equal(slowSmall.status, 200, "the route answers it from memory too");
       assert.ok(small.bytes.equals(Buffer.from(await slowSmall.arrayBuffer())));
@@ -631,30 +625,17 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
       assert.equal(big.headers.get("location"), slowBig.headers.get("location"));
       assert.equal(big.headers.get("content-type"), undefined);
       const fetched = Buffer.from(await (await fetch(big.headers.get("location")!)).arrayBuffer());
-      assert.equal(
-        `sha256:${encodeNix32(createHash("sha256").update(fetched).digest())}`,
-        field(bigInfo, "FileHash"),
-      );
+      assert.equal(fileHashOf(fetched), field(bigInfo, "FileHash"));
     } finally {
       c.close();
     }
   });
+
   it("reads a small NAR it does not hold from the bucket once and keeps it; with no memory it redirects it", async (t) => {
     if (!server) return t.skip("S3 unavailable");
-    const path = fakeStorePath("s3-lane-read-through");
-    const nar = narOf(Buffer.from("read through once"));
-    const res = await fetch(`${server.url}/api/v1/caches/main/paths/${hashOf(path)}`, {
-      method: "PUT",
-      headers: {
-        authorization: `Bearer ${server.bootstrap.adminToken!}`,
-        "x-nixstash-path-info": JSON.stringify(infoFor(path, nar)),
-      },
-      body: nar,
-    });
-    assert.equal(res.status, 201, await res.text());
-    const info = await (await fetch(`${server.url}/main/${hashOf(path)}.narinfo`)).text();
-    const url = `/main/${/^URL: (.*)$/m.exec(info)![1]}`;
-    const fileHash = /^FileHash: (.*)$/m.exec(info)![1]!;
+    const info = await pushed(fakeStorePath("s3-lane-read-through"), narOf(Buffer.from("read through once")));
+    const url = `/main/${field(info, "URL")}`;
+    const fileHash = field(info, "FileHash");
     const fetchRaw = async () => {
       const c = new RawClient(port);
       try {
@@ -664,14 +645,12 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
         c.close();
       }
     };
-    const hashOfBytes = (bytes: Buffer) =>
-      `sha256:${encodeNix32(createHash("sha256").update(bytes).digest())}`;
 
     // A server that did not receive it (a replica, or after a restart) reads it from the bucket, not redirects.
     await start();
     const first = await fetchRaw();
     assert.equal(first.status, 200);
-    assert.equal(hashOfBytes(first.bytes), fileHash);
+    assert.equal(fileHashOf(first.bytes), fileHash);
     // ... and keeps it: removed from the bucket behind the server's back, it is still answered.
     const cache = await server!.ctx.repo.cacheByName("main");
     const row = await server!.ctx.repo.narByFileHash(cache!.id, fileHash);
