@@ -146,3 +146,78 @@ describe("installFastLane", () => {
     );
   });
 });
+
+describe("a request body handed over to node:http", () => {
+  /**
+   * A PUT whose first read carries its head and more body than node:http's request buffers take, to a
+   * handler that reads nothing for a while: what the server holds must stay within stream buffers (the
+   * client waits on the kernel's), however fast the client sends.
+   */
+  async function heldWhileUnread(withLane: boolean, afterSlowAnswer = false): Promise<number> {
+    let held = 0;
+    let request: http.IncomingMessage | undefined;
+    const server = http.createServer((req, res) => {
+      request = req;
+      req.on("end", () => res.end("ok\n"));
+    });
+    if (withLane)
+      installFastLane(server, {
+        draining: () => false,
+        // With afterSlowAnswer, a GET first, answered in 300 ms: the PUT behind it waits in the lane meanwhile.
+        answer: () =>
+          afterSlowAnswer
+            ? new Promise((resolve) =>
+                setTimeout(
+                  () => resolve({ status: 200, contentType: "text/plain", body: "slow\n", requestId: "1" }),
+                  300,
+                ),
+              )
+            : undefined,
+      });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as net.AddressInfo).port;
+    const total = 256 * 1024 * 1024;
+    const socket = net.connect({ port, host: "127.0.0.1" });
+    await new Promise((resolve) => socket.once("connect", resolve));
+    const chunk = Buffer.alloc(1024 * 1024, 1);
+    const head =
+      (afterSlowAnswer ? "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" : "") +
+      `PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${total}\r\n\r\n`;
+    // Head and 60 KiB of body in one write: the server's first read takes both.
+    socket.write(Buffer.concat([Buffer.from(head, "latin1"), chunk.subarray(0, 60 * 1024)]));
+    let sent = 60 * 1024;
+    const sampler = setInterval(() => {
+      held = Math.max(held, request?.readableLength ?? 0);
+    }, 5);
+    // The client sends as fast as the server takes it, for one second, while nobody reads the body.
+    const until = Date.now() + 1000;
+    while (Date.now() < until && sent < total) {
+      const piece = chunk.subarray(0, Math.min(chunk.length, total - sent));
+      sent += piece.length;
+      if (!socket.write(piece))
+        await Promise.race([
+          new Promise((resolve) => socket.once("drain", resolve)),
+          new Promise((resolve) => setTimeout(resolve, until - Date.now())),
+        ]);
+    }
+    clearInterval(sampler);
+    socket.destroy();
+    server.closeAllConnections();
+    server.close();
+    return held;
+  }
+
+  for (const [name, withLane, afterSlowAnswer] of [
+    ["node:http alone", false, false],
+    ["through the lane", true, false],
+    ["through the lane, behind a slow answer", true, true],
+  ] as const) {
+    it(`stays within stream buffers while nobody reads it (${name})`, async () => {
+      const held = await heldWhileUnread(withLane, afterSlowAnswer);
+      assert.ok(
+        held < 4 * 1024 * 1024,
+        `the server held ${(held / 2 ** 20).toFixed(1)} MiB of an unread body`,
+      );
+    });
+  }
+});

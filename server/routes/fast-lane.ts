@@ -118,6 +118,17 @@ export function installFastLane(server: HttpServer, options: FastLaneOptions): F
     // node:http now reads the socket itself; the bytes read so far go to its parser first, before the
     // event loop can deliver any newer ones.
     if (pending && pending.length > 0) socket.emit("data", pending);
+    // node:http stops reading a socket it consumes only when the socket turns from flowing to paused (its
+    // 'pause' listener stops the handle; 'resume' starts it). A socket the lane has read is not new to the
+    // stream machinery: its own pending read-ahead (the tick after a 'data' event) or a resume the lane
+    // asked for starts the handle again without a 'resume' event, so when node:http had paused the socket
+    // meanwhile (a first read bringing more body than the request buffers), the handle reads on behind a
+    // socket marked paused, every later pause is a no-op, and the body piles up in the request unread
+    // (the large-NAR test's 1.4 GiB). Once those reads are done, a socket marked paused is resumed: flag and
+    // handle agree again, and node:http pauses it at its next full buffer (one read later).
+    setImmediate(() => {
+      if (!socket.destroyed && socket.isPaused()) socket.resume();
+    });
   };
   server.on("connection", (socket: Socket) => {
     const connection = new LaneConnection(socket, server, options, (pending, reason) => {

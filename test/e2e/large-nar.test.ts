@@ -78,7 +78,9 @@ for (const stack of STACKS) {
 
       const atRest = memory(server.child.pid!, "VmRSS");
       // RSS sampled through each phase, so that a failure says which way the bytes were going: this test has
-      // failed now and then on PostgreSQL + S3 in full-suite runs (RSS up by ~1.16 GiB), never run alone.
+      // failed now and then on PostgreSQL + S3 in full-suite runs (RSS up by ~1.16 GiB), never run alone: the
+      // upload's socket, handed over by the fast lane, read on while paused (fixed; see server/routes/fast-lane.ts
+      // and its test "a request body handed over to node:http").
       const phasePeaks = { up: 0, down: 0 };
       let phase: keyof typeof phasePeaks = "up";
       // And what the server itself counts when its RSS reaches a new peak (read at most twice a second), so
