@@ -13,6 +13,7 @@
 // gets is the same object every time it runs on the same connection (the one SQLite writer; one handle per
 // pooled PostgreSQL connection), so the repository can prepare the statements of its write transactions
 // once per connection instead of building and preparing their SQL on every call (repo.ts).
+import { randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -40,10 +41,13 @@ export interface Database {
    */
   transaction<T>(fn: (tx: Db) => Promise<T>, options?: { keepRevision?: boolean }): Promise<T>;
   /**
-   * A number that changes whenever a commit may have changed what reads return; undefined where the
-   * database cannot tell without a query (PostgreSQL: other replicas commit unseen). On SQLite: after every
-   * transaction this process commits (but those that keep it), and once the writer connection has seen a
-   * commit it did not make (another process: `PRAGMA data_version` changes exactly then). ~4 µs a call.
+   * A number that changes whenever a commit may have changed what reads return; undefined while the
+   * database cannot tell. On SQLite: after every transaction this process commits (but those that keep it),
+   * and once the writer connection has seen a commit it did not make (another process: `PRAGMA data_version`
+   * changes exactly then). ~4 µs a call. On PostgreSQL: after every transaction this process commits (but
+   * those that keep it), when another replica's commit notification arrives, and every REVISION_MAX_AGE_MS
+   * (a change made by hand notifies nobody); undefined while this process is not listening (see
+   * listenForCommits).
    */
   revision(): number | undefined;
   /** Throws when the database cannot answer. */
@@ -53,8 +57,13 @@ export interface Database {
 
 const migrationsRoot = join(dirname(fileURLToPath(import.meta.url)), "../../schema/migrations");
 
-export async function openDatabase(url: string): Promise<Database> {
-  if (url.startsWith("postgres://") || url.startsWith("postgresql://")) return openPostgres(url);
+export interface DatabaseOptions {
+  /** PostgreSQL: how often the revision turns without a notification (tests shorten it). */
+  revisionMaxAgeMs?: number;
+}
+
+export async function openDatabase(url: string, options: DatabaseOptions = {}): Promise<Database> {
+  if (url.startsWith("postgres://") || url.startsWith("postgresql://")) return openPostgres(url, options);
   if (url.startsWith("sqlite:")) return openSqlite(url.slice("sqlite:".length));
   throw new Error(`unsupported database URL (want sqlite:/path/file.db or postgres://…): ${redact(url)}`);
 }
@@ -141,7 +150,88 @@ function openSqlite(file: string): Database {
   };
 }
 
-async function openPostgres(url: string): Promise<Database> {
+/** Every transaction that may change what reads return notifies this channel when it commits. */
+const COMMIT_CHANNEL = "nixstash_commit";
+/** PostgreSQL revisions turn at least this often: a change no replica made (psql) is seen within it. */
+const REVISION_MAX_AGE_MS = 10_000;
+/** A commit listener that lost its connection connects again after this long. */
+const LISTEN_RETRY_MS = 1_000;
+
+/**
+ * PostgreSQL's revision: one connection outside the pool LISTENs on COMMIT_CHANNEL, and every notification
+ * of another replica's commit turns the revision, as do this process's own commits (`turn`, at once; its
+ * own notifications, which carry its id, are not counted again) and a timer. The listener connecting, or losing its connection, turns
+ * it too: nothing heard while not listening can be trusted, and revision() is undefined meanwhile (the
+ * repository then keeps rows for their second only and remembers no absent ones, as it does without a
+ * revision). A notification takes a round trip to arrive: a replica may answer from what it read for that
+ * long after another's commit. Behind a pooler in transaction mode LISTEN hears nothing; the timer bounds
+ * what is missed to REVISION_MAX_AGE_MS there too.
+ */
+function listenForCommits(url: string, maxAgeMs: number) {
+  /** The payload of this process's notifications: it turned the revision at its commits already. */
+  const self = randomUUID();
+  let revision = 0;
+  let listening = false;
+  let closed = false;
+  let client: pg.Client | undefined;
+  let retry: NodeJS.Timeout | undefined;
+  const tick = setInterval(() => revision++, maxAgeMs);
+  tick.unref();
+  const lost = (from: pg.Client) => {
+    if (client !== from) return;
+    client = undefined;
+    listening = false;
+    revision++;
+    from.removeAllListeners();
+    from.on("error", () => {});
+    from.end().catch(() => {});
+    if (!closed) {
+      retry = setTimeout(() => void connect(), LISTEN_RETRY_MS);
+      retry.unref();
+    }
+  };
+  const connect = async (): Promise<void> => {
+    const c = new pg.Client({ connectionString: url, keepAlive: true });
+    client = c;
+    c.on("notification", (message) => {
+      if (message.payload !== self) revision++;
+    });
+    c.on("error", () => lost(c));
+    c.on("end", () => lost(c));
+    try {
+      await c.connect();
+      await c.query(`LISTEN ${COMMIT_CHANNEL}`);
+      if (client !== c) return;
+      revision++;
+      listening = true;
+    } catch {
+      lost(c);
+    }
+  };
+  return {
+    connect,
+    /** The statement that notifies the other replicas, sent with COMMIT. */
+    notify: `NOTIFY ${COMMIT_CHANNEL}, '${self}'`,
+    revision: (): number | undefined => (listening ? revision : undefined),
+    /** This process committed: what it reads next must be read again. */
+    turn: () => {
+      revision++;
+    },
+    close: async () => {
+      closed = true;
+      clearInterval(tick);
+      clearTimeout(retry);
+      const c = client;
+      client = undefined;
+      listening = false;
+      c?.removeAllListeners();
+      c?.on("error", () => {});
+      await c?.end().catch(() => {});
+    },
+  };
+}
+
+async function openPostgres(url: string, options: DatabaseOptions): Promise<Database> {
   const pool = new pg.Pool({ connectionString: url, max: 16 });
   pool.on("error", () => {
     // An idle client lost its connection; the pool replaces it. Queries report their own errors.
@@ -156,14 +246,16 @@ async function openPostgres(url: string): Promise<Database> {
     await client.query("SELECT pg_advisory_unlock(727274)").catch(() => {});
     client.release();
   }
+  const commits = listenForCommits(url, options.revisionMaxAgeMs ?? REVISION_MAX_AGE_MS);
+  await commits.connect();
   const asDb = db as unknown as Db;
   const handles = new WeakMap<pg.PoolClient, Db>();
   return {
     dialect: "postgres",
     db: asDb,
     t: pgSchema as unknown as Tables,
-    revision: () => undefined,
-    transaction: async (fn) => {
+    revision: commits.revision,
+    transaction: async (fn, options) => {
       const client = await pool.connect();
       let handle = handles.get(client);
       if (!handle) {
@@ -180,7 +272,9 @@ async function openPostgres(url: string): Promise<Database> {
       }
       try {
         const result = await fn(handle);
-        await client.query("COMMIT");
+        // One round trip: the notification goes out with the commit, or not at all.
+        await client.query(options?.keepRevision ? "COMMIT" : `${commits.notify}; COMMIT`);
+        if (!options?.keepRevision) commits.turn();
         return result;
       } catch (error) {
         await client.query("ROLLBACK").catch((rollbackError: Error) => {
@@ -194,6 +288,9 @@ async function openPostgres(url: string): Promise<Database> {
     ping: async () => {
       await db.execute(sql`SELECT 1`);
     },
-    close: () => pool.end(),
+    close: async () => {
+      await commits.close();
+      await pool.end();
+    },
   };
 }

@@ -444,10 +444,12 @@ export function createRepo(database: Database) {
   // 30 days. On SQLite a point read costs ~10 µs here (its read transaction locks the WAL index), on
   // PostgreSQL a round trip; the memo answers in well under 1 µs.
   //
-  // Where the database says when anything was committed (database.revision(): SQLite, for this process's
-  // transactions and other processes' commits alike), an entry read at the current revision holds past its
-  // second too, checked in ~4 µs instead of read again; and absent rows are remembered as absent (null) on
-  // that condition alone, checked on every use, so a push is still seen at once. Elsewhere (PostgreSQL)
+  // While the database says when anything was committed (database.revision(): SQLite, for this process's
+  // transactions and other processes' commits alike; PostgreSQL, for this process's and, by notification,
+  // other replicas'), an entry read at the current revision holds past its second too, checked instead of
+  // read again (~4 µs on SQLite, a variable on PostgreSQL); and absent rows are remembered as absent (null)
+  // on that condition alone, checked on every use, so a push is still seen at once (on another replica,
+  // once its notification arrives). While it cannot say (revision() undefined: PostgreSQL not listening),
   // absent rows are never remembered. Last-access flushes keep the revision (recordAccess): the access
   // times in remembered path rows can lag, and nothing reads those from here (pathDetail queries).
   interface Remembered {

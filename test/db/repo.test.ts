@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import BetterSqlite3 from "better-sqlite3";
 import { and, eq } from "drizzle-orm";
+import pg from "pg";
 import { encodeNix32 } from "../../nix/index.ts";
 import { type Database, openDatabase } from "../../server/db/database.ts";
 import { type CacheRow, createRepo, type NewNar, type NewPath, type Repo } from "../../server/db/repo.ts";
@@ -36,6 +37,7 @@ for (const dialect of ["sqlite", "postgres"] as const) {
     let other: CacheRow;
     let drop: (() => Promise<void>) | undefined;
     let sqliteFile = "";
+    let databaseUrl = "";
 
     const pathRow = (name: string, overrides: Partial<NewPath> = {}): NewPath => {
       const hash = hash32();
@@ -63,6 +65,7 @@ for (const dialect of ["sqlite", "postgres"] as const) {
         url = fresh.url;
         drop = fresh.drop;
       }
+      databaseUrl = url;
       database = await openDatabase(url);
       // Opening again applies no migration twice.
       await (await openDatabase(url)).close();
@@ -181,7 +184,7 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       );
     });
 
-    it("keeps a row past its second on SQLite while nothing commits, and knows absent paths until something does", async (t) => {
+    it("keeps a row past its second while nothing commits, and knows absent paths until something does", async (t) => {
       if (!database) return t.skip("database unavailable");
       const db = database;
       const reader = createRepo(db);
@@ -198,11 +201,11 @@ for (const dialect of ["sqlite", "postgres"] as const) {
         counters: [],
       });
       await new Promise((r) => setTimeout(r, 1100));
+      assert.equal(typeof db.revision(), "number");
+      // Same object: not read again (a read makes a new one), through a last-access flush too.
+      assert.equal(await reader.path(cache.id, path.hash), first, "kept: nothing committed since");
+      assert.equal(reader.peekPath(cache.id, absent.hash), null, "known absent, without a query");
       if (db.dialect === "sqlite") {
-        assert.equal(typeof db.revision(), "number");
-        // Same object: not read again (a read makes a new one), through a last-access flush too.
-        assert.equal(await reader.path(cache.id, path.hash), first, "kept: nothing committed since");
-        assert.equal(reader.peekPath(cache.id, absent.hash), null, "known absent, without a query");
         // A commit by another connection to the file (as by another process on it).
         const other = new BetterSqlite3(sqliteFile);
         other.prepare("UPDATE paths SET sigs = 'main-1:other' WHERE hash = ?").run(path.hash);
@@ -212,16 +215,31 @@ for (const dialect of ["sqlite", "postgres"] as const) {
           undefined,
           "another process committed: not known",
         );
-        // The row was checked above, and holds a second from then (as long as one read then would).
-        await new Promise((r) => setTimeout(r, 1100));
-        assert.equal((await reader.path(cache.id, path.hash))?.sigs, "main-1:other", "read again");
       } else {
-        assert.equal(db.revision(), undefined, "PostgreSQL cannot tell without a query");
-        const again = await reader.path(cache.id, path.hash);
-        assert.notEqual(again, first, "read again after its second");
-        assert.deepEqual(again, first);
-        assert.equal(reader.peekPath(cache.id, absent.hash), undefined, "absence is never remembered");
+        // A commit through another replica (its own pool and listener): heard through its notification.
+        const replica = await openDatabase(databaseUrl);
+        try {
+          await replica.transaction(async (tx) => {
+            await tx
+              .update(replica.t.paths)
+              .set({ sigs: "main-1:other" })
+              .where(eq(replica.t.paths.hash, path.hash));
+          });
+        } finally {
+          await replica.close();
+        }
+        const heard = Date.now() + 2000;
+        while (reader.peekPath(cache.id, absent.hash) === null && Date.now() < heard)
+          await new Promise((r) => setTimeout(r, 10));
+        assert.equal(
+          reader.peekPath(cache.id, absent.hash),
+          undefined,
+          "another replica committed: not known",
+        );
       }
+      // The row was checked above, and holds a second from then (as long as one read then would).
+      await new Promise((r) => setTimeout(r, 1100));
+      assert.equal((await reader.path(cache.id, path.hash))?.sigs, "main-1:other", "read again");
       // Either way, a path committed through this process (or a replica sharing the database) is seen at once.
       assert.equal((await repo.commitPath(absent, narRow())).kind, "committed");
       assert.equal(
@@ -230,6 +248,35 @@ for (const dialect of ["sqlite", "postgres"] as const) {
         "a push is seen at once",
       );
     });
+
+    // SQLite sees such a change at once (the test above: another connection to the file).
+    if (dialect === "postgres")
+      it("sees a change made by hand within the revision's longest age", async (t) => {
+        if (!database) return t.skip("database unavailable");
+        const db = await openDatabase(databaseUrl, { revisionMaxAgeMs: 500 });
+        try {
+          const reader = createRepo(db);
+          const absent = pathRow("by-hand");
+          assert.equal(await reader.path(cache.id, absent.hash), undefined);
+          assert.equal(reader.peekPath(cache.id, absent.hash), null, "known absent");
+          // Written as psql would: no notification.
+          const client = new pg.Client({ connectionString: databaseUrl });
+          await client.connect();
+          try {
+            await client.query(
+              `INSERT INTO paths (cache_id, hash, store_path, nar_id, "references", sigs)
+             SELECT $1, $2, $3, id, '', 'main-1:sig' FROM nars LIMIT 1`,
+              [cache.id, absent.hash, absent.storePath],
+            );
+          } finally {
+            await client.end();
+          }
+          await new Promise((r) => setTimeout(r, 700));
+          assert.equal((await reader.path(cache.id, absent.hash))?.storePath, absent.storePath, "seen");
+        } finally {
+          await db.close();
+        }
+      });
 
     it("reads of many paths at once (grouped on PostgreSQL) each get their own row, or none", async (t) => {
       if (!database) return t.skip("database unavailable");
