@@ -7,8 +7,7 @@
 // SMALL_PUT) takes the same steps on fewer thread-pool round trips: see putSmall. A failed put removes its
 // temp file; after a crash, anything in `.tmp/` is debris of an interrupted upload and may be deleted. Reads
 // open the file once, so a concurrent overwrite or delete never cuts a stream short. The bytes of small
-// objects read recently stay in memory (16 MiB in all), served while the file at their key is still the one
-// they were read from (see get).
+// objects read recently stay in memory (16 MiB in all) and are served from there (see `recent`).
 // Limitation of directories: an object cannot be stored at a key that another key uses as a directory
 // (`a/b` and `a/b/c`); S3 allows it, nixstash's key layout never needs it. Such a put fails with StorageError.
 import { randomUUID } from "node:crypto";
@@ -23,8 +22,6 @@ import {
   openSync,
   readSync,
   renameSync,
-  type Stats,
-  statSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
@@ -171,26 +168,20 @@ async function gather(
   }
 }
 
-/** A small object's bytes as read, and the file they were read from. */
-interface Recent {
-  bytes: Buffer;
-  ino: number;
-  mtimeMs: number;
-}
-
 export function createLocalStorage(options: LocalStorageOptions): Storage {
   const root = path.resolve(options.root);
   const tmpDir = path.join(root, TMP);
   const fileOf = (key: string): string => path.join(root, ...key.split("/"));
   const tempFile = (): string => path.join(tmpDir, `${randomUUID()}.part`);
 
-  // The bytes of the small objects read most recently, oldest first, each with the identity of the file
-  // they came from. A read of one checks that the file at its key is still that file (one stat: a put
-  // renames a new file over the key, a delete removes it) and answers from memory, where open, fstat, read
-  // and close took ~60-100 µs of a small NAR request when the server woke for it on this VM (ad-hoc timings
-  // inside the fast lane, session 14). The check keeps it right when something else changes the directory
-  // (another replica on a shared file system); put and delete also forget a key at once.
-  const recent = new SmallObjects<Recent>(options.recentBytes ?? RECENT_BYTES);
+  // The bytes of the small objects read most recently, oldest first, answered by get and peek without a
+  // file operation: open, fstat, read and close took ~60-100 µs of a small NAR request when the server woke
+  // for it on this VM (ad-hoc timings inside the fast lane, session 14), and the stat that checked a kept
+  // object's file before each use cost ~15 µs of the ~95 µs of CPU such a request took (session 17). They are
+  // trusted as S3's are (s3.ts): nixstash never rewrites a key (every NAR and log goes under a fresh random
+  // key, and its database row goes before its file), and put and delete forget a key when they are done.
+  // Something else rewriting files under the root in place would be served stale bytes: set recentBytes to 0.
+  const recent = new SmallObjects<{ bytes: Buffer }>(options.recentBytes ?? RECENT_BYTES);
   const forget = (key: string) => recent.forget(key);
 
   async function put(
@@ -338,16 +329,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     assertKey(key, "get");
     if (range) assertRange(range, key);
     const known = recent.use(key);
-    if (known) {
-      let now: Stats | undefined;
-      try {
-        now = statSync(fileOf(key), { throwIfNoEntry: false });
-      } catch {} // whatever failed here fails the open below again, with its error
-      if (now && now.ino === known.ino && now.mtimeMs === known.mtimeMs && now.size === known.bytes.length) {
-        return bufferedRange(known.bytes, range);
-      }
-      forget(key);
-    }
+    if (known) return bufferedRange(known.bytes, range);
     // Opened, measured and (when small) read synchronously: most NARs are a few KiB, and four thread-pool
     // round trips (open, fstat, read, close) made a small NAR request twice as slow as a narinfo (issue 7).
     // These are page-cache operations of microseconds; nginx serves files with the same blocking calls.
@@ -381,8 +363,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         }
         closeSync(fd);
         const got = bytes.subarray(0, filled);
-        if (start === 0 && filled === info.size)
-          recent.remember(key, { bytes: got, ino: info.ino, mtimeMs: info.mtimeMs });
+        if (start === 0 && filled === info.size) recent.remember(key, { bytes: got });
         return bufferedBody(got);
       }
     } catch (err) {
@@ -473,8 +454,8 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     kind: "local",
     put,
     get,
-    peek: () => undefined,
-    keepsUpTo: 0,
+    peek: (key) => recent.use(key)?.bytes,
+    keepsUpTo: recent.limit > 0 ? SMALL_OBJECT : 0,
     stat: statKey,
     delete: deleteKey,
     list,

@@ -1,6 +1,6 @@
 // The bytes of small objects a storage driver keeps in memory, most recently used last, within a limit of
-// bytes in all. Both drivers keep one: local storage for the small files it read (each checked against its
-// file before use), S3 for the small objects it wrote or read (never rewritten, see s3.ts). Most NARs are a
+// bytes in all. Both drivers keep one: local storage for the small files it read, S3 for the small objects
+// it wrote or read; both trust it without I/O, since nixstash never rewrites a key (see s3.ts). Most NARs are a
 // few KiB, and each request answered from here skips a file read or a round trip to the bucket.
 import { Readable } from "node:stream";
 import type { ByteRange } from "./storage.ts";

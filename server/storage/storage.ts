@@ -55,8 +55,8 @@ export interface Storage {
   list(prefix: string): AsyncIterable<StoredObject>;
   /**
    * The whole object's bytes when this process holds them in memory and can vouch for them without any I/O,
-   * else undefined. For small objects only; a driver may keep none (local storage checks a file before it
-   * trusts its memory, so it answers from `get` instead).
+   * else undefined. For small objects only (both drivers keep those a whole read returned, S3 also those
+   * it wrote); a driver may keep none.
    */
   peek(key: string): Buffer | undefined;
   /**
