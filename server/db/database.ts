@@ -44,10 +44,10 @@ export interface Database {
    * A number that changes whenever a commit may have changed what reads return; undefined while the
    * database cannot tell. On SQLite: after every transaction this process commits (but those that keep it),
    * and once the writer connection has seen a commit it did not make (another process: `PRAGMA data_version`
-   * changes exactly then). ~4 µs a call. On PostgreSQL: after every transaction this process commits (but
-   * those that keep it), when another replica's commit notification arrives, and every REVISION_MAX_AGE_MS
-   * (a change made by hand notifies nobody); undefined while this process is not listening (see
-   * listenForCommits).
+   * changes exactly then; asked at most once per DATA_VERSION_EVERY_MS). On PostgreSQL: after every
+   * transaction this process commits (but those that keep it), when another replica's commit notification
+   * arrives, and every REVISION_MAX_AGE_MS (a change made by hand notifies nobody); undefined while this
+   * process is not listening (see listenForCommits).
    */
   revision(): number | undefined;
   /** Throws when the database cannot answer. */
@@ -98,6 +98,9 @@ function openSqliteConnection(file: string): BetterSqlite3.Database {
   return connection;
 }
 
+/** SQLite: another process's commit is seen within this long (see revision in openSqlite). */
+export const DATA_VERSION_EVERY_MS = 1;
+
 function openSqlite(file: string): Database {
   if (file === ":memory:")
     throw new Error("sqlite::memory: cannot be shared by a reader and a writer; use a file");
@@ -113,14 +116,22 @@ function openSqlite(file: string): Database {
   const dataVersion = writerConnection.prepare("PRAGMA data_version").pluck();
   let seenDataVersion = dataVersion.get();
   let revision = 0;
+  // data_version is asked at most once per DATA_VERSION_EVERY_MS: each ask locks the WAL index (two fcntl
+  // calls, ~20 µs of a narinfo or NAR request on this VM: session 17's profile), and a server busy with
+  // requests asks for every one. Only other processes' commits wait for it; this process's own turn the
+  // revision at once (transaction).
+  let askedAt = Number.NEGATIVE_INFINITY;
   return {
     dialect: "sqlite",
     db: reader,
     t: sqliteSchema,
     revision: () => {
-      const now = dataVersion.get();
-      if (now !== seenDataVersion) {
-        seenDataVersion = now;
+      const now = performance.now();
+      if (now - askedAt < DATA_VERSION_EVERY_MS) return revision;
+      askedAt = now;
+      const version = dataVersion.get();
+      if (version !== seenDataVersion) {
+        seenDataVersion = version;
         revision++;
       }
       return revision;

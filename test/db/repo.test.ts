@@ -8,7 +8,7 @@ import BetterSqlite3 from "better-sqlite3";
 import { and, eq } from "drizzle-orm";
 import pg from "pg";
 import { encodeNix32 } from "../../nix/index.ts";
-import { type Database, openDatabase } from "../../server/db/database.ts";
+import { DATA_VERSION_EVERY_MS, type Database, openDatabase } from "../../server/db/database.ts";
 import { type CacheRow, createRepo, type NewNar, type NewPath, type Repo } from "../../server/db/repo.ts";
 import { freshPostgres } from "../support/harness.ts";
 import { testTmp } from "../support/services.ts";
@@ -210,6 +210,8 @@ for (const dialect of ["sqlite", "postgres"] as const) {
         const other = new BetterSqlite3(sqliteFile);
         other.prepare("UPDATE paths SET sigs = 'main-1:other' WHERE hash = ?").run(path.hash);
         other.close();
+        // Within a millisecond (data_version is asked at most that often).
+        await new Promise((r) => setTimeout(r, 2 * DATA_VERSION_EVERY_MS));
         assert.equal(
           reader.peekPath(cache.id, absent.hash),
           undefined,
