@@ -269,9 +269,10 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   const held = new SmallObjects<{ bytes: Buffer }>(options.recentBytes ?? RECENT_BYTES);
   /** Objects up to this size are kept (none when there is no memory for them). */
   const keepsUpTo = held.limit > 0 ? SMALL_OBJECT : 0;
-  // Puts and deletes begun, numbered, with the number of the last one of each key among the most recent
-  // (bounded; `forgotten` is the newest number dropped from it): a whole read keeps nothing when its key
-  // changed since it began, or may have (see keepWhole).
+  // Puts and deletes, numbered when they begin and again when they end, with the number of the last one of
+  // each key among the most recent (bounded; `forgotten` is the newest number dropped from it): a whole read
+  // keeps nothing when its key changed since it began, or may have (see keepWhole); one that began while a
+  // put or delete of its key was on its way sees that put's or delete's end.
   let changes = 0;
   const changed = new Map<string, number>();
   let forgotten = 0;
@@ -379,6 +380,8 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     };
 
     let uploadId: string | undefined;
+    /** The key's change was counted at the end already (the small path), after which its bytes were kept. */
+    let doneChanging = false;
     const inFlight = new Set<Promise<unknown>>();
     let partFailure: { error: unknown } | undefined;
     try {
@@ -394,7 +397,11 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
             checkTotal(total);
             if (signal?.aborted) throw abortedError("put", key, signal);
             await putWhole(name, part.bytes, headers);
+            // Counted again now that it is done (a read begun meanwhile may have read the older bytes), and
+            // then the new bytes kept.
+            change(key);
             if (part.bytes.length <= keepsUpTo) held.remember(key, { bytes: ownBytes(part.bytes) });
+            doneChanging = true;
             if (part.buffer) pool.give(part.buffer);
             return { size: total };
           }
@@ -456,6 +463,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     } finally {
       signal?.removeEventListener("abort", onAbort);
       pool.retire();
+      if (!doneChanging) change(key);
     }
   }
 
@@ -525,6 +533,9 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     } catch (err) {
       if (isAbsent(err)) return;
       throw fail("delete", key, err);
+    } finally {
+      // Again once done: a whole read begun while the delete was on its way may have read the object.
+      change(key);
     }
   }
 
