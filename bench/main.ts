@@ -156,7 +156,7 @@ async function machineFacts(): Promise<string[]> {
     `- node ${process.version}; ${await version("nix", ["--version"])}; ${await version("nginx", ["-v"])} (worker_processes ${NGINX_WORKERS}, sendfile, access_log off); ${await version("wrk", ["-v"])}`,
     `- ${await version("psql", ["--version"])}; ${await version("radosgw", ["--version"])} (single node, memstore OSD, beast tcp_nodelay=1)`,
     `- code: ${await codeVersion()}`,
-    `- nixstash: NIXSTASH_LOG_LEVEL=warn, NIXSTASH_ZSTD_LEVEL=3 (default), S3 NAR downloads as 302 to presigned URLs (default) except small NARs the server holds in memory (NIXSTASH_S3_MEMORY_MB=16, default); everything on 127.0.0.1`,
+    `- nixstash: NIXSTASH_LOG_LEVEL=warn, NIXSTASH_ZSTD_LEVEL=3 (default), S3 NAR downloads as 302 to presigned URLs (default) except small NARs the server holds in memory (NIXSTASH_S3_MEMORY_MB=16, default) and NARs it has copied to its disk (NIXSTASH_S3_DISK_CACHE set, 10 GB); everything on 127.0.0.1`,
   ];
 }
 

@@ -183,6 +183,8 @@ export async function startNixstash(
     if (!pg || !s3) throw new Error("PostgreSQL and Ceph RGW are needed for the postgres+s3 stack");
     env.NIXSTASH_DATABASE_URL = pg.url;
     Object.assign(env, s3.env);
+    // As production would run it: copies of the NARs read from the bucket on the server's own disk.
+    env.NIXSTASH_S3_DISK_CACHE = join(dataDir, "s3-disk-cache");
     cleanups.push(async () => {
       for await (const o of s3.storage.list("")) await s3.storage.delete(o.key);
       await bucketClient().removeBucket(s3.bucket);

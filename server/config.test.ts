@@ -23,6 +23,8 @@ describe("configuration", () => {
       NIXSTASH_S3_SECRET_KEY: "s",
       NIXSTASH_S3_REDIRECT: "false",
       NIXSTASH_S3_MEMORY_MB: "0.5",
+      NIXSTASH_S3_DISK_CACHE: "/var/cache/nixstash",
+      NIXSTASH_S3_DISK_CACHE_GB: "2.5",
     });
     assert.deepEqual(config.listen, { host: "0.0.0.0", port: 9000 });
     assert.equal(config.publicUrl, "https://cache.example.org");
@@ -38,7 +40,18 @@ describe("configuration", () => {
       pathStyle: true,
       redirect: false,
       memoryBytes: 512 * 1024,
+      diskCache: { root: "/var/cache/nixstash", limitBytes: 2.5 * 1024 ** 3 },
     });
+    const plain = parseConfig({
+      NIXSTASH_STORAGE: "s3://nix-cache",
+      NIXSTASH_S3_ACCESS_KEY: "a",
+      NIXSTASH_S3_SECRET_KEY: "s",
+    });
+    assert.equal(
+      plain.storage.kind === "s3" && plain.storage.diskCache,
+      undefined,
+      "no disk cache unless asked",
+    );
   });
 
   it("treats empty values as unset", () => {
@@ -59,6 +72,8 @@ describe("configuration", () => {
     [{ NIXSTASH_ZSTD_LEVEL: "40" }, /NIXSTASH_ZSTD_LEVEL/],
     [{ NIXSTASH_S3_MEMORY_MB: "-1" }, /NIXSTASH_S3_MEMORY_MB/],
     [{ NIXSTASH_S3_MEMORY_MB: "lots" }, /NIXSTASH_S3_MEMORY_MB/],
+    [{ NIXSTASH_S3_DISK_CACHE_GB: "0" }, /NIXSTASH_S3_DISK_CACHE_GB/],
+    [{ NIXSTASH_S3_DISK_CACHE: "/c" }, /NIXSTASH_S3_DISK_CACHE="\/c": only with NIXSTASH_STORAGE=s3/],
     [{ NIXSTASH_SECRET: "short" }, /NIXSTASH_SECRET.*at least 32/],
     [{ NIXSTASH_DEFAULT_CACHE: "Bad Name" }, /NIXSTASH_DEFAULT_CACHE/],
     [{ NIXSTASH_LOG_LEVEL: "loud" }, /NIXSTASH_LOG_LEVEL/],

@@ -13,6 +13,9 @@
 //   NIXSTASH_S3_REDIRECT     true|false  answer NAR downloads with a 302 to a presigned URL   default true
 //   NIXSTASH_S3_MEMORY_MB    MiB of small objects (up to 64 KiB) kept in memory once written or read whole,
 //                            and served from there instead of redirected (0-4096; 0 = none)   default 16
+//   NIXSTASH_S3_DISK_CACHE   a directory for copies of NARs read from the bucket, served from there like
+//                            local storage's (see storage/disk-cache.ts)            default none
+//   NIXSTASH_S3_DISK_CACHE_GB  what that directory may hold (0.001-100000)          default 10
 //   NIXSTASH_SECRET          32+ byte server secret (encrypts signing keys at rest); unset = generated file
 //                            <data dir>/server-secret (mode 0600). Replicas must share it.
 //   NIXSTASH_DEFAULT_CACHE   the cache created on first start                      default main
@@ -61,6 +64,8 @@ const env = z.object({
   NIXSTASH_S3_PATH_STYLE: bool.default(true),
   NIXSTASH_S3_REDIRECT: bool.default(true),
   NIXSTASH_S3_MEMORY_MB: z.coerce.number().min(0).max(4096).default(16),
+  NIXSTASH_S3_DISK_CACHE: z.string().min(1).optional(),
+  NIXSTASH_S3_DISK_CACHE_GB: z.coerce.number().min(0.001).max(100_000).default(10),
   NIXSTASH_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
   NIXSTASH_DEFAULT_CACHE: cacheName.default("main"),
   NIXSTASH_ZSTD_LEVEL: z.coerce.number().int().min(1).max(19).default(3),
@@ -83,6 +88,8 @@ export type StorageConfig =
       redirect: boolean;
       /** Bytes of small objects the S3 driver keeps in memory (its recentBytes). */
       memoryBytes: number;
+      /** Where copies of objects read from the bucket are kept, and how many bytes of them; none if unset. */
+      diskCache: { root: string; limitBytes: number } | undefined;
     };
 
 export interface Config {
@@ -134,6 +141,11 @@ export function parseConfig(source: Record<string, string | undefined>): Config 
 
 function storageConfig(e: z.infer<typeof env>, dataDir: string): StorageConfig {
   const url = e.NIXSTASH_STORAGE;
+  if (!url?.startsWith("s3://") && e.NIXSTASH_S3_DISK_CACHE !== undefined) {
+    throw new ConfigError(
+      `invalid configuration:\n  NIXSTASH_S3_DISK_CACHE=${JSON.stringify(e.NIXSTASH_S3_DISK_CACHE)}: only with NIXSTASH_STORAGE=s3://… (local storage is on disk already)`,
+    );
+  }
   if (!url) return { kind: "local", root: resolve(dataDir, "storage") };
   if (url.startsWith("file://"))
     return { kind: "local", root: resolve(decodeURIComponent(url.slice("file://".length))) };
@@ -163,5 +175,11 @@ function storageConfig(e: z.infer<typeof env>, dataDir: string): StorageConfig {
     pathStyle: e.NIXSTASH_S3_PATH_STYLE,
     redirect: e.NIXSTASH_S3_REDIRECT,
     memoryBytes: Math.floor(e.NIXSTASH_S3_MEMORY_MB * 1024 * 1024),
+    diskCache: e.NIXSTASH_S3_DISK_CACHE
+      ? {
+          root: resolve(e.NIXSTASH_S3_DISK_CACHE),
+          limitBytes: Math.floor(e.NIXSTASH_S3_DISK_CACHE_GB * 1024 ** 3),
+        }
+      : undefined,
   };
 }

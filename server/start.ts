@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { createAdaptorServer } from "@hono/node-server";
-import { pino } from "pino";
+import { type Logger, pino } from "pino";
 import { createApp } from "./app.ts";
 import type { Config, StorageConfig } from "./config.ts";
 import type { Context } from "./context.ts";
@@ -20,6 +20,7 @@ import { nixFastReads } from "./routes/nix.ts";
 import { createRequestRecorder, createRequestScope } from "./routes/request-log.ts";
 import { createSecretBox, loadServerSecret } from "./secrets.ts";
 import { sendfileUnavailable } from "./sendfile.ts";
+import { withDiskCache } from "./storage/disk-cache.ts";
 import { createLocalStorage } from "./storage/local.ts";
 import { createS3Storage } from "./storage/s3.ts";
 import type { Storage } from "./storage/storage.ts";
@@ -29,9 +30,9 @@ import { removeAbandonedUploads } from "./verbs/cleanup.ts";
 
 const CLEANUP_INTERVAL_MS = 60 * 60 * 1000;
 
-export async function openStorage(config: StorageConfig): Promise<Storage> {
+export async function openStorage(config: StorageConfig, log?: Pick<Logger, "warn">): Promise<Storage> {
   if (config.kind === "local") return createLocalStorage({ root: config.root });
-  return createS3Storage({
+  const bucket = await createS3Storage({
     endPoint: config.endPoint,
     accessKey: config.accessKey,
     secretKey: config.secretKey,
@@ -42,6 +43,7 @@ export async function openStorage(config: StorageConfig): Promise<Storage> {
     createBucket: true,
     recentBytes: config.memoryBytes,
   });
+  return config.diskCache ? withDiskCache(bucket, { ...config.diskCache, log }) : bucket;
 }
 
 export interface RunningServer {
@@ -64,9 +66,9 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const log = pino({ level: config.logLevel, base: { service: "nixstash" }, mixin: requestScope.mixin });
   const lifecycle = createLifecycle();
   const database = await openDatabase(config.databaseUrl);
-  const storage = await openStorage(config.storage);
+  const storage = await openStorage(config.storage, log);
   await storage.check();
-  if (config.storage.kind === "local" && sendfileUnavailable)
+  if ((config.storage.kind === "local" || config.storage.diskCache) && sendfileUnavailable)
     log.warn(
       { reason: sendfileUnavailable },
       "sendfile addon not loaded: NARs are copied through the process",

@@ -3,7 +3,7 @@
 // odd syntax, partial heads, pipelined writes, private caches — handed to node:http with nothing lost.
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -573,7 +573,8 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
     const res = await fetch(`${server!.url}/api/v1/caches/main/paths/${hashOf(path)}`, {
       method: "PUT",
       headers: {
-        authorization: `Bearer ${server!.bootstrap.adminToken!}`,
+        // Written at the first start (a restarted server has no token to show).
+        authorization: `Bearer ${readFileSync(join(dataDir, "admin-token"), "utf8").trim()}`,
         "x-nixstash-path-info": JSON.stringify(infoFor(path, bytes)),
       },
       body: bytes,
@@ -667,6 +668,40 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
       redirected.headers.get("location") ?? "",
       new RegExp(row!.storageKey.replace(/[.]/g, "\\.")),
     );
+  });
+
+  it("sends a large NAR from its disk copy once it has one, in the lane, with the route's headers", async (t) => {
+    if (!server) return t.skip("S3 unavailable");
+    const info = await pushed(
+      fakeStorePath("s3-lane-disk"),
+      narOf({ dir: { blob: randomBytes(512 * 1024).toString("base64") } }),
+    );
+    await start({ NIXSTASH_S3_DISK_CACHE: join(dataDir, "disk-cache") });
+    const url = `/main/${field(info, "URL")}`;
+    const before = total(handoffsOf(server!));
+    const c = new RawClient(port);
+    try {
+      c.write(get(url));
+      assert.equal((await c.read()).status, 302, "no copy yet: redirected, and copied meanwhile");
+      const storage = server!.ctx.storage as import("../../server/storage/disk-cache.ts").DiskCachedStorage;
+      await storage.settled();
+      c.write(get(url));
+      const sent = await c.read();
+      assert.equal(sent.status, 200);
+      assert.equal(sent.bytes.length, Number(field(info, "FileSize")));
+      assert.equal(fileHashOf(sent.bytes), field(info, "FileHash"));
+      const slow = await import("../../server/app.ts").then(({ createApp }) =>
+        createApp(server!.ctx).request(url),
+      );
+      assert.equal(slow.status, 200, "the route sends the copy too");
+      assert.ok(sent.bytes.equals(Buffer.from(await slow.arrayBuffer())));
+      for (const name of ["content-type", "content-length", "cache-control"])
+        assert.equal(sent.headers.get(name), slow.headers.get(name), name);
+      assert.equal(total(handoffsOf(server!)), before, "the connection stayed in the lane");
+    } finally {
+      c.close();
+      await start();
+    }
   });
 });
 

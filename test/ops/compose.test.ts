@@ -106,6 +106,10 @@ describe("docker-compose.yml and Dockerfile", () => {
     assert.match(config.databaseUrl, /^postgres:\/\/nixstash:[^@]+@postgres:5432\/nixstash$/);
     assert.equal(config.listen.host, "0.0.0.0");
     assert.equal(config.storage.kind === "s3" && config.storage.redirect, false);
+    assert.equal(
+      config.storage.kind === "s3" && config.storage.diskCache?.root,
+      "/var/lib/nixstash/s3-cache",
+    );
     assert.equal(config.secret, "x".repeat(48));
     // Without NIXSTASH_SECRET the empty value counts as unset (the server generates one in its volume).
     const unset = serviceEnvironment((await composeConfig(composeFile)).stdout, "nixstash");
@@ -125,6 +129,7 @@ describe("docker-compose.yml and Dockerfile", () => {
       NIXSTASH_LISTEN: "127.0.0.1:0",
       NIXSTASH_PUBLIC_URL: "",
       NIXSTASH_DATA_DIR: dataDir,
+      NIXSTASH_S3_DISK_CACHE: join(dataDir, "s3-cache"),
       NIXSTASH_DATABASE_URL: pg.url,
       NIXSTASH_STORAGE: s3.env.NIXSTASH_STORAGE!,
       NIXSTASH_S3_ENDPOINT: s3.env.NIXSTASH_S3_ENDPOINT!,

@@ -4,12 +4,15 @@
 // count as debris: a failed put must abort its upload.
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { Client } from "minio";
+import { withDiskCache } from "../../server/storage/disk-cache.ts";
 import { createS3Storage, type S3StorageOptions } from "../../server/storage/s3.ts";
 import { StorageError } from "../../server/storage/storage.ts";
-import { s3Service } from "../support/services.ts";
+import { s3Service, testTmp } from "../support/services.ts";
 import { storageConformance } from "./conformance.ts";
 
 const service = s3Service();
@@ -270,6 +273,116 @@ if (!service) {
     it("creating the bucket is idempotent", async () => {
       const storage = await createS3Storage(options(bucket));
       await storage.check();
+    });
+  });
+
+  /** The S3 driver with a disk cache in a fresh directory; `dir` may be given to reopen one. */
+  const cached = async (bucket: string, limitBytes: number, dir?: string) => {
+    const root = dir ?? (await mkdtemp(join(testTmp(), "disk-cache-")));
+    const storage = await withDiskCache(await createS3Storage(options(bucket)), { root, limitBytes });
+    return { storage, root };
+  };
+  const readAll = async (body: Readable | null): Promise<Buffer | null> => {
+    if (!body) return null;
+    const chunks: Buffer[] = [];
+    for await (const chunk of body) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  };
+
+  storageConformance("s3 with a disk cache", async () => {
+    const bucket = freshBucketName();
+    // 64 MiB: the multi-MiB objects are copied (a read after a read comes from disk), the 300 MiB one not.
+    const { storage, root } = await cached(bucket, 64 * MiB);
+    return {
+      storage,
+      cleanup: async () => {
+        await storage.settled();
+        await dropBucket(client, bucket);
+        await rm(root, { recursive: true, force: true });
+      },
+      debris: () => incompleteUploads(client, bucket),
+    };
+  });
+
+  describe("s3 with a disk cache", () => {
+    const bucket = freshBucketName();
+    before(async () => {
+      await client.makeBucket(bucket, region);
+    });
+    after(async () => {
+      await dropBucket(client, bucket);
+    });
+    const bytesOf = (n: number, fill: number) => Buffer.alloc(n, fill);
+
+    it("copies what is read or redirected to, then answers from the copy (after a restart too)", async () => {
+      const { storage, root } = await cached(bucket, 10 * MiB);
+      const big = randomBytes(3 * MiB);
+      await storage.put("nar/big", Readable.from([big]));
+      assert.ok(await storage.presignGet("nar/big", 60), "no copy yet: a redirect to the bucket");
+      await storage.settled();
+      assert.equal(storage.heldBytes, big.length);
+      assert.equal(await storage.presignGet("nar/big", 60), null, "a copy: served from here");
+      // Gone from the bucket behind the driver's back: the copy still answers (which shows where bytes come from).
+      await client.removeObject(bucket, "nar/big");
+      assert.deepEqual(await readAll(await storage.get("nar/big")), big);
+      assert.deepEqual(
+        await readAll(await storage.get("nar/big", { start: 10, end: 19 })),
+        big.subarray(10, 20),
+      );
+      const again = await cached(bucket, 10 * MiB, root);
+      assert.equal(again.storage.heldBytes, big.length, "copies found at start");
+      assert.deepEqual(await readAll(await again.storage.get("nar/big")), big);
+      await rm(root, { recursive: true, force: true });
+    });
+
+    it("drops a key's copy on its put and delete, a copy being made meanwhile included", async () => {
+      const { storage, root } = await cached(bucket, 10 * MiB);
+      await storage.put("k", Readable.from([bytesOf(1000, 1)]));
+      assert.deepEqual(await readAll(await storage.get("k")), bytesOf(1000, 1));
+      await storage.settled();
+      assert.equal(await storage.presignGet("k", 60), null, "copied");
+      await storage.put("k", Readable.from([bytesOf(1000, 2)]));
+      assert.ok(await storage.presignGet("k", 60), "its put dropped the copy");
+      await storage.settled();
+      assert.deepEqual(await readAll(await storage.get("k")), bytesOf(1000, 2));
+      await storage.delete("k");
+      assert.equal(await storage.get("k"), null);
+      assert.equal(storage.heldBytes, 0);
+      // A copy being made when a put of its key begins: the bytes it read may be the older ones.
+      await storage.put("r", Readable.from([bytesOf(2 * MiB, 3)]));
+      assert.deepEqual(await readAll(await storage.get("r")), bytesOf(2 * MiB, 3)); // starts the copy
+      await storage.put("r", Readable.from([bytesOf(2 * MiB, 4)]));
+      await storage.settled();
+      assert.deepEqual(await readAll(await storage.get("r")), bytesOf(2 * MiB, 4));
+      await storage.settled();
+      assert.deepEqual(
+        await readAll(await storage.get("r")),
+        bytesOf(2 * MiB, 4),
+        "from the copy made after",
+      );
+      await rm(root, { recursive: true, force: true });
+    });
+
+    it("keeps the copies read most recently within its limit, and none larger than half of it", async () => {
+      const { storage, root } = await cached(bucket, 4000);
+      for (const i of [1, 2, 3, 4, 5]) await storage.put(`e${i}`, Readable.from([bytesOf(1000, i)]));
+      for (const i of [1, 2, 3, 4]) {
+        await readAll(await storage.get(`e${i}`));
+        await storage.settled();
+      }
+      await readAll(await storage.get("e1")); // e1 the most recent now, e2 the oldest
+      await readAll(await storage.get("e5")); // one too many: e2 goes
+      await storage.settled();
+      const copied = async (key: string) => (await storage.presignGet(key, 60)) === null;
+      for (const i of [1, 3, 4, 5]) assert.ok(await copied(`e${i}`), `e${i} kept`);
+      assert.equal(await copied("e2"), false, "e2 went first");
+      assert.equal(storage.heldBytes, 4000);
+      await storage.settled();
+      await storage.put("large", Readable.from([bytesOf(2001, 9)]));
+      await readAll(await storage.get("large"));
+      await storage.settled();
+      assert.equal(await copied("large"), false, "over half the limit: never copied");
+      await rm(root, { recursive: true, force: true });
     });
   });
 }

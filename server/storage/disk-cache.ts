@@ -1,0 +1,205 @@
+// A local disk in front of a remote store (S3): NARs read from the bucket are copied to a directory on this
+// machine, in the background, and later reads are answered from there, as local storage answers them (the
+// file sent with sendfile, small ones from memory), instead of with a redirect to the bucket or a stream
+// through it. A substituter then takes a popular NAR at local-disk speed, and the bucket sees one GET per
+// NAR and replica instead of one per download. The directory holds at most `limitBytes`; the least recently
+// read copies go first.
+//
+// What is kept is only ever a copy of a whole object as the bucket holds it: a copy is made by reading the
+// object once and storing it with local storage's put (a temporary file, fsynced, renamed over its key), so a
+// crash leaves whole copies or nothing, and the copies found at start are used again. A put or delete
+// through this driver removes the key's copy when it begins and when it ends, and a copy whose reading began
+// before the end of a put or delete of its key is not kept (the bytes may be the older ones). nixstash never rewrites a key (s3.ts), so a
+// copy can only go stale if something else rewrites the bucket's objects: do not share the prefix with it.
+//
+// Everything else (put, stat, list, peek and its memory of small objects, presigned URLs of what has no copy
+// yet) is the remote driver's. presignGet answers null for a key with a copy: "serve it from here".
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import type { Logger } from "pino";
+import { createLocalStorage } from "./local.ts";
+import { assertKey, type ByteRange, type PutOptions, type Storage } from "./storage.ts";
+
+export interface DiskCacheOptions {
+  /** The directory of the copies (created if missing); nothing else may write there. */
+  root: string;
+  /** Bytes of copies kept at most. An object larger than half of it is never copied. */
+  limitBytes: number;
+  /** Copies made at once (each one GET from the bucket and a file written). */
+  fillsAtOnce?: number;
+  log?: Pick<Logger, "warn">;
+}
+
+export interface DiskCachedStorage extends Storage {
+  /** Resolves once no copy is being made or waiting to be (tests). */
+  settled(): Promise<void>;
+  /** Bytes of copies held now. */
+  readonly heldBytes: number;
+}
+
+export async function withDiskCache(remote: Storage, options: DiskCacheOptions): Promise<DiskCachedStorage> {
+  // No memory of its own: the remote driver keeps the small objects (peek), and would hold them twice.
+  const copies = createLocalStorage({ root: options.root, recentBytes: 0 });
+  // Temporary files of copies a crash interrupted: never renamed into place, so nothing refers to them.
+  await rm(join(options.root, ".tmp"), { recursive: true, force: true });
+  await copies.check();
+  const fillsAtOnce = options.fillsAtOnce ?? 2;
+  const largest = Math.floor(options.limitBytes / 2);
+
+  // The copies held, least recently read first (Map order), with their sizes.
+  const held = new Map<string, number>();
+  let heldBytes = 0;
+  for await (const copy of copies.list("")) {
+    held.set(copy.key, copy.size);
+    heldBytes += copy.size;
+  }
+
+  // Puts and deletes of a key counted since start, so that a copy begun before one is not kept.
+  let changes = 0;
+  const changedAt = new Map<string, number>();
+  const change = (key: string) => {
+    changes++;
+    changedAt.delete(key);
+    changedAt.set(key, changes);
+    if (changedAt.size > 4096) changedAt.delete(changedAt.keys().next().value!);
+  };
+  // A key's change may have been dropped from changedAt: then any copy begun before the oldest one kept
+  // there is distrusted.
+  const oldestKept = () => (changedAt.size === 0 ? 0 : changedAt.values().next().value!);
+
+  const drop = async (key: string) => {
+    const size = held.get(key);
+    if (size !== undefined) {
+      held.delete(key);
+      heldBytes -= size;
+    }
+    await copies.delete(key);
+  };
+
+  const evict = async () => {
+    while (heldBytes > options.limitBytes) {
+      const oldest = held.keys().next();
+      if (oldest.done) return;
+      await drop(oldest.value);
+    }
+  };
+
+  // Copies to make, and those being made.
+  const waiting = new Set<string>();
+  const filling = new Set<string>();
+  const idle: Array<() => void> = [];
+  const wake = () => {
+    if (filling.size === 0 && waiting.size === 0) for (const resolve of idle.splice(0)) resolve();
+  };
+
+  const fill = async (key: string) => {
+    const seen = changes;
+    const info = await remote.stat(key);
+    if (!info || info.size > largest) return;
+    const body = await remote.get(key);
+    if (!body) return;
+    await copies.put(key, body, { size: info.size });
+    const changed = (changedAt.get(key) ?? 0) > seen || (changedAt.size >= 4096 && oldestKept() > seen);
+    if (changed || held.has(key)) {
+      if (changed) await copies.delete(key);
+      return;
+    }
+    held.set(key, info.size);
+    heldBytes += info.size;
+    await evict();
+  };
+
+  const pump = () => {
+    while (filling.size < fillsAtOnce && waiting.size > 0) {
+      const key = waiting.values().next().value!;
+      waiting.delete(key);
+      filling.add(key);
+      fill(key)
+        .catch((error: unknown) =>
+          options.log?.warn({ err: error, key }, "could not copy an object to the disk cache"),
+        )
+        .finally(() => {
+          filling.delete(key);
+          pump();
+          wake();
+        });
+    }
+  };
+
+  /** Asks for a copy of key (once: a key held, waiting or being copied is not asked again). */
+  const want = (key: string) => {
+    if (held.has(key) || waiting.has(key) || filling.has(key)) return;
+    waiting.add(key);
+    pump();
+  };
+
+  /** The copy of key made the most recently read, or null when there is none (or it vanished). */
+  const fromCopy = async (key: string, range?: ByteRange): Promise<Readable | null> => {
+    const size = held.get(key);
+    if (size === undefined) return null;
+    held.delete(key);
+    held.set(key, size);
+    return copies.get(key, range);
+  };
+
+  return {
+    kind: remote.kind,
+    async put(key: string, body: NodeJS.ReadableStream | Readable, opts?: PutOptions) {
+      assertKey(key, "put");
+      change(key);
+      waiting.delete(key);
+      await drop(key);
+      try {
+        return await remote.put(key, body, opts);
+      } finally {
+        // A copy made while the put was on its way may hold the older bytes.
+        change(key);
+        await drop(key);
+      }
+    },
+    async get(key: string, range?: ByteRange) {
+      assertKey(key, "get");
+      const local = await fromCopy(key, range);
+      if (local) return local;
+      const body = await remote.get(key, range);
+      if (body) want(key);
+      return body;
+    },
+    peek: (key) => remote.peek(key),
+    keepsUpTo: remote.keepsUpTo,
+    stat: (key) => remote.stat(key),
+    async delete(key: string) {
+      assertKey(key, "delete");
+      change(key);
+      waiting.delete(key);
+      await drop(key);
+      try {
+        await remote.delete(key);
+      } finally {
+        change(key);
+        await drop(key);
+      }
+    },
+    list: (prefix) => remote.list(prefix),
+    async presignGet(key: string, expiresSeconds: number) {
+      assertKey(key, "presignGet");
+      if (held.has(key)) return null;
+      const url = await remote.presignGet(key, expiresSeconds);
+      if (url) want(key);
+      return url;
+    },
+    async check() {
+      await remote.check();
+      await copies.check();
+    },
+    settled: () =>
+      new Promise<void>((resolve) => {
+        idle.push(resolve);
+        wake();
+      }),
+    get heldBytes() {
+      return heldBytes;
+    },
+  };
+}
