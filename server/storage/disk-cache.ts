@@ -55,26 +55,35 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     heldBytes += copy.size;
   }
 
-  // Puts and deletes of a key counted since start, so that a copy begun before one is not kept.
+  // Puts and deletes, numbered when they begin and when they end, with the last number of each key among
+  // the most recent (`forgotten`: the newest number dropped from there): a copy begun before a change of its
+  // key, or before one that may have been, is not kept.
   let changes = 0;
   const changedAt = new Map<string, number>();
+  let forgotten = 0;
   const change = (key: string) => {
     changes++;
     changedAt.delete(key);
     changedAt.set(key, changes);
-    if (changedAt.size > 4096) changedAt.delete(changedAt.keys().next().value!);
+    if (changedAt.size > 4096) {
+      const [oldest, number] = changedAt.entries().next().value!;
+      changedAt.delete(oldest);
+      forgotten = number;
+    }
   };
-  // A key's change may have been dropped from changedAt: then any copy begun before the oldest one kept
-  // there is distrusted.
-  const oldestKept = () => (changedAt.size === 0 ? 0 : changedAt.values().next().value!);
+  const changedSince = (key: string, seen: number) => forgotten > seen || (changedAt.get(key) ?? 0) > seen;
 
+  /** Forgets key's copy (at once: `held` says what may be served) and removes its file. */
   const drop = async (key: string) => {
     const size = held.get(key);
     if (size !== undefined) {
       held.delete(key);
       heldBytes -= size;
     }
-    await copies.delete(key);
+    // A file that cannot be removed is no longer served; a put or delete of the bucket goes on.
+    await copies.delete(key).catch((error: unknown) => {
+      options.log?.warn({ err: error, key }, "could not remove a copy from the disk cache");
+    });
   };
 
   const evict = async () => {
@@ -100,9 +109,8 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     const body = await remote.get(key);
     if (!body) return;
     await copies.put(key, body, { size: info.size });
-    const changed = (changedAt.get(key) ?? 0) > seen || (changedAt.size >= 4096 && oldestKept() > seen);
-    if (changed || held.has(key)) {
-      if (changed) await copies.delete(key);
+    if (changedSince(key, seen)) {
+      await drop(key);
       return;
     }
     held.set(key, info.size);
@@ -134,13 +142,15 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     pump();
   };
 
-  /** The copy of key made the most recently read, or null when there is none (or it vanished). */
+  /** The copy of key, made the most recently read; null when there is none (or its file vanished). */
   const fromCopy = async (key: string, range?: ByteRange): Promise<Readable | null> => {
     const size = held.get(key);
     if (size === undefined) return null;
     held.delete(key);
     held.set(key, size);
-    return copies.get(key, range);
+    const body = await copies.get(key, range);
+    if (!body) await drop(key);
+    return body;
   };
 
   return {

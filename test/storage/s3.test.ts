@@ -377,6 +377,11 @@ if (!service) {
       for (const i of [1, 3, 4, 5]) assert.ok(await copied(`e${i}`), `e${i} kept`);
       assert.equal(await copied("e2"), false, "e2 went first");
       assert.equal(storage.heldBytes, 4000);
+      // A copy whose file vanished behind its back: read from the bucket, and no longer taken for a copy.
+      await storage.settled();
+      await rm(join(root, "e5"));
+      assert.deepEqual(await readAll(await storage.get("e5")), bytesOf(1000, 5));
+      assert.equal(storage.heldBytes, 3000);
       await storage.settled();
       await storage.put("large", Readable.from([bytesOf(2001, 9)]));
       await readAll(await storage.get("large"));
