@@ -118,8 +118,8 @@ function openSqlite(file: string): Database {
   let revision = 0;
   // data_version is asked at most once per DATA_VERSION_EVERY_MS: each ask locks the WAL index (two fcntl
   // calls, ~20 µs of a narinfo or NAR request on this VM: session 17's profile), and a server busy with
-  // requests asks for every one. Only other processes' commits wait for it; this process's own turn the
-  // revision at once (transaction).
+  // requests asks for every one. Only other processes' commits wait for it; this process's own commits turn
+  // the revision at once (transaction).
   let askedAt = Number.NEGATIVE_INFINITY;
   return {
     dialect: "sqlite",
@@ -171,10 +171,10 @@ const LISTEN_RETRY_MS = 1_000;
 /**
  * PostgreSQL's revision: one connection outside the pool LISTENs on COMMIT_CHANNEL, and every notification
  * of another replica's commit turns the revision, as do this process's own commits (`turn`, at once; its
- * own notifications, which carry its id, are not counted again) and a timer. The listener connecting, or losing its connection, turns
- * it too: nothing heard while not listening can be trusted, and revision() is undefined meanwhile (the
- * repository then keeps rows for their second only and remembers no absent ones, as it does without a
- * revision). A notification takes a round trip to arrive: a replica may answer from what it read for that
+ * own notifications, which carry its id, are not counted again) and a timer. The listener connecting, or
+ * losing its connection, turns it too: nothing heard while not listening can be trusted, and revision() is
+ * undefined meanwhile (the repository then keeps rows for their second only and remembers no absent ones,
+ * as it does without a revision). A notification takes a round trip to arrive: a replica may answer from what it read for that
  * long after another's commit. Behind a pooler in transaction mode LISTEN hears nothing; the timer bounds
  * what is missed to REVISION_MAX_AGE_MS there too.
  */
@@ -202,7 +202,7 @@ function listenForCommits(url: string, maxAgeMs: number) {
     }
   };
   const connect = async (): Promise<void> => {
-    const c = new pg.Client({ connectionString: url, keepAlive: true });
+    const c = new pg.Client({ connectionString: url, keepAlive: true, connectionTimeoutMillis: 10_000 });
     client = c;
     c.on("notification", (message) => {
       if (message.payload !== self) revision++;
