@@ -343,6 +343,36 @@ export function createServerMetrics(build: { version: string; database: string; 
 
 export type ServerMetrics = ReturnType<typeof createServerMetrics>;
 
+/**
+ * The S3 disk cache's state (storage/disk-cache.ts), sampled at scrape time: `sample` returns the bytes and
+ * number of copies held, and the copies made and failed since start.
+ */
+export function watchDiskCache(
+  metrics: ServerMetrics,
+  sample: () => { bytes: number; copies: number; made: number; failed: number },
+): void {
+  const { registry } = metrics;
+  const bytes = registry.gauge("nixstash_s3_disk_cache_bytes", "Bytes of NAR copies on this server's disk.");
+  const copies = registry.gauge("nixstash_s3_disk_cache_copies", "NAR copies on this server's disk.");
+  const made = registry.counter(
+    "nixstash_s3_disk_cache_copies_made_total",
+    "Objects copied from the bucket to this server's disk.",
+  );
+  const failed = registry.counter(
+    "nixstash_s3_disk_cache_copy_failures_total",
+    "Copies from the bucket to this server's disk that failed.",
+  );
+  let seen = { made: 0, failed: 0 };
+  registry.beforeRender(() => {
+    const now = sample();
+    bytes.set(undefined, now.bytes);
+    copies.set(undefined, now.copies);
+    made.inc(undefined, now.made - seen.made);
+    failed.inc(undefined, now.failed - seen.failed);
+    seen = now;
+  });
+}
+
 /** What a garbage collection reports to the metrics (dry runs count as runs and free nothing). */
 export interface GcRunFacts {
   freedBytes: number;

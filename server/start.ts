@@ -14,13 +14,13 @@ import { openDatabase } from "./db/database.ts";
 import { createRepo } from "./db/repo.ts";
 import { createDecoderPool } from "./decode-pool.ts";
 import { createLifecycle } from "./lifecycle.ts";
-import { createServerMetrics } from "./metrics.ts";
+import { createServerMetrics, watchDiskCache } from "./metrics.ts";
 import { installFastLane } from "./routes/fast-lane.ts";
 import { nixFastReads } from "./routes/nix.ts";
 import { createRequestRecorder, createRequestScope } from "./routes/request-log.ts";
 import { createSecretBox, loadServerSecret } from "./secrets.ts";
 import { sendfileUnavailable } from "./sendfile.ts";
-import { withDiskCache } from "./storage/disk-cache.ts";
+import { isDiskCached, withDiskCache } from "./storage/disk-cache.ts";
 import { createLocalStorage } from "./storage/local.ts";
 import { createS3Storage } from "./storage/s3.ts";
 import type { Storage } from "./storage/storage.ts";
@@ -95,6 +95,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       publicUrl: config.publicUrl ?? "",
     },
   };
+  if (isDiskCached(storage) && ctx.metrics) watchDiskCache(ctx.metrics, () => storage.stats());
   const first = await bootstrap({
     ctx,
     input: { defaultCache: config.defaultCache, dataDir: config.dataDir },

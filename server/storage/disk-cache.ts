@@ -31,11 +31,25 @@ export interface DiskCacheOptions {
   log?: Pick<Logger, "warn">;
 }
 
+export interface DiskCacheStats {
+  /** Bytes of copies held now, and how many. */
+  bytes: number;
+  copies: number;
+  /** Copies made, and copies that failed (the bucket or the disk refused), since start. */
+  made: number;
+  failed: number;
+}
+
 export interface DiskCachedStorage extends Storage {
   /** Resolves once no copy is being made or waiting to be (tests). */
   settled(): Promise<void>;
   /** Bytes of copies held now. */
   readonly heldBytes: number;
+  stats(): DiskCacheStats;
+}
+
+export function isDiskCached(storage: Storage): storage is DiskCachedStorage {
+  return typeof (storage as Partial<DiskCachedStorage>).stats === "function";
 }
 
 export async function withDiskCache(remote: Storage, options: DiskCacheOptions): Promise<DiskCachedStorage> {
@@ -94,6 +108,9 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     }
   };
 
+  let made = 0;
+  let failed = 0;
+
   // Copies to make, and those being made.
   const waiting = new Set<string>();
   const filling = new Set<string>();
@@ -115,6 +132,7 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     }
     held.set(key, info.size);
     heldBytes += info.size;
+    made++;
     await evict();
   };
 
@@ -124,9 +142,10 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
       waiting.delete(key);
       filling.add(key);
       fill(key)
-        .catch((error: unknown) =>
-          options.log?.warn({ err: error, key }, "could not copy an object to the disk cache"),
-        )
+        .catch((error: unknown) => {
+          failed++;
+          options.log?.warn({ err: error, key }, "could not copy an object to the disk cache");
+        })
         .finally(() => {
           filling.delete(key);
           pump();
@@ -211,5 +230,6 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     get heldBytes() {
       return heldBytes;
     },
+    stats: () => ({ bytes: heldBytes, copies: held.size, made, failed }),
   };
 }

@@ -698,6 +698,13 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
       for (const name of ["content-type", "content-length", "cache-control"])
         assert.equal(sent.headers.get(name), slow.headers.get(name), name);
       assert.equal(total(handoffsOf(server!)), before, "the connection stayed in the lane");
+      // What /metrics says of the disk cache.
+      const metrics = await (await fetch(`${server!.url}/metrics`)).text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1]);
+      assert.equal(value("nixstash_s3_disk_cache_copies"), 1);
+      assert.equal(value("nixstash_s3_disk_cache_bytes"), sent.bytes.length);
+      assert.equal(value("nixstash_s3_disk_cache_copies_made_total"), 1);
+      assert.equal(value("nixstash_s3_disk_cache_copy_failures_total"), 0);
     } finally {
       c.close();
       await start();
