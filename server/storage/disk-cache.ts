@@ -18,6 +18,7 @@ import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
+import { KeyChanges } from "./key-changes.ts";
 import { createLocalStorage } from "./local.ts";
 import { assertKey, type ByteRange, type PutOptions, type Storage } from "./storage.ts";
 
@@ -43,8 +44,6 @@ export interface DiskCacheStats {
 export interface DiskCachedStorage extends Storage {
   /** Resolves once no copy is being made or waiting to be (tests). */
   settled(): Promise<void>;
-  /** Bytes of copies held now. */
-  readonly heldBytes: number;
   stats(): DiskCacheStats;
 }
 
@@ -69,23 +68,8 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     heldBytes += copy.size;
   }
 
-  // Puts and deletes, numbered when they begin and when they end, with the last number of each key among
-  // the most recent (`forgotten`: the newest number dropped from there): a copy begun before a change of its
-  // key, or before one that may have been, is not kept.
-  let changes = 0;
-  const changedAt = new Map<string, number>();
-  let forgotten = 0;
-  const change = (key: string) => {
-    changes++;
-    changedAt.delete(key);
-    changedAt.set(key, changes);
-    if (changedAt.size > 4096) {
-      const [oldest, number] = changedAt.entries().next().value!;
-      changedAt.delete(oldest);
-      forgotten = number;
-    }
-  };
-  const changedSince = (key: string, seen: number) => forgotten > seen || (changedAt.get(key) ?? 0) > seen;
+  // A copy begun before a put or delete of its key ended is not kept (KeyChanges).
+  const changes = new KeyChanges(4096);
 
   /** Forgets key's copy (at once: `held` says what may be served) and removes its file. */
   const drop = async (key: string) => {
@@ -120,13 +104,13 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
   };
 
   const fill = async (key: string) => {
-    const seen = changes;
+    const seen = changes.count;
     const info = await remote.stat(key);
     if (!info || info.size > largest) return;
     const body = await remote.get(key);
     if (!body) return;
     await copies.put(key, body, { size: info.size });
-    if (changedSince(key, seen)) {
+    if (changes.changedSince(key, seen)) {
       await drop(key);
       return;
     }
@@ -176,14 +160,14 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     kind: remote.kind,
     async put(key: string, body: NodeJS.ReadableStream | Readable, opts?: PutOptions) {
       assertKey(key, "put");
-      change(key);
+      changes.change(key);
       waiting.delete(key);
       await drop(key);
       try {
         return await remote.put(key, body, opts);
       } finally {
         // A copy made while the put was on its way may hold the older bytes.
-        change(key);
+        changes.change(key);
         await drop(key);
       }
     },
@@ -200,13 +184,13 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     stat: (key) => remote.stat(key),
     async delete(key: string) {
       assertKey(key, "delete");
-      change(key);
+      changes.change(key);
       waiting.delete(key);
       await drop(key);
       try {
         await remote.delete(key);
       } finally {
-        change(key);
+        changes.change(key);
         await drop(key);
       }
     },
@@ -227,9 +211,6 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
         idle.push(resolve);
         wake();
       }),
-    get heldBytes() {
-      return heldBytes;
-    },
     stats: () => ({ bytes: heldBytes, copies: held.size, made, failed }),
   };
 }

@@ -23,6 +23,7 @@
 import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import type { Client } from "minio";
+import { KeyChanges } from "./key-changes.ts";
 import {
   bufferedBody,
   bufferedRange,
@@ -269,23 +270,11 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   const held = new SmallObjects<{ bytes: Buffer }>(options.recentBytes ?? RECENT_BYTES);
   /** Objects up to this size are kept (none when there is no memory for them). */
   const keepsUpTo = held.limit > 0 ? SMALL_OBJECT : 0;
-  // Puts and deletes, numbered when they begin and again when they end, with the number of the last one of
-  // each key among the most recent (bounded; `forgotten` is the newest number dropped from it): a whole read
-  // keeps nothing when its key changed since it began, or may have (see keepWhole); one that began while a
-  // put or delete of its key was on its way sees that put's or delete's end.
-  let changes = 0;
-  const changed = new Map<string, number>();
-  let forgotten = 0;
+  // What a whole read may keep (see keepWhole and KeyChanges).
+  const changes = new KeyChanges(1024);
   const change = (key: string) => {
     held.forget(key);
-    changes++;
-    changed.delete(key);
-    changed.set(key, changes);
-    if (changed.size > 1024) {
-      const [oldest, number] = changed.entries().next().value!;
-      changed.delete(oldest);
-      forgotten = number;
-    }
+    changes.change(key);
   };
   const presigner = options.publicEndPoint
     ? clientFor(Client, options.publicEndPoint, options, partSize)
@@ -473,7 +462,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     const known = held.use(key);
     if (known) return bufferedRange(known.bytes, range);
     const name = nameOf(key);
-    const seen = changes;
+    const seen = changes.count;
     try {
       if (!range || (range.start === 0 && range.end === undefined)) {
         const body = await client.getObject(bucket, name);
@@ -499,8 +488,8 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
 
   /**
    * A small object read whole, kept, and handed over as one buffered body. Not kept when a put or delete of
-   * its key began since the read did (`seen`, the number of changes then): the bytes read may be older than
-   * what that put left.
+   * its key began or ended since the read began (`seen`, changes.count then): the bytes read may be older
+   * than what that put left.
    */
   async function keepWhole(key: string, body: Readable, seen: number): Promise<Readable> {
     const chunks: Buffer[] = [];
@@ -510,7 +499,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
       throw fail("get", key, err);
     }
     const bytes = ownBytes(Buffer.concat(chunks));
-    if (forgotten <= seen && (changed.get(key) ?? 0) <= seen) held.remember(key, { bytes });
+    if (!changes.changedSince(key, seen)) held.remember(key, { bytes });
     return bufferedBody(bytes);
   }
 

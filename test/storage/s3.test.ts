@@ -320,7 +320,7 @@ if (!service) {
       await storage.put("nar/big", Readable.from([big]));
       assert.ok(await storage.presignGet("nar/big", 60), "no copy yet: a redirect to the bucket");
       await storage.settled();
-      assert.equal(storage.heldBytes, big.length);
+      assert.equal(storage.stats().bytes, big.length);
       assert.equal(await storage.presignGet("nar/big", 60), null, "a copy: served from here");
       // Gone from the bucket behind the driver's back: the copy still answers (which shows where bytes come from).
       await client.removeObject(bucket, "nar/big");
@@ -330,7 +330,7 @@ if (!service) {
         big.subarray(10, 20),
       );
       const again = await cached(bucket, 10 * MiB, root);
-      assert.equal(again.storage.heldBytes, big.length, "copies found at start");
+      assert.equal(again.storage.stats().bytes, big.length, "copies found at start");
       assert.deepEqual(await readAll(await again.storage.get("nar/big")), big);
       await rm(root, { recursive: true, force: true });
     });
@@ -347,7 +347,7 @@ if (!service) {
       assert.deepEqual(await readAll(await storage.get("k")), bytesOf(1000, 2));
       await storage.delete("k");
       assert.equal(await storage.get("k"), null);
-      assert.equal(storage.heldBytes, 0);
+      assert.equal(storage.stats().bytes, 0);
       // A copy being made when a put of its key begins: the bytes it read may be the older ones.
       await storage.put("r", Readable.from([bytesOf(2 * MiB, 3)]));
       assert.deepEqual(await readAll(await storage.get("r")), bytesOf(2 * MiB, 3)); // starts the copy
@@ -376,12 +376,12 @@ if (!service) {
       const copied = async (key: string) => (await storage.presignGet(key, 60)) === null;
       for (const i of [1, 3, 4, 5]) assert.ok(await copied(`e${i}`), `e${i} kept`);
       assert.equal(await copied("e2"), false, "e2 went first");
-      assert.equal(storage.heldBytes, 4000);
+      assert.equal(storage.stats().bytes, 4000);
       // A copy whose file vanished behind its back: read from the bucket, and no longer taken for a copy.
       await storage.settled();
       await rm(join(root, "e5"));
       assert.deepEqual(await readAll(await storage.get("e5")), bytesOf(1000, 5));
-      assert.equal(storage.heldBytes, 3000);
+      assert.equal(storage.stats().bytes, 3000);
       await storage.settled();
       await storage.put("large", Readable.from([bytesOf(2001, 9)]));
       await readAll(await storage.get("large"));
