@@ -181,7 +181,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
   // trusted as S3's are (s3.ts): nixstash never rewrites a key (every NAR and log goes under a fresh random
   // key, and its database row goes before its file), and put and delete forget a key when they are done.
   // Something else rewriting files under the root in place would be served stale bytes: set recentBytes to 0.
-  const recent = new SmallObjects<{ bytes: Buffer }>(options.recentBytes ?? RECENT_BYTES);
+  const recent = new SmallObjects(options.recentBytes ?? RECENT_BYTES);
   const forget = (key: string) => recent.forget(key);
 
   async function put(
@@ -329,7 +329,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     assertKey(key, "get");
     if (range) assertRange(range, key);
     const known = recent.use(key);
-    if (known) return bufferedRange(known.bytes, range);
+    if (known) return bufferedRange(known, range);
     // Opened, measured and (when small) read synchronously: most NARs are a few KiB, and four thread-pool
     // round trips (open, fstat, read, close) made a small NAR request twice as slow as a narinfo (issue 7).
     // These are page-cache operations of microseconds; nginx serves files with the same blocking calls.
@@ -363,7 +363,7 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
         }
         closeSync(fd);
         const got = bytes.subarray(0, filled);
-        if (start === 0 && filled === info.size) recent.remember(key, { bytes: got });
+        if (start === 0 && filled === info.size) recent.remember(key, got);
         return bufferedBody(got);
       }
     } catch (err) {
@@ -454,8 +454,8 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     kind: "local",
     put,
     get,
-    peek: (key) => recent.use(key)?.bytes,
-    keepsUpTo: recent.limit > 0 ? SMALL_OBJECT : 0,
+    peek: (key) => recent.use(key),
+    keepsUpTo: recent.keepsUpTo,
     stat: statKey,
     delete: deleteKey,
     list,

@@ -24,14 +24,7 @@ import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import type { Client } from "minio";
 import { KeyChanges } from "./key-changes.ts";
-import {
-  bufferedBody,
-  bufferedRange,
-  ownBytes,
-  RECENT_BYTES,
-  SMALL_OBJECT,
-  SmallObjects,
-} from "./small-objects.ts";
+import { bufferedBody, bufferedRange, ownBytes, RECENT_BYTES, SmallObjects } from "./small-objects.ts";
 import {
   abortedError,
   asReadable,
@@ -267,9 +260,8 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
   /** Part buffers of `partSize` between puts (see BufferPool). */
   const spareParts: Buffer[] = [];
   /** Small objects written or read whole by this process (see the header). */
-  const held = new SmallObjects<{ bytes: Buffer }>(options.recentBytes ?? RECENT_BYTES);
-  /** Objects up to this size are kept (none when there is no memory for them). */
-  const keepsUpTo = held.limit > 0 ? SMALL_OBJECT : 0;
+  const held = new SmallObjects(options.recentBytes ?? RECENT_BYTES);
+  const keepsUpTo = held.keepsUpTo;
   // What a whole read may keep (see keepWhole and KeyChanges).
   const changes = new KeyChanges(1024);
   const change = (key: string) => {
@@ -389,7 +381,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
             // Counted again now that it is done (a read begun meanwhile may have read the older bytes), and
             // then the new bytes kept.
             change(key);
-            if (part.bytes.length <= keepsUpTo) held.remember(key, { bytes: ownBytes(part.bytes) });
+            if (part.bytes.length <= keepsUpTo) held.remember(key, ownBytes(part.bytes));
             doneChanging = true;
             if (part.buffer) pool.give(part.buffer);
             return { size: total };
@@ -460,7 +452,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     assertKey(key, "get");
     if (range) assertRange(range, key);
     const known = held.use(key);
-    if (known) return bufferedRange(known.bytes, range);
+    if (known) return bufferedRange(known, range);
     const name = nameOf(key);
     const seen = changes.count;
     try {
@@ -499,7 +491,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
       throw fail("get", key, err);
     }
     const bytes = ownBytes(Buffer.concat(chunks));
-    if (!changes.changedSince(key, seen)) held.remember(key, { bytes });
+    if (!changes.changedSince(key, seen)) held.remember(key, bytes);
     return bufferedBody(bytes);
   }
 
@@ -596,13 +588,11 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     if (!exists) throw new StorageError("check", undefined, `s3 bucket ${bucket} does not exist`);
   }
 
-  const peek = (key: string): Buffer | undefined => held.use(key)?.bytes;
-
   return {
     kind: "s3",
     put,
     get,
-    peek,
+    peek: (key) => held.use(key),
     keepsUpTo,
     stat: statKey,
     delete: deleteKey,

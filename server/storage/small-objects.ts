@@ -12,33 +12,38 @@ export const RECENT_BYTES = 16 * 1024 * 1024;
 /** About what an entry costs in memory besides its bytes (key, map entry, record, Buffer). */
 const ENTRY_COST = 256;
 
-export class SmallObjects<T extends { bytes: Buffer }> {
-  readonly #entries = new Map<string, T>();
+export class SmallObjects {
+  readonly #entries = new Map<string, Buffer>();
   #size = 0;
 
   constructor(readonly limit: number) {}
 
+  /** Objects up to this size are kept: SMALL_OBJECT, or 0 with no memory for them (Storage.keepsUpTo). */
+  get keepsUpTo(): number {
+    return this.limit > 0 ? SMALL_OBJECT : 0;
+  }
+
   /** Counted with what an entry costs besides its bytes, so that many tiny objects stay within the limit too. */
-  static #sizeOf(entry: { bytes: Buffer }): number {
-    return entry.bytes.length + ENTRY_COST;
+  static #sizeOf(bytes: Buffer): number {
+    return bytes.length + ENTRY_COST;
   }
 
-  /** The entry under key, made the most recently used. */
-  use(key: string): T | undefined {
-    const entry = this.#entries.get(key);
-    if (entry) {
+  /** The bytes under key, made the most recently used. */
+  use(key: string): Buffer | undefined {
+    const bytes = this.#entries.get(key);
+    if (bytes) {
       this.#entries.delete(key);
-      this.#entries.set(key, entry);
+      this.#entries.set(key, bytes);
     }
-    return entry;
+    return bytes;
   }
 
-  /** Keeps entry under key (replacing any), dropping the least recently used past the limit. */
-  remember(key: string, entry: T): void {
+  /** Keeps bytes under key (replacing any), dropping the least recently used past the limit. */
+  remember(key: string, bytes: Buffer): void {
     this.forget(key);
-    if (entry.bytes.length > SMALL_OBJECT || SmallObjects.#sizeOf(entry) > this.limit) return;
-    this.#entries.set(key, entry);
-    this.#size += SmallObjects.#sizeOf(entry);
+    if (bytes.length > SMALL_OBJECT || SmallObjects.#sizeOf(bytes) > this.limit) return;
+    this.#entries.set(key, bytes);
+    this.#size += SmallObjects.#sizeOf(bytes);
     for (const [oldest, old] of this.#entries) {
       if (this.#size <= this.limit) break;
       this.#entries.delete(oldest);
@@ -47,10 +52,10 @@ export class SmallObjects<T extends { bytes: Buffer }> {
   }
 
   forget(key: string): void {
-    const entry = this.#entries.get(key);
-    if (!entry) return;
+    const bytes = this.#entries.get(key);
+    if (!bytes) return;
     this.#entries.delete(key);
-    this.#size -= SmallObjects.#sizeOf(entry);
+    this.#size -= SmallObjects.#sizeOf(bytes);
   }
 }
 
