@@ -902,6 +902,10 @@ export function createRepo(database: Database) {
     async presentHashes(cacheId: number, hashes: readonly string[]): Promise<Set<string>> {
       return presentHashes(db, cacheId, hashes);
     },
+    /** narByFileHash without waiting: the remembered row, null when it is known absent, undefined when unknown. */
+    peekNarByFileHash(cacheId: number, fileHash: string): NarRow | null | undefined {
+      return peekRow(narKey(cacheId, fileHash));
+    },
     /** A NAR this cache serves, by the FileHash in its narinfo URL. */
     async narByFileHash(cacheId: number, fileHash: string): Promise<NarRow | undefined> {
       return rememberRow(

@@ -13,6 +13,7 @@ import { checkCacheInfo, narKnown, putNarInfo, stageNarUpload } from "../verbs/n
 import {
   cacheInfoText,
   findNar,
+  heldNar,
   listingText,
   narInfoText,
   openLog,
@@ -232,6 +233,18 @@ function readHotNow(
 }
 
 /**
+ * readNarFast without waiting, for an anonymous caller: a public cache's NAR whose row is remembered and
+ * whose bytes storage holds in memory (heldNar), else undefined. The small NARs of a warm cache (most of a
+ * closure's paths) are answered this way, without a promise or a stream.
+ */
+function readNarNow(ctx: Context, input: { cacheName: string; file: string }) {
+  const cache = ctx.repo.peekCacheByName(input.cacheName);
+  if (!cache?.public) return undefined;
+  const body = heldNar({ ctx, input: { cache, file: input.file } });
+  return body ? { cache, body } : undefined;
+}
+
+/**
  * A NAR GET for the fast lane, read as the NAR route reads it (same cache, authorisation, row and access
  * record): its bytes (a small NAR, read whole or held in memory), the file to send (local storage), or where
  * to redirect (S3). Undefined (and nothing recorded) for what the route must answer: a NAR it does not know,
@@ -349,11 +362,30 @@ export function nixFastReads(
     );
   };
   /** A NAR GET without a range: answered once read or redirected (in flight meanwhile). */
-  const nar = (request: FastRequest): Promise<FastAnswer | undefined> | undefined => {
+  const nar = (request: FastRequest): FastAnswer | Promise<FastAnswer | undefined> | undefined => {
     if (request.method !== "GET" || request.range) return undefined;
     const match = FAST_NAR.exec(request.target);
     if (!match) return undefined;
     const started = performance.now();
+    const now = request.authorization
+      ? undefined
+      : readNarNow(ctx, { cacheName: match[1]!, file: match[2]! });
+    // Answered before this call returns, as a remembered narinfo is (below): not counted in flight.
+    if (now)
+      return answered(
+        request,
+        {
+          status: 200,
+          contentType: NAR_TYPE,
+          headers: NAR_HEADERS,
+          body: now.body,
+          route: "/:cache/nar/:file",
+          cache: now.cache.name,
+          size: now.body.length,
+        },
+        started,
+        NOTHING,
+      );
     const end = inFlight();
     return readNarFast(ctx, {
       cacheName: match[1]!,

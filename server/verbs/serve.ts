@@ -89,6 +89,20 @@ export async function findNar({ ctx, input }: { ctx: Context; input: { cache: Ca
   return nar && nar.compression === named.compression ? nar : undefined;
 }
 
+/**
+ * A NAR's bytes without waiting, as findNar and openNar would give them: when the repository remembers its
+ * row and storage holds its bytes in memory (the read recorded as openNar records it); undefined otherwise.
+ */
+export function heldNar({ ctx, input }: { ctx: Context; input: { cache: CacheRow; file: string } }) {
+  const named = parseNarFileName(input.file);
+  if ("problem" in named) return undefined;
+  const nar = ctx.repo.peekNarByFileHash(input.cache.id, named.fileHash);
+  if (!nar || nar.compression !== named.compression) return undefined;
+  const held = ctx.storage.peek(nar.storageKey);
+  if (held) ctx.access?.nar(input.cache.id, nar.id, nar.fileSize);
+  return held;
+}
+
 export type NarBody =
   | { kind: "redirect"; url: string }
   | { kind: "stream"; body: Readable; size: number; range?: { start: number; end: number } };

@@ -10,6 +10,9 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { formatHash } from "../../nix/index.ts";
 import { parseConfig } from "../../server/config.ts";
+import { createLifecycle } from "../../server/lifecycle.ts";
+import type { FastRequest } from "../../server/routes/fast-lane.ts";
+import { nixFastReads } from "../../server/routes/nix.ts";
 import { sendfileCounts } from "../../server/sendfile.ts";
 import { type RunningServer, startServer } from "../../server/start.ts";
 import { freshS3 } from "../support/harness.ts";
@@ -473,6 +476,42 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
       } finally {
         other.close();
       }
+    }
+  });
+
+  it("answers a NAR it remembers and holds in memory at once, without a promise", async () => {
+    const narUrl = `/main/${/^URL: (.*)$/m.exec(await (await slowLane(narinfoPath)).text())![1]}`;
+    const c = new RawClient(port);
+    try {
+      // A substituter's pair: the narinfo (its row carries the NAR's), then the NAR (now held in memory).
+      c.write(get(narinfoPath) + get(narUrl));
+      assert.equal((await c.read()).status, 200);
+      const sent = await c.read();
+      assert.equal(sent.status, 200);
+      const answer = nixFastReads(server.ctx, { lifecycle: createLifecycle(), recorder: () => {} });
+      const request: FastRequest = {
+        method: "GET",
+        target: narUrl,
+        authorization: undefined,
+        requestId: undefined,
+        userAgent: undefined,
+        remoteAddress: undefined,
+        range: false,
+      };
+      const now = answer(request);
+      assert.ok(now && !(now instanceof Promise), "answered before the call returns");
+      assert.equal(now.status, 200);
+      assert.ok(Buffer.isBuffer(now.body) && now.body.equals(sent.bytes), "the bytes the socket got");
+      assert.equal(now.headers?.["cache-control"], sent.headers.get("cache-control"));
+      // A caller with credentials is identified first (a promise), as is a cache that is not public.
+      const withToken = answer({ ...request, authorization: `Bearer ${pullToken}` });
+      assert.ok(withToken instanceof Promise);
+      await withToken;
+      const secret = answer({ ...request, target: narUrl.replace("/main/", "/secret/") });
+      assert.ok(secret instanceof Promise);
+      assert.equal(await secret, undefined, "anonymous on a private cache: the route's 401");
+    } finally {
+      c.close();
     }
   });
 
