@@ -39,4 +39,4 @@ HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \
 # SIGTERM drains: in-flight uploads and downloads get NIXSTASH_SHUTDOWN_TIMEOUT (default 30 s) to finish.
 STOPSIGNAL SIGTERM
 # The Node options of `npm start` (package.json; test/ops/compose.test.ts keeps the two equal).
-CMD ["node", "--enable-source-maps", "--max-semi-space-size=4", "server/dist/main.mjs"]
+CMD ["node", "--enable-source-maps", "--max-semi-space-size=4", "--expose-gc", "server/dist/main.mjs"]

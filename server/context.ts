@@ -7,6 +7,7 @@ import type { ServerMetrics } from "./metrics.ts";
 import type { SecretBox } from "./secrets.ts";
 import type { Storage } from "./storage/storage.ts";
 import type { AccessLog } from "./verbs/access-log.ts";
+import type { BodyBytesSeen } from "./young-garbage.ts";
 
 export interface ServerSettings {
   /** zstd level for NARs the server compresses itself. */
@@ -33,4 +34,6 @@ export interface Context {
   metrics?: ServerMetrics | undefined;
   /** Worker threads that decode zstd upload bodies; absent: uploads decode on the main thread. */
   decoders?: DecoderPool | undefined;
+  /** Told the upload body bytes taken in, so their dead Buffers are collected as they go (young-garbage.ts). */
+  bodyBytesSeen?: BodyBytesSeen | undefined;
 }

@@ -27,6 +27,7 @@ import type { Storage } from "./storage/storage.ts";
 import { startBackgroundJobs } from "./verbs/background.ts";
 import { type BootstrapResult, bootstrap } from "./verbs/bootstrap.ts";
 import { removeAbandonedUploads } from "./verbs/cleanup.ts";
+import { youngGarbageCollector } from "./young-garbage.ts";
 
 const CLEANUP_INTERVAL_MS = 60 * 60 * 1000;
 
@@ -83,6 +84,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     clock: Date.now,
     // One decoder per core beyond the main thread's: with two cores, one upload's decoding runs beside it.
     decoders: createDecoderPool({ size: Math.max(1, availableParallelism() - 1), log }),
+    bodyBytesSeen: youngGarbageCollector(),
     metrics: createServerMetrics({
       version: packageVersion(),
       database: database.dialect,

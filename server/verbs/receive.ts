@@ -13,6 +13,7 @@ import { ZstdNarDecoder } from "../decode-pool.ts";
 import { AppError, badRequest } from "../errors.ts";
 import { NarCheck, NarTooLong, type VerifiedNar } from "../nar-check.ts";
 import { FeedTap, HashTap, pipeInto, TeeTap } from "../streams.ts";
+import type { BodyBytesSeen } from "../young-garbage.ts";
 
 // An uncompressed body is compressed by zstd's own threads (ZSTD_c_nbWorkers), off the event loop, so
 // compression and the socket, NarReader and hashing on the main thread use both cores of a small machine.
@@ -58,6 +59,7 @@ export async function receiveNar({
   // (on a worker, or here), so it needs none.
   const check = input.compression === "zstd" ? undefined : new NarCheck(input.narSizeLimit);
   const feed = (into: NarCheck) => new FeedTap((chunk) => into.update(chunk));
+  const seen = ctx.bodyBytesSeen;
   // What is stored is about as long as the body (a compressed body is stored as sent) or at most about the
   // NAR (zstd of a plain one): either size lets S3 pick parts big enough for NARs past 10,000 default parts.
   const known = [input.narSizeLimit, input.bodySize].filter((n): n is number => n !== undefined);
@@ -65,7 +67,7 @@ export async function receiveNar({
   const store = (output: Readable) =>
     ctx.storage.put(input.storageKey, output, sizeHint === undefined ? {} : { sizeHint });
   // An uncompressed body is the NAR itself: the check's NarHash is its FileHash, so it is hashed once.
-  const receivedTap = input.compression === "none" ? undefined : new HashTap();
+  const receivedTap = input.compression === "none" ? undefined : new BodyTap(seen);
   const storedTap = receivedTap ?? new HashTap();
   let nar: VerifiedNar;
   try {
@@ -75,7 +77,11 @@ export async function receiveNar({
         nbWorkers: COMPRESSION_THREADS,
         jobSize: COMPRESSION_JOB_SIZE,
       });
-      await pipeInto(store, input.body, feed(check!), compress, storedTap);
+      const body = new FeedTap((chunk) => {
+        check!.update(chunk);
+        seen?.(chunk.length);
+      });
+      await pipeInto(store, input.body, body, compress, storedTap);
       nar = check!.finish();
     } else if (input.compression === "zstd") {
       // Stored as sent; a copy goes to a decoder that checks the NAR as it decodes it. zstd (what
@@ -151,4 +157,17 @@ function isDecoderError(code: string | undefined, message: string | undefined): 
   return /zstd|frame|corrupt|unknown header|format|bzip|bad magic|incorrect header|unexpected end|decompress|data error|LZMA/i.test(
     message ?? "",
   );
+}
+
+/** The HashTap of a compressed body, the first stage it passes: also tells `seen` the bytes taken in. */
+class BodyTap extends HashTap {
+  readonly #seen: BodyBytesSeen | undefined;
+  constructor(seen: BodyBytesSeen | undefined) {
+    super();
+    this.#seen = seen;
+  }
+  protected override see(chunk: Buffer): void {
+    super.see(chunk);
+    this.#seen?.(chunk.length);
+  }
 }
