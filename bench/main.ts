@@ -743,6 +743,9 @@ async function measure6Of(measure: string, workload: Workload, stacks: Stack[], 
         const netrc = join(TMP, "nix-push", "netrc");
         writeFileSync(netrc, `machine 127.0.0.1\nlogin nix\npassword ${peer.token}\n`, { mode: 0o600 });
         const pushEnv = nixEnvIn(join(TMP, "nix-push"), [`netrc-file = ${netrc}`]);
+        // Nix remembers which paths a cache URL has (30 days, in XDG_CACHE_HOME), and a fresh server can get
+        // the port of an earlier one: nix copy then skipped paths it believed pushed (run 3 of a full run).
+        rmSync(pushEnv.XDG_CACHE_HOME!, { recursive: true, force: true });
         const services0 = stack === "postgres+s3" ? servicesCpuSeconds() : 0;
         t0 = now();
         cpu0 = childrenCpuSeconds();
