@@ -1,10 +1,10 @@
 // Collecting an upload's dead Buffers as it goes. Every read of a request body is a new Buffer (node:http
 // allocates one per socket read, 64 KiB on a fast upload), dead as soon as the ingest pipeline has hashed,
 // parsed and compressed or stored it; its bytes live outside V8's heap. V8 frees them only when a
-// collection runs, and a streaming upload allocates little on the heap itself: its young generation fills
-// after hundreds of MiB, so the collection comes when the dead Buffers' own growth reaches V8's external
-// memory limit (64 MiB past the last collection). Measured on a 1 GiB upload (BENCHMARKS.md, session 18):
-// the process heap grew by 43-60 MB with that; with a young-generation collection every few MiB, by 14-27.
+// collection runs, and a streaming upload allocates little on the heap itself, so collections come late
+// (V8 also collects once external memory has grown by 64 MiB since the last one). Measured on a 1 GiB
+// upload (BENCHMARKS.md, session 18): the process heap (malloc) grew by 43-60 MB; with a young-generation
+// collection every few MiB, by 14-27.
 //
 // So the ingest reports the body bytes it has taken in, and every `everyBytes` of them this runs a young-
 // generation collection (a scavenge: ~0.1-1 ms, while a GiB of body arrives in seconds). It needs `gc`,

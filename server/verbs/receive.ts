@@ -77,11 +77,12 @@ export async function receiveNar({
         nbWorkers: COMPRESSION_THREADS,
         jobSize: COMPRESSION_JOB_SIZE,
       });
-      const body = new FeedTap((chunk) => {
+      // The body is the NAR: checked as it comes, and counted for the young-garbage collector.
+      const taken = new FeedTap((chunk) => {
         check!.update(chunk);
         seen?.(chunk.length);
       });
-      await pipeInto(store, input.body, body, compress, storedTap);
+      await pipeInto(store, input.body, taken, compress, storedTap);
       nar = check!.finish();
     } else if (input.compression === "zstd") {
       // Stored as sent; a copy goes to a decoder that checks the NAR as it decodes it. zstd (what
