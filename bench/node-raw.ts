@@ -10,12 +10,13 @@ import { openSync, readdirSync, readFileSync, statSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { FileBody } from "../server/file-body.ts";
-import { hasSendfile } from "../server/sendfile.ts";
+import { sendfileUnavailable } from "../server/sendfile.ts";
 
 const [root, port] = process.argv.slice(2);
 if (!root || !port) throw new Error("usage: node-raw.ts ROOT PORT");
 // Without the addon the large NARs would be copied, and this would not be the floor it claims to be.
-if (!hasSendfile) throw new Error("node-raw.ts: the sendfile addon is not built (npm ci builds it)");
+if (sendfileUnavailable)
+  throw new Error(`node-raw.ts: the sendfile addon did not load (npm ci builds it): ${sendfileUnavailable}`);
 
 const SMALL = 64 * 1024;
 const headOf = (type: string, length: number) =>

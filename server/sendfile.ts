@@ -35,7 +35,6 @@ function load(): { addon: Addon | undefined; error: string | undefined } {
 const loaded = load();
 /** Why the addon is not there (start.ts logs it once), or undefined when it is. */
 export const sendfileUnavailable = loaded.error;
-export const hasSendfile = loaded.addon !== undefined;
 
 export class SendfileError extends Error {
   constructor(readonly errno: number) {
