@@ -111,6 +111,9 @@ export interface Config {
 
 export class ConfigError extends Error {}
 
+/** The error for bad settings: one line per problem, each naming its variable. */
+const invalid = (lines: string[]) => new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
+
 export function parseConfig(source: Record<string, string | undefined>): Config {
   // Empty strings count as unset, as shells and compose files often produce them.
   const present = Object.fromEntries(Object.entries(source).filter(([, v]) => v !== undefined && v !== ""));
@@ -120,7 +123,7 @@ export function parseConfig(source: Record<string, string | undefined>): Config 
       const name = String(issue.path[0] ?? "environment");
       return `${name}=${JSON.stringify(present[name] ?? "")}: ${issue.message}`;
     });
-    throw new ConfigError(`invalid configuration:\n  ${lines.join("\n  ")}`);
+    throw invalid(lines);
   }
   const e = parsed.data;
   const dataDir = resolve(e.NIXSTASH_DATA_DIR);
@@ -142,9 +145,9 @@ export function parseConfig(source: Record<string, string | undefined>): Config 
 function storageConfig(e: z.infer<typeof env>, dataDir: string): StorageConfig {
   const url = e.NIXSTASH_STORAGE;
   if (!url?.startsWith("s3://") && e.NIXSTASH_S3_DISK_CACHE !== undefined) {
-    throw new ConfigError(
-      `invalid configuration:\n  NIXSTASH_S3_DISK_CACHE=${JSON.stringify(e.NIXSTASH_S3_DISK_CACHE)}: only with NIXSTASH_STORAGE=s3://… (local storage is on disk already)`,
-    );
+    throw invalid([
+      `NIXSTASH_S3_DISK_CACHE=${JSON.stringify(e.NIXSTASH_S3_DISK_CACHE)}: only with NIXSTASH_STORAGE=s3://… (local storage is on disk already)`,
+    ]);
   }
   if (!url) return { kind: "local", root: resolve(dataDir, "storage") };
   if (url.startsWith("file://"))
@@ -154,15 +157,11 @@ function storageConfig(e: z.infer<typeof env>, dataDir: string): StorageConfig {
   const bucket = slash < 0 ? rest : rest.slice(0, slash);
   const prefix = slash < 0 ? "" : rest.slice(slash + 1).replace(/^\/+|\/+$/g, "");
   if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-    throw new ConfigError(
-      `invalid configuration:\n  NIXSTASH_STORAGE=${JSON.stringify(url)}: bad bucket name "${bucket}"`,
-    );
+    throw invalid([`NIXSTASH_STORAGE=${JSON.stringify(url)}: bad bucket name "${bucket}"`]);
   }
   const missing = ["NIXSTASH_S3_ACCESS_KEY", "NIXSTASH_S3_SECRET_KEY"].filter((n) => !e[n as keyof typeof e]);
   if (missing.length > 0) {
-    throw new ConfigError(
-      `invalid configuration:\n  ${missing.map((n) => `${n}: required when NIXSTASH_STORAGE is s3://…`).join("\n  ")}`,
-    );
+    throw invalid(missing.map((n) => `${n}: required when NIXSTASH_STORAGE is s3://…`));
   }
   return {
     kind: "s3",

@@ -174,9 +174,9 @@ const LISTEN_RETRY_MS = 1_000;
  * own notifications, which carry its id, are not counted again) and a timer. The listener connecting, or
  * losing its connection, turns it too: nothing heard while not listening can be trusted, and revision() is
  * undefined meanwhile (the repository then keeps rows for their second only and remembers no absent ones,
- * as it does without a revision). A notification takes a round trip to arrive: a replica may answer from what it read for that
- * long after another's commit. Behind a pooler in transaction mode LISTEN hears nothing; the timer bounds
- * what is missed to REVISION_MAX_AGE_MS there too.
+ * as it does without a revision). A notification takes a round trip to arrive: a replica may answer from
+ * what it read for that long after another's commit. Behind a pooler in transaction mode LISTEN hears
+ * nothing; the timer bounds what is missed to REVISION_MAX_AGE_MS there too.
  */
 function listenForCommits(url: string, maxAgeMs: number) {
   /** The payload of this process's notifications: it turned the revision at its commits already. */
