@@ -363,22 +363,33 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       const twinNar = narRow();
       const twin1 = pathRow("batch-twin-1");
       const twin2 = pathRow("batch-twin-2");
-      const outcomes = await repo.commitPaths([
+      const items = [
         { path: base, nar: narRow() },
-        { path: onBase, nar: narRow() },
+        { path: onBase, nar: narRow({ listing: '{"version":1,"root":{"type":"symlink","target":"x"}}' }) },
         { path: orphan, nar: narRow() },
         { path: twin1, nar: twinNar },
         { path: twin2, nar: { ...twinNar, storageKey: `nar/${hash32()}.nar.zst` } },
         { path: base, nar: narRow() },
-      ]);
+      ];
+      await repo.addPendingUploads(items.map(({ nar }) => nar.storageKey));
+      const outcomes = await repo.commitPaths(items);
       assert.deepEqual(
         outcomes.map((o) =>
           o.kind === "committed" ? `committed${o.deduplicated ? " (dedup)" : ""}` : o.kind,
         ),
         ["committed", "committed", "missing-references", "committed", "committed (dedup)", "already-present"],
       );
+      assert.deepEqual(outcomes[2], { kind: "missing-references", missing: [absent] });
+      assert.deepEqual(outcomes[5], { kind: "already-present", narHash: items[0]!.nar.narHash });
       assert.ok(await repo.path(cache.id, onBase.hash));
+      assert.equal(await repo.listing(cache.id, onBase.hash), items[1]!.nar.listing);
       assert.equal(await repo.path(cache.id, orphan.hash), undefined);
+      // The twins share one NAR row; the NARs stored are no longer pending, those not kept still are.
+      const [one, two] = [await repo.path(cache.id, twin1.hash), await repo.path(cache.id, twin2.hash)];
+      assert.equal(one?.narId, two?.narId);
+      assert.equal(two?.storageKey, twinNar.storageKey);
+      const pending = (await repo.pendingUploadsOlderThan(Number.MAX_SAFE_INTEGER)).map((r) => r.storageKey);
+      assert.deepEqual(pending.sort(), [2, 4, 5].map((i) => items[i]!.nar.storageKey).sort());
     });
 
     it("commits batches at once whatever order their paths lock references and insert in", async (t) => {
