@@ -4,7 +4,7 @@
 // count as debris: a failed put must abort its upload.
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
@@ -353,6 +353,12 @@ if (!service) {
       assert.deepEqual(await readAll(await storage.get("r")), bytesOf(2 * MiB, 3)); // starts the copy
       await storage.put("r", Readable.from([bytesOf(2 * MiB, 4)]));
       await storage.settled();
+      const files = await readdir(root, { recursive: true, withFileTypes: true });
+      assert.deepEqual(
+        files.filter((f) => f.isFile()).map((f) => f.name),
+        [],
+        "the copy made meanwhile is not kept, on disk either",
+      );
       assert.deepEqual(await readAll(await storage.get("r")), bytesOf(2 * MiB, 4));
       await storage.settled();
       assert.deepEqual(
