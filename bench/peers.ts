@@ -252,10 +252,23 @@ export function bucketClient(): Client {
   });
 }
 
-function filesUnder(dir: string): string[] {
+export function filesUnder(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true, recursive: true })
     .filter((e) => e.isFile())
     .map((e) => join(e.parentPath ?? e.path, e.name));
+}
+
+/** PUTs files into bucket (named by their path under dir), `atOnce` at a time. */
+export async function putFiles(client: Client, bucket: string, dir: string, files: string[], atOnce: number) {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: atOnce }, async () => {
+      while (next < files.length) {
+        const file = files[next++]!;
+        await client.fPutObject(bucket, relative(dir, file), file, {});
+      }
+    }),
+  );
 }
 
 /** Ceph RGW serving the static cache directly: a public-read bucket holding the file:// cache's files. */
@@ -278,15 +291,7 @@ export async function startRgwStatic(cacheDir: string): Promise<Peer> {
     }),
   );
   const files = filesUnder(cacheDir);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: 8 }, async () => {
-      while (next < files.length) {
-        const file = files[next++]!;
-        await client.fPutObject(bucket, relative(cacheDir, file), file, {});
-      }
-    }),
-  );
+  await putFiles(client, bucket, cacheDir, files, 8);
   const endpoint = (process.env.NIXSTASH_TEST_S3_ENDPOINT ?? "").replace(/\/$/, "");
   return {
     name: "Ceph RGW (static files)",
