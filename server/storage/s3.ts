@@ -33,6 +33,7 @@ import {
   assertRange,
   assertSize,
   type ByteRange,
+  chunksOf,
   type PutOptions,
   type Storage,
   StorageError,
@@ -349,7 +350,7 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
       thisPartSize === partSize
         ? new BufferPool(thisPartSize, concurrency + 1, spareParts, concurrency + 1)
         : new BufferPool(thisPartSize, concurrency + 1);
-    const parts = cutParts(input, thisPartSize, pool, (total) => {
+    const parts = cutParts(chunksOf(input), thisPartSize, pool, (total) => {
       if (expected !== undefined && total > expected) {
         throw new StorageError("put", key, `body is longer than the declared size ${expected}`);
       }
