@@ -201,7 +201,7 @@ interface Part {
  * up to SMALL_BODY, are kept as the chunks they came in, so a small body never costs a whole part buffer.
  */
 async function* cutParts(
-  body: AsyncIterable<Buffer | string>,
+  body: AsyncIterable<Buffer>,
   partSize: number,
   pool: BufferPool,
   onBytes: (total: number) => void,
@@ -211,8 +211,7 @@ async function* cutParts(
   let earlyBytes = 0;
   let current: Buffer | undefined;
   let filled = 0;
-  for await (const chunk of body) {
-    let bytes = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+  for await (let bytes of body) {
     total += bytes.length;
     onBytes(total);
     if (early) {
