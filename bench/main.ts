@@ -25,7 +25,7 @@ import {
   writeSync,
 } from "node:fs";
 import os from "node:os";
-import { join, relative } from "node:path";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { encodeNix32, formatHash } from "../nix/index.ts";
 import { hookCallsUnderNix } from "./hook-under-nix.ts";
@@ -33,6 +33,7 @@ import {
   bucketClient,
   filesUnder,
   freePort,
+  freshBucket,
   NGINX_WORKERS,
   NIXSTASH_CLI,
   NIXSTASH_CLI_ARGS,
@@ -43,6 +44,7 @@ import {
   type Peer,
   putFiles,
   ROOT,
+  removeFilesAndBucket,
   type Stack,
   startNginx,
   startNixstash,
@@ -620,8 +622,7 @@ async function measure5Floors(nar: BigNar) {
   }
   if (!opts.s3) return;
   const client = bucketClient();
-  const bucket = `bench-floor-${randomBytes(4).toString("hex")}`;
-  await client.makeBucket(bucket, process.env.NIXSTASH_TEST_S3_REGION ?? "us-east-1");
+  const bucket = await freshBucket(client, "bench-floor");
   try {
     const services0 = servicesCpuSeconds();
     t0 = now();
@@ -826,8 +827,7 @@ async function measure6S3Floor(
     );
   const verifyCpu = verified.cpuSeconds;
   const client = bucketClient();
-  const bucket = `bench-push-floor-${randomBytes(4).toString("hex")}`;
-  await client.makeBucket(bucket, process.env.NIXSTASH_TEST_S3_REGION ?? "us-east-1");
+  const bucket = await freshBucket(client, "bench-push-floor");
   try {
     const services0 = servicesCpuSeconds();
     await putFiles(client, bucket, cacheDir, nars, 4);
@@ -843,9 +843,7 @@ async function measure6S3Floor(
       `${peer}: file:// ${fileCpu.toFixed(2)} + verifying ${verifyCpu.toFixed(2)} + RGW ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
     );
   } finally {
-    const names = nars.map((f) => relative(cacheDir, f));
-    for (let i = 0; i < names.length; i += 500) await client.removeObjects(bucket, names.slice(i, i + 500));
-    await client.removeBucket(bucket).catch(() => {});
+    await removeFilesAndBucket(client, bucket, cacheDir, nars);
   }
 }
 

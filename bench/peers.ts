@@ -258,6 +258,20 @@ export function filesUnder(dir: string): string[] {
     .map((e) => join(e.parentPath ?? e.path, e.name));
 }
 
+/** A bucket of its own on the test RGW, named `<prefix>-<random>`. */
+export async function freshBucket(client: Client, prefix: string): Promise<string> {
+  const bucket = `${prefix}-${randomBytes(4).toString("hex")}`;
+  await client.makeBucket(bucket, process.env.NIXSTASH_TEST_S3_REGION ?? "us-east-1");
+  return bucket;
+}
+
+/** Undoes putFiles and freshBucket: the files' objects, 500 a request, then the bucket. */
+export async function removeFilesAndBucket(client: Client, bucket: string, dir: string, files: string[]) {
+  const names = files.map((f) => relative(dir, f));
+  for (let i = 0; i < names.length; i += 500) await client.removeObjects(bucket, names.slice(i, i + 500));
+  await client.removeBucket(bucket).catch(() => {});
+}
+
 /** PUTs files into bucket (named by their path under dir), `atOnce` at a time. */
 export async function putFiles(client: Client, bucket: string, dir: string, files: string[], atOnce: number) {
   let next = 0;
@@ -274,8 +288,7 @@ export async function putFiles(client: Client, bucket: string, dir: string, file
 /** Ceph RGW serving the static cache directly: a public-read bucket holding the file:// cache's files. */
 export async function startRgwStatic(cacheDir: string): Promise<Peer> {
   const client = bucketClient();
-  const bucket = `bench-static-${randomBytes(4).toString("hex")}`;
-  await client.makeBucket(bucket, process.env.NIXSTASH_TEST_S3_REGION ?? "us-east-1");
+  const bucket = await freshBucket(client, "bench-static");
   await client.setBucketPolicy(
     bucket,
     JSON.stringify({
@@ -297,10 +310,6 @@ export async function startRgwStatic(cacheDir: string): Promise<Peer> {
     name: "Ceph RGW (static files)",
     base: `${endpoint}/${bucket}`,
     publicKey: "",
-    stop: async () => {
-      const names: string[] = files.map((f) => relative(cacheDir, f));
-      for (let i = 0; i < names.length; i += 500) await client.removeObjects(bucket, names.slice(i, i + 500));
-      await client.removeBucket(bucket).catch(() => {});
-    },
+    stop: () => removeFilesAndBucket(client, bucket, cacheDir, files),
   };
 }
