@@ -31,6 +31,7 @@ import { encodeNix32, formatHash } from "../nix/index.ts";
 import { hookCallsUnderNix } from "./hook-under-nix.ts";
 import {
   bucketClient,
+  bucketOptions,
   filesUnder,
   freePort,
   freshBucket,
@@ -739,7 +740,10 @@ async function measure6Of(measure: string, workload: Workload, stacks: Stack[], 
     lowerIsBetter: true,
     isBaseline: true,
   }).values.push(fileCpu);
-  if (stacks.includes("postgres+s3")) await measure6S3Floor(measure, workload, dir, fileCpu, baseline);
+  if (stacks.includes("postgres+s3")) {
+    await measure6S3Floor(measure, workload, dir, fileCpu, baseline);
+    await measure6RelayFloor(measure, workload, dir, fileCpu, baseline);
+  }
   rmSync(dir, { recursive: true, force: true });
   for (const stack of stacks) {
     for (const how of ["nixstash push", "nix copy --to http://"] as const) {
@@ -843,6 +847,66 @@ async function measure6S3Floor(
       `${peer}: file:// ${fileCpu.toFixed(2)} + verifying ${verifyCpu.toFixed(2)} + RGW ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
     );
   } finally {
+    await removeFilesAndBucket(client, bucket, cacheDir, nars);
+  }
+}
+
+/**
+ * The floor above leaves the bytes' journey out; this one takes it in, with the least server this project
+ * can run: Node.js. The NAR files `nix copy --to file://` wrote go, 4 at a time as `nixstash push` sends
+ * them, to a relay on node:http that hashes each body, decodes and hashes the NAR, and puts the body into
+ * RGW in one presigned PUT (bench/relay-floor.mjs: no parsing, database, signing or payload hash). file://'s
+ * CPU, the sender's, the relay's and RGW's (with its OSD) over two cores: the least wall time a push through
+ * a Node server that checks what it stores has taken here. Not a bound for every possible server, but a
+ * measured one for any built as nixstash must be (TypeScript on Node, verify before storing).
+ */
+async function measure6RelayFloor(
+  measure: string,
+  workload: Workload,
+  cacheDir: string,
+  fileCpu: number,
+  baseline: string,
+) {
+  const peer = "S3 relay floor: file://, sending, a minimal Node relay, RGW; CPU / 2 cores";
+  const nars = filesUnder(join(cacheDir, "nar"));
+  const client = bucketClient();
+  const bucket = await freshBucket(client, "bench-push-floor");
+  const relay = spawn(process.execPath, [join(ROOT, "bench/relay-floor.mjs"), "relay", bucket], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, NIXSTASH_BENCH_S3: JSON.stringify(bucketOptions()) },
+  });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      relay.stdout!.once("data", (d: Buffer) => resolve((JSON.parse(d.toString()) as { port: number }).port));
+      relay.once("exit", (code) => reject(new Error(`bench/relay-floor.mjs relay exited ${code}`)));
+    });
+    const relay0 = processCpuSeconds(relay.pid!);
+    const services0 = servicesCpuSeconds();
+    const { stdout } = await execFileP(
+      process.execPath,
+      [join(ROOT, "bench/relay-floor.mjs"), "send", `http://127.0.0.1:${port}`, cacheDir, "4", ...nars],
+      { maxBuffer: 1 << 20 },
+    );
+    const servicesCpu = servicesCpuSeconds() - services0;
+    const relayCpu = processCpuSeconds(relay.pid!) - relay0;
+    const sent = JSON.parse(stdout) as { files: number; narBytes: number; cpuSeconds: number };
+    if (sent.narBytes !== workload.narBytes)
+      throw new Error(
+        `the relay floor decoded ${sent.narBytes} NAR bytes, the closure has ${workload.narBytes}`,
+      );
+    const cpuRow = (unit: string, value: number) =>
+      row({ measure, peer, unit, values: [], lowerIsBetter: true }).values.push(value);
+    cpuRow("CPU s (sending the files)", sent.cpuSeconds);
+    cpuRow("CPU s (relay: receiving, verifying, storing)", relayCpu);
+    cpuRow(SERVICES_CPU, servicesCpu);
+    row({ measure, peer, unit: "s", values: [], lowerIsBetter: true, baseline }).values.push(
+      (fileCpu + sent.cpuSeconds + relayCpu + servicesCpu) / 2,
+    );
+    log(
+      `${peer}: file:// ${fileCpu.toFixed(2)} + sending ${sent.cpuSeconds.toFixed(2)} + relay ${relayCpu.toFixed(2)} + RGW ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
+    );
+  } finally {
+    relay.kill();
     await removeFilesAndBucket(client, bucket, cacheDir, nars);
   }
 }

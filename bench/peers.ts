@@ -13,7 +13,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node
 import { createServer } from "node:net";
 import { join, relative } from "node:path";
 import { promisify } from "node:util";
-import { Client } from "minio";
+import { Client, type ClientOptions } from "minio";
 import { freshPostgres, freshS3 } from "../test/support/harness.ts";
 import { type ServerProcess, startServerProcess } from "../test/support/server-process.ts";
 
@@ -240,8 +240,13 @@ export async function nixstashPush(peer: NixstashPeer, paths: string[], jobs = 4
 }
 
 export function bucketClient(): Client {
+  return new Client(bucketOptions());
+}
+
+/** How the bench reaches the test RGW (also handed, as JSON, to bench/relay-floor.mjs). */
+export function bucketOptions(): ClientOptions {
   const endpoint = new URL(process.env.NIXSTASH_TEST_S3_ENDPOINT ?? "http://127.0.0.1:7480");
-  return new Client({
+  return {
     endPoint: endpoint.hostname,
     port: Number(endpoint.port || 80),
     useSSL: endpoint.protocol === "https:",
@@ -249,7 +254,7 @@ export function bucketClient(): Client {
     secretKey: process.env.NIXSTASH_TEST_S3_SECRET_KEY ?? "",
     region: process.env.NIXSTASH_TEST_S3_REGION ?? "us-east-1",
     pathStyle: true,
-  });
+  };
 }
 
 export function filesUnder(dir: string): string[] {

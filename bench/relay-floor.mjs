@@ -1,0 +1,147 @@
+// Measure 6's relay floor for a push into S3, in two processes of its own: the least a Node server that
+// checks every pushed NAR and stores it in a bucket does, and the least a client does to hand it the NARs.
+// The NAR files `nix copy --to file://` wrote (already dumped and compressed: that work is file://'s own) go
+// from a sender to a relay on node:http, and the relay hashes each body (its FileHash), decodes it with zstd
+// (the binding the server's decoder drives, into one block reused throughout) and hashes the NAR, and puts
+// the body into RGW in one presigned PUT (no payload hash: less than nixstash's signed PUTs). No parsing,
+// no database, no signing, no framework: whatever a real push spends beyond this is its design's.
+//   node bench/relay-floor.mjs relay BUCKET             serves PUT /<key> on 127.0.0.1; prints {"port"}
+//   node bench/relay-floor.mjs send URL DIR N FILE...   PUTs each FILE (its key: its path under DIR), N at
+//                                                       once; prints the files, the NAR bytes the relay
+//                                                       decoded and this process's CPU seconds (one JSON line)
+// The relay reaches RGW with the minio client options in NIXSTASH_BENCH_S3 (JSON: bench/peers.ts bucketOptions).
+// Plain JavaScript, so it starts without the TypeScript loader and stays small.
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import { createRequire } from "node:module";
+import { relative } from "node:path";
+import { Client } from "minio";
+
+const [mode, ...args] = process.argv.slice(2);
+if (mode === "relay") await relay(args[0]);
+else if (mode === "send") await send(args[0], args[1], Number(args[2]), args.slice(3));
+else throw new Error("usage: relay-floor.mjs relay BUCKET | send URL DIR N FILE...");
+
+async function relay(bucket) {
+  if (!bucket) throw new Error("relay-floor.mjs relay: no bucket");
+  const binding = createRequire(import.meta.url)("zstd-napi/binding.js");
+  const s3 = new Client(JSON.parse(process.env.NIXSTASH_BENCH_S3 ?? "{}"));
+  const agent = new http.Agent({ keepAlive: true });
+  // One decoding context and block per upload running at once, reused (as the server's decoders are); and
+  // the memory bodies are gathered in, reused too (fresh memory for every body costs a page fault for each
+  // 4 KiB of it).
+  const idle = [];
+  const free = [];
+  const bodyOf = (length) => {
+    const i = free.findIndex((b) => b.byteLength >= length);
+    const memory = i >= 0 ? free.splice(i, 1)[0] : new ArrayBuffer(Math.max(length, 1 << 20));
+    return Buffer.from(memory, 0, length);
+  };
+  const server = http.createServer(async (req, res) => {
+    const fail = (error) => {
+      res.writeHead(500, { "content-type": "text/plain" });
+      res.end(String(error?.message ?? error));
+    };
+    try {
+      const key = decodeURIComponent(req.url.slice(1));
+      const length = Number(req.headers["content-length"]);
+      const url = await s3.presignedPutObject(bucket, key, 600);
+      const decoding = idle.pop() ?? {
+        dctx: new binding.DCtx(),
+        block: new Uint8Array(4 * binding.dStreamOutSize()),
+      };
+      decoding.dctx.reset(binding.ResetDirective.sessionOnly);
+      const fileHash = createHash("sha256");
+      const narHash = createHash("sha256");
+      let narBytes = 0;
+      // The body is gathered and goes on to RGW in one write once it is all here, as nixstash's S3 driver
+      // sends a NAR (whole, or in parts of several MiB): streamed on chunk by chunk as it arrived, the same
+      // files cost this relay and RGW a few CPU seconds more (ad-hoc, session 20).
+      const body = bodyOf(length);
+      let received = 0;
+      req.on("data", (chunk) => {
+        fileHash.update(chunk);
+        let rest = chunk;
+        for (;;) {
+          const [, produced, consumed] = decoding.dctx.decompressStream(decoding.block, rest);
+          rest = rest.subarray(consumed);
+          if (produced > 0) narHash.update(decoding.block.subarray(0, produced));
+          narBytes += produced;
+          if (rest.length === 0 && produced < decoding.block.length) break;
+        }
+        received += chunk.copy(body, received);
+      });
+      await new Promise((resolve, reject) => {
+        req.on("end", resolve);
+        req.on("error", reject);
+      });
+      if (received !== length) throw new Error(`${key}: ${received} bytes of ${length}`);
+      await new Promise((resolve, reject) => {
+        const upstream = http.request(url, { method: "PUT", agent, headers: { "content-length": length } });
+        upstream.on("error", reject);
+        upstream.on("response", (answer) => {
+          answer.resume();
+          if (answer.statusCode === 200) answer.on("end", resolve);
+          else reject(new Error(`RGW answered ${answer.statusCode} for ${key}`));
+        });
+        upstream.end(body);
+      });
+      fileHash.digest();
+      narHash.digest();
+      idle.push(decoding);
+      free.push(body.buffer);
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ narBytes }));
+    } catch (error) {
+      fail(error);
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`);
+  process.on("SIGTERM", () => process.exit(0));
+}
+
+async function send(base, dir, atOnce, files) {
+  if (!base || !dir || !(atOnce > 0) || files.length === 0)
+    throw new Error("usage: relay-floor.mjs send URL DIR N FILE...");
+  const cpu0 = process.cpuUsage();
+  const agent = new http.Agent({ keepAlive: true, maxSockets: atOnce });
+  const putOne = (file) =>
+    new Promise((resolve, reject) => {
+      const key = encodeURIComponent(relative(dir, file));
+      const body = readFileSync(file);
+      const request = http.request(`${base}/${key}`, {
+        method: "PUT",
+        agent,
+        headers: { "content-length": body.length },
+      });
+      request.on("error", reject);
+      request.on("response", (answer) => {
+        const chunks = [];
+        answer.on("data", (chunk) => chunks.push(chunk));
+        answer.on("end", () => {
+          const text = Buffer.concat(chunks).toString();
+          if (answer.statusCode === 200) resolve(JSON.parse(text).narBytes);
+          else reject(new Error(`relay answered ${answer.statusCode} for ${file}: ${text}`));
+        });
+      });
+      request.end(body);
+    });
+  let next = 0;
+  let narBytes = 0;
+  await Promise.all(
+    Array.from({ length: atOnce }, async () => {
+      while (next < files.length) {
+        // Not `narBytes += await …`: that reads narBytes before the await, and loses the other uploads' bytes.
+        const decoded = await putOne(files[next++]);
+        narBytes += decoded;
+      }
+    }),
+  );
+  agent.destroy();
+  const cpu = process.cpuUsage(cpu0);
+  process.stdout.write(
+    `${JSON.stringify({ files: files.length, narBytes, cpuSeconds: (cpu.user + cpu.system) / 1e6 })}\n`,
+  );
+}
