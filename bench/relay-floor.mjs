@@ -7,8 +7,8 @@
 // no database, no signing, no framework: whatever a real push spends beyond this is its design's.
 //   node bench/relay-floor.mjs relay BUCKET             serves PUT /<key> on 127.0.0.1; prints {"port"}
 //   node bench/relay-floor.mjs send URL DIR N FILE...   PUTs each FILE (its key: its path under DIR), N at
-//                                                       once; prints the files, the NAR bytes the relay
-//                                                       decoded and this process's CPU seconds (one JSON line)
+//                                                       once, from memory; prints the files, the NAR bytes
+//                                                       the relay decoded and the CPU seconds of sending
 // The relay reaches RGW with the minio client options in NIXSTASH_BENCH_S3 (JSON: bench/peers.ts bucketOptions).
 // Plain JavaScript, so it starts without the TypeScript loader and stays small.
 import { createHash } from "node:crypto";
@@ -99,12 +99,15 @@ async function relay(bucket) {
 async function send(base, dir, atOnce, files) {
   if (!base || !dir || !(atOnce > 0) || files.length === 0)
     throw new Error("usage: relay-floor.mjs send URL DIR N FILE...");
+  // Read before the clock starts: a pusher has its compressed NARs in memory (it made them), and reading
+  // the files back was most of this process's CPU (ad-hoc perf, session 20).
+  const bodies = new Map(files.map((file) => [file, readFileSync(file)]));
   const cpu0 = process.cpuUsage();
   const agent = new http.Agent({ keepAlive: true, maxSockets: atOnce });
   const putOne = (file) =>
     new Promise((resolve, reject) => {
       const key = encodeURIComponent(relative(dir, file));
-      const body = readFileSync(file);
+      const body = bodies.get(file);
       const request = http.request(`${base}/${key}`, {
         method: "PUT",
         agent,
