@@ -1,6 +1,12 @@
 // Summarises a V8 .cpuprofile (from `npm run bench -- --profile`, i.e. node --cpu-prof of the servers):
 // self time by function and by package/file, so a missed target can be traced to its cause.
 //   node --import tsx bench/profile-summary.ts FILE.cpuprofile [TOP]
+// The times are V8's: each sample weighs the wall time since the one before. A thread that waited off the
+// CPU (descheduled on a busy machine, often inside a system call) charges that wait to the frame it resumes
+// in, so socket writes and reads look dearer than their CPU. For CPU alone, sample the process with
+// `perf record -g -p PID` (linux-perf; start node with --perf-basic-prof to name its JavaScript frames): on
+// the closure's push to PostgreSQL + RGW, session 19's V8 profile put 0.74 s in socket writes to RGW, and
+// perf 0.6 s in all of the server's kernel time, every thread (BENCHMARKS.md, session 20).
 import { readFileSync } from "node:fs";
 
 interface ProfileNode {
