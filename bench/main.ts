@@ -855,10 +855,11 @@ async function measure6S3Floor(
  * The floor above leaves the bytes' journey out; this one takes it in, with the least server this project
  * can run: Node.js. The NAR files `nix copy --to file://` wrote go, 4 at a time as `nixstash push` sends
  * them, to a relay on node:http that hashes each body, decodes and hashes the NAR, and streams the body
- * on into RGW in one presigned PUT (bench/relay-floor.mjs: no parsing, database, signing or payload hash). file://'s
- * CPU, the sender's, the relay's and RGW's (with its OSD) over two cores: the least wall time a push through
- * a Node server that checks what it stores has taken here. Not a bound for every possible server, but a
- * measured one for any built as nixstash must be (TypeScript on Node, verify before storing).
+ * on into RGW in one presigned PUT (bench/relay-floor.mjs: no parsing, database, signing or payload
+ * hash). file://'s CPU, the sender's, the relay's and RGW's (with its OSD) over two cores: the least wall
+ * time a push through a Node server that checks what it stores has taken here. Not a bound for every
+ * possible server, but a measured one for any built as nixstash must be (TypeScript on Node, verify
+ * before storing).
  */
 async function measure6RelayFloor(
   measure: string,
