@@ -47,9 +47,6 @@ async function relay(bucket) {
       const fileHash = createHash("sha256");
       const narHash = createHash("sha256");
       let narBytes = 0;
-      // The body is gathered and goes on to RGW in one write once it is all here, as nixstash's S3 driver
-      // sends a NAR (whole, or in parts of several MiB): streamed on chunk by chunk as it arrived, the same
-      // files cost this relay and RGW a few CPU seconds more (ad-hoc, session 20).
       // The body goes on to RGW chunk by chunk as it comes. Gathered first and put in one write, the same
       // files cost this relay ~1 CPU s more and RGW no less (ad-hoc A/B, 3 runs each, session 20).
       const upstream = http.request(url, { method: "PUT", agent, headers: { "content-length": length } });
