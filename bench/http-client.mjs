@@ -2,7 +2,8 @@
 // put-file.mjs for measure 5), and each the lightest client found for its load, so that the server is what is
 // measured:
 // - "sequential" (measure 1): GETs every path one after another on ONE keep-alive connection, a minimal
-//   HTTP/1.1 client on a raw socket (no parser, no agent); one unmeasured pass first, then `passes` timed ones.
+//   HTTP/1.1 client on a raw socket (no parser, no agent); unmeasured passes first (at least one, for at least
+//   `warmupSeconds`), then `passes` timed ones.
 //   curl on one connection took 46-53 ms a pass of nginx against this client's 29-33 (ad-hoc, session 13).
 // - "download" (measure 3): curl fetches every file, `connections` at a time, following one redirect (S3
 //   presigned URLs). A Node client receiving on keep-alive agents used a whole core at ~500 MB/s and capped
@@ -10,7 +11,7 @@
 // Not from the bench's own process: its heap (the workload, the results) makes every collection dearer, on the
 // two cores the server needs, and it differs from one peer's turn to the next.
 //   node bench/http-client.mjs JOB.json
-// JOB: {"kind":"sequential","base":URL,"paths":[...],"passes":N}
+// JOB: {"kind":"sequential","base":URL,"paths":[...],"passes":N,"warmupSeconds"?:S}
 //    | {"kind":"download","base":URL,"files":[...],"connections":N}
 // Prints one JSON line: the seconds timed, and the statuses seen and this client's CPU seconds (sequential) or
 // the bytes received (download). Plain JavaScript, so it starts without the TypeScript loader and stays small.
@@ -110,9 +111,14 @@ const job = JSON.parse(readFileSync(jobFile, "utf8"));
 let result;
 if (job.kind === "sequential") {
   const base = new URL(job.base);
-  // The unmeasured pass: the measure is a warm server's latency (JIT-compiled code, page cache), and it warms
-  // this client alike for every peer.
-  await sequentialGets(base, job.paths);
+  // Unmeasured passes first, for at least warmupSeconds (one pass at least): the measure is a warm server's
+  // latency (JIT-compiled code, page cache), and they warm this client alike for every peer. One pass was not
+  // enough: after a push, nixstash's narinfo answers were still being compiled through several timed reps
+  // (V8 optimized 48 functions and deoptimized 6 over five reps of 11 passes, which went 35 -> 25 ms a pass:
+  // BENCHMARKS.md, session 20).
+  const warmUntil = performance.now() + (job.warmupSeconds ?? 0) * 1000;
+  do await sequentialGets(base, job.paths);
+  while (performance.now() < warmUntil);
   const all = Array.from({ length: job.passes }, () => job.paths).flat();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();

@@ -66,6 +66,8 @@ interface Options {
   s3: boolean;
   seed: number;
   wrkSeconds: number;
+  /** Measure 1's unmeasured passes, per peer and rep, last at least this long (one pass at least). */
+  warmupSeconds: number;
   hookRuns: number;
   ingestMiB: number;
   write: boolean;
@@ -79,6 +81,7 @@ function parseOptions(argv: string[]): Options {
     s3: true,
     seed: 7,
     wrkSeconds: 10,
+    warmupSeconds: 2,
     hookRuns: 300,
     ingestMiB: 1024,
     write: true,
@@ -96,6 +99,7 @@ function parseOptions(argv: string[]): Options {
     else if (a === "--no-s3") o.s3 = false;
     else if (a === "--seed") o.seed = Number(value());
     else if (a === "--wrk-seconds") o.wrkSeconds = Number(value());
+    else if (a === "--warmup-seconds") o.warmupSeconds = Number(value());
     else if (a === "--hook-runs") o.hookRuns = Number(value());
     else if (a === "--ingest-mib") o.ingestMiB = Number(value());
     else if (a === "--no-write") o.write = false;
@@ -198,7 +202,7 @@ async function getText(url: string): Promise<{ status: number; text: string }> {
 }
 
 type ClientJob =
-  | { kind: "sequential"; base: string; paths: string[]; passes: number }
+  | { kind: "sequential"; base: string; paths: string[]; passes: number; warmupSeconds?: number }
   | { kind: "download"; base: string; files: string[]; connections: number };
 /** Runs one load of measure 1 or 3 from bench/http-client.mjs, a process of its own: what it timed. */
 async function httpClient(
@@ -243,8 +247,15 @@ async function measure1(peer: Peer, workload: Workload, baseline: string) {
   const base = new URL(peer.base);
   const paths = workload.paths.map((p) => `${base.pathname.replace(/\/$/, "")}/${hashOf(p.path)}.narinfo`);
   const passes = 10;
-  // The client makes one unmeasured pass first, for every peer alike (a warm server's latency is measured).
-  const r = await httpClient({ kind: "sequential", base: peer.base, paths, passes });
+  // The client makes unmeasured passes first, for every peer alike (a warm server's latency is measured), for
+  // --warmup-seconds as measure 2 warms up for 2 s (bench/http-client.mjs says why one pass was too few).
+  const r = await httpClient({
+    kind: "sequential",
+    base: peer.base,
+    paths,
+    passes,
+    warmupSeconds: opts.warmupSeconds,
+  });
   const ms = (r.seconds * 1000) / passes;
   if (r.statuses?.["200"] !== paths.length * passes)
     throw new Error(`${peer.name}: narinfo statuses ${JSON.stringify(r.statuses)}`);
