@@ -58,7 +58,15 @@ async function relay(bucket) {
           else reject(new Error(`RGW answered ${answer.statusCode} for ${key}`));
         });
       });
+      // RGW failing before the body has ended (an unknown bucket answers at once) fails this upload: the
+      // rest of its body is read and dropped, and the sender gets the error once it has sent it all.
+      let failure;
+      stored.catch((error) => {
+        failure = error;
+        req.resume();
+      });
       req.on("data", (chunk) => {
+        if (failure) return;
         fileHash.update(chunk);
         let rest = chunk;
         for (;;) {
@@ -77,6 +85,7 @@ async function relay(bucket) {
         req.on("end", resolve);
         req.on("error", reject);
       });
+      if (failure) throw failure;
       upstream.end();
       await stored;
       fileHash.digest();
