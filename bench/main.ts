@@ -752,8 +752,9 @@ async function measure6Of(measure: string, workload: Workload, stacks: Stack[], 
     isBaseline: true,
   }).values.push(fileCpu);
   if (stacks.includes("postgres+s3")) {
-    await measure6S3Floor(measure, workload, dir, fileCpu, baseline);
-    await measure6RelayFloor(measure, workload, dir, fileCpu, baseline);
+    const nars = filesUnder(join(dir, "nar"));
+    await measure6S3Floor(measure, workload, dir, nars, fileCpu, baseline);
+    await measure6RelayFloor(measure, workload, dir, nars, fileCpu, baseline);
   }
   rmSync(dir, { recursive: true, force: true });
   for (const stack of stacks) {
@@ -829,11 +830,12 @@ async function measure6S3Floor(
   measure: string,
   workload: Workload,
   cacheDir: string,
+  /** The NAR files file:// wrote under cacheDir. */
+  nars: string[],
   fileCpu: number,
   baseline: string,
 ) {
   const peer = "S3 floor: file://, verifying, RGW storing; their CPU / 2 cores";
-  const nars = filesUnder(join(cacheDir, "nar"));
   const { stdout } = await execFileP(process.execPath, [join(ROOT, "bench/verify-floor.mjs"), ...nars]);
   const verified = JSON.parse(stdout) as { narBytes: number; cpuSeconds: number };
   if (verified.narBytes !== workload.narBytes)
@@ -876,11 +878,12 @@ async function measure6RelayFloor(
   measure: string,
   workload: Workload,
   cacheDir: string,
+  /** The NAR files file:// wrote under cacheDir. */
+  nars: string[],
   fileCpu: number,
   baseline: string,
 ) {
   const peer = "S3 relay floor: file://, sending, a minimal Node relay, RGW; CPU / 2 cores";
-  const nars = filesUnder(join(cacheDir, "nar"));
   const client = bucketClient();
   const bucket = await freshBucket(client, "bench-push-floor");
   const relay = spawn(process.execPath, [join(ROOT, "bench/relay-floor.mjs"), "relay", bucket], {

@@ -2,9 +2,9 @@
 // checks every pushed NAR and stores it in a bucket does, and the least a client does to hand it the NARs.
 // The NAR files `nix copy --to file://` wrote (already dumped and compressed: that work is file://'s own) go
 // from a sender to a relay on node:http, and the relay hashes each body (its FileHash), decodes it with zstd
-// (the binding the server's decoder drives, into one block reused throughout) and hashes the NAR, and streams
-// the body on into RGW in one presigned PUT (no payload hash: less than nixstash's signed PUTs). No parsing,
-// no database, no signing, no framework: whatever a real push spends beyond this is its design's.
+// and hashes the NAR (bench/nar-hasher.mjs, as verify-floor.mjs does), and streams the body on into RGW in
+// one presigned PUT (no payload hash: less than nixstash's signed PUTs). No parsing, no database, no
+// signing, no framework: whatever a real push spends beyond this is its design's.
 //   node bench/relay-floor.mjs relay BUCKET             serves PUT /<key> on 127.0.0.1; prints {"port"}
 //   node bench/relay-floor.mjs send URL DIR N FILE...   PUTs each FILE (its key: its path under DIR), N at
 //                                                       once, from memory; prints the files, the NAR bytes
@@ -14,9 +14,9 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http from "node:http";
-import { createRequire } from "node:module";
 import { relative } from "node:path";
 import { Client } from "minio";
+import { createNarHasher } from "./nar-hasher.mjs";
 
 const [mode, ...args] = process.argv.slice(2);
 if (mode === "relay") await relay(args[0]);
@@ -25,10 +25,10 @@ else throw new Error("usage: relay-floor.mjs relay BUCKET | send URL DIR N FILE.
 
 async function relay(bucket) {
   if (!bucket) throw new Error("relay-floor.mjs relay: no bucket");
-  const binding = createRequire(import.meta.url)("zstd-napi/binding.js");
   const s3 = new Client(JSON.parse(process.env.NIXSTASH_BENCH_S3 ?? "{}"));
   const agent = new http.Agent({ keepAlive: true });
-  // One decoding context and block per upload running at once, reused (as the server's decoders are).
+  // One NAR hasher (a decoding context and block) per upload running at once, reused (as the server's
+  // decoders are).
   const idle = [];
   const server = http.createServer(async (req, res) => {
     const fail = (error) => {
@@ -39,14 +39,9 @@ async function relay(bucket) {
       const key = decodeURIComponent(req.url.slice(1));
       const length = Number(req.headers["content-length"]);
       const url = await s3.presignedPutObject(bucket, key, 600);
-      const decoding = idle.pop() ?? {
-        dctx: new binding.DCtx(),
-        block: new Uint8Array(4 * binding.dStreamOutSize()),
-      };
-      decoding.dctx.reset(binding.ResetDirective.sessionOnly);
+      const nar = idle.pop() ?? createNarHasher();
+      nar.start();
       const fileHash = createHash("sha256");
-      const narHash = createHash("sha256");
-      let narBytes = 0;
       // The body goes on to RGW chunk by chunk as it comes. Gathered first and put in one write, the same
       // files cost this relay ~1 CPU s more and RGW no less (ad-hoc A/B, 3 runs each, session 20).
       const upstream = http.request(url, { method: "PUT", agent, headers: { "content-length": length } });
@@ -68,14 +63,7 @@ async function relay(bucket) {
       req.on("data", (chunk) => {
         if (failure) return;
         fileHash.update(chunk);
-        let rest = chunk;
-        for (;;) {
-          const [, produced, consumed] = decoding.dctx.decompressStream(decoding.block, rest);
-          rest = rest.subarray(consumed);
-          if (produced > 0) narHash.update(decoding.block.subarray(0, produced));
-          narBytes += produced;
-          if (rest.length === 0 && produced < decoding.block.length) break;
-        }
+        nar.update(chunk);
         if (!upstream.write(chunk)) {
           req.pause();
           upstream.once("drain", () => req.resume());
@@ -89,10 +77,10 @@ async function relay(bucket) {
       upstream.end();
       await stored;
       fileHash.digest();
-      narHash.digest();
-      idle.push(decoding);
+      nar.digest();
+      idle.push(nar);
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ narBytes }));
+      res.end(JSON.stringify({ narBytes: nar.narBytes }));
     } catch (error) {
       fail(error);
     }
