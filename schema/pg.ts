@@ -2,10 +2,22 @@
 // of each column). Times are milliseconds since the epoch in bigint columns read as JS numbers (exact up to
 // 2^53), sizes likewise, so both dialects hand the repository the same shapes.
 import { sql } from "drizzle-orm";
-import { bigint, boolean, index, integer, pgTable, serial, text, uniqueIndex } from "drizzle-orm/pg-core";
+import {
+  bigint,
+  boolean,
+  customType,
+  index,
+  integer,
+  pgTable,
+  serial,
+  text,
+  uniqueIndex,
+} from "drizzle-orm/pg-core";
 
 const now = sql`(floor(extract(epoch from clock_timestamp()) * 1000))::bigint`;
 const millis = (name: string) => bigint(name, { mode: "number" });
+/** bytea read and written as a Buffer, as SQLite's blob column in buffer mode is. */
+const bytea = customType<{ data: Buffer; driverData: Buffer }>({ dataType: () => "bytea" });
 
 export const caches = pgTable("caches", {
   id: serial("id").primaryKey(),
@@ -110,6 +122,13 @@ export const tokens = pgTable("tokens", {
 export const pendingUploads = pgTable("pending_uploads", {
   id: serial("id").primaryKey(),
   storageKey: text("storage_key").notNull().unique(),
+  createdAt: millis("created_at").notNull().default(now),
+});
+
+export const inlineObjects = pgTable("inline_objects", {
+  key: text("key").primaryKey(),
+  bytes: bytea("bytes").notNull(),
+  size: integer("size").notNull(),
   createdAt: millis("created_at").notNull().default(now),
 });
 

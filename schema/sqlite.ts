@@ -2,7 +2,7 @@
 // (server/db/repo.ts) is written once against these types and runs unchanged on PostgreSQL.
 // Times are milliseconds since the epoch; sizes are integers (SQLite integers are 64-bit).
 import { sql } from "drizzle-orm";
-import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+import { blob, index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 
 const now = sql`(CAST(unixepoch('subsec') * 1000 AS INTEGER))`;
 
@@ -124,6 +124,17 @@ export const tokens = sqliteTable("tokens", {
 export const pendingUploads = sqliteTable("pending_uploads", {
   id: integer("id").primaryKey({ autoIncrement: true }),
   storageKey: text("storage_key").notNull().unique(),
+  createdAt: integer("created_at").notNull().default(now),
+});
+
+/**
+ * Small objects a storage of many-requests-per-object cost (S3) keeps here instead (server/storage/inline.ts):
+ * a NAR of a few KiB costs an INSERT, not a PUT to the bucket. Keyed like storage; `size` is bytes' length.
+ */
+export const inlineObjects = sqliteTable("inline_objects", {
+  key: text("key").primaryKey(),
+  bytes: blob("bytes", { mode: "buffer" }).notNull(),
+  size: integer("size").notNull(),
   createdAt: integer("created_at").notNull().default(now),
 });
 

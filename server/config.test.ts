@@ -23,6 +23,7 @@ describe("configuration", () => {
       NIXSTASH_S3_SECRET_KEY: "s",
       NIXSTASH_S3_REDIRECT: "false",
       NIXSTASH_S3_MEMORY_MB: "0.5",
+      NIXSTASH_S3_INLINE_KB: "16",
       NIXSTASH_S3_DISK_CACHE: "/var/cache/nixstash",
       NIXSTASH_S3_DISK_CACHE_GB: "2.5",
     });
@@ -40,6 +41,7 @@ describe("configuration", () => {
       pathStyle: true,
       redirect: false,
       memoryBytes: 512 * 1024,
+      inlineBytes: 16 * 1024,
       diskCache: { root: "/var/cache/nixstash", limitBytes: 2.5 * 1024 ** 3 },
     });
     const plain = parseConfig({
@@ -51,6 +53,11 @@ describe("configuration", () => {
       plain.storage.kind === "s3" && plain.storage.diskCache,
       undefined,
       "no disk cache unless asked",
+    );
+    assert.equal(
+      plain.storage.kind === "s3" && plain.storage.inlineBytes,
+      64 * 1024,
+      "64 KiB inline by default",
     );
   });
 
@@ -73,6 +80,8 @@ describe("configuration", () => {
     [{ NIXSTASH_S3_MEMORY_MB: "-1" }, /NIXSTASH_S3_MEMORY_MB/],
     [{ NIXSTASH_S3_MEMORY_MB: "lots" }, /NIXSTASH_S3_MEMORY_MB/],
     [{ NIXSTASH_S3_DISK_CACHE_GB: "0" }, /NIXSTASH_S3_DISK_CACHE_GB/],
+    [{ NIXSTASH_S3_INLINE_KB: "2048" }, /NIXSTASH_S3_INLINE_KB/],
+    [{ NIXSTASH_S3_INLINE_KB: "1.5" }, /NIXSTASH_S3_INLINE_KB/],
     [{ NIXSTASH_S3_DISK_CACHE: "/c" }, /NIXSTASH_S3_DISK_CACHE="\/c": only with NIXSTASH_STORAGE=s3/],
     [{ NIXSTASH_SECRET: "short" }, /NIXSTASH_SECRET.*at least 32/],
     [{ NIXSTASH_DEFAULT_CACHE: "Bad Name" }, /NIXSTASH_DEFAULT_CACHE/],

@@ -13,6 +13,8 @@
 //   NIXSTASH_S3_REDIRECT     true|false  answer NAR downloads with a 302 to a presigned URL   default true
 //   NIXSTASH_S3_MEMORY_MB    MiB of small objects (up to 64 KiB) kept in memory once written or read whole,
 //                            and served from there instead of redirected (0-4096; 0 = none)   default 16
+//   NIXSTASH_S3_INLINE_KB    objects up to this many KiB (most NARs) are kept in the database instead of the
+//                            bucket: an INSERT, not a PUT (0-1024; 0 = every object in the bucket)  default 64
 //   NIXSTASH_S3_DISK_CACHE   a directory for copies of NARs read from the bucket, served from there like
 //                            local storage's (see storage/disk-cache.ts)            default none
 //   NIXSTASH_S3_DISK_CACHE_GB  what that directory may hold (0.001-100000)          default 10
@@ -64,6 +66,7 @@ const env = z.object({
   NIXSTASH_S3_PATH_STYLE: bool.default(true),
   NIXSTASH_S3_REDIRECT: bool.default(true),
   NIXSTASH_S3_MEMORY_MB: z.coerce.number().min(0).max(4096).default(16),
+  NIXSTASH_S3_INLINE_KB: z.coerce.number().int().min(0).max(1024).default(64),
   NIXSTASH_S3_DISK_CACHE: z.string().min(1).optional(),
   NIXSTASH_S3_DISK_CACHE_GB: z.coerce.number().min(0.001).max(100_000).default(10),
   NIXSTASH_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
@@ -88,6 +91,8 @@ export type StorageConfig =
       redirect: boolean;
       /** Bytes of small objects the S3 driver keeps in memory (its recentBytes). */
       memoryBytes: number;
+      /** Objects up to this many bytes are kept in the database (storage/inline.ts); 0 = none. */
+      inlineBytes: number;
       /** Where copies of objects read from the bucket are kept, and how many bytes of them; none if unset. */
       diskCache: { root: string; limitBytes: number } | undefined;
     };
@@ -174,6 +179,7 @@ function storageConfig(e: z.infer<typeof env>, dataDir: string): StorageConfig {
     pathStyle: e.NIXSTASH_S3_PATH_STYLE,
     redirect: e.NIXSTASH_S3_REDIRECT,
     memoryBytes: Math.floor(e.NIXSTASH_S3_MEMORY_MB * 1024 * 1024),
+    inlineBytes: e.NIXSTASH_S3_INLINE_KB * 1024,
     diskCache: e.NIXSTASH_S3_DISK_CACHE
       ? {
           root: resolve(e.NIXSTASH_S3_DISK_CACHE),

@@ -20,7 +20,8 @@ import { nixFastReads } from "./routes/nix.ts";
 import { createRequestRecorder, createRequestScope } from "./routes/request-log.ts";
 import { createSecretBox, loadServerSecret } from "./secrets.ts";
 import { sendfileUnavailable } from "./sendfile.ts";
-import { isDiskCached, withDiskCache } from "./storage/disk-cache.ts";
+import { type DiskCachedStorage, withDiskCache } from "./storage/disk-cache.ts";
+import { type InlineRows, withInlineObjects } from "./storage/inline.ts";
 import { createLocalStorage } from "./storage/local.ts";
 import { createS3Storage } from "./storage/s3.ts";
 import type { Storage } from "./storage/storage.ts";
@@ -31,8 +32,16 @@ import { youngGarbageCollector } from "./young-garbage.ts";
 
 const CLEANUP_INTERVAL_MS = 60 * 60 * 1000;
 
-export async function openStorage(config: StorageConfig, log?: Pick<Logger, "warn">): Promise<Storage> {
-  if (config.kind === "local") return createLocalStorage({ root: config.root });
+/**
+ * The storage the config names, and its disk cache if it has one (for its metrics). On S3, small objects go
+ * to the database's rows instead (storage/inline.ts) when `rows` are given and the config keeps any.
+ */
+export async function openStorage(
+  config: StorageConfig,
+  log?: Pick<Logger, "warn">,
+  rows?: InlineRows,
+): Promise<{ storage: Storage; diskCache?: DiskCachedStorage }> {
+  if (config.kind === "local") return { storage: createLocalStorage({ root: config.root }) };
   const bucket = await createS3Storage({
     endPoint: config.endPoint,
     accessKey: config.accessKey,
@@ -44,11 +53,19 @@ export async function openStorage(config: StorageConfig, log?: Pick<Logger, "war
     createBucket: true,
     recentBytes: config.memoryBytes,
   });
-  return config.diskCache ? withDiskCache(bucket, { ...config.diskCache, log }) : bucket;
+  const diskCache = config.diskCache ? await withDiskCache(bucket, { ...config.diskCache, log }) : undefined;
+  const remote = diskCache ?? bucket;
+  const storage =
+    rows && config.inlineBytes > 0
+      ? withInlineObjects(remote, { rows, maxBytes: config.inlineBytes, recentBytes: config.memoryBytes })
+      : remote;
+  return diskCache ? { storage, diskCache } : { storage };
 }
 
 export interface RunningServer {
   ctx: Context;
+  /** The S3 storage's disk cache, when it has one (ctx.storage may be in front of it). */
+  diskCache?: DiskCachedStorage;
   url: string;
   bootstrap: BootstrapResult;
   /**
@@ -67,7 +84,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const log = pino({ level: config.logLevel, base: { service: "nixstash" }, mixin: requestScope.mixin });
   const lifecycle = createLifecycle();
   const database = await openDatabase(config.databaseUrl);
-  const storage = await openStorage(config.storage, log);
+  const repo = createRepo(database);
+  const { storage, diskCache } = await openStorage(config.storage, log, repo.inlineObjects);
   await storage.check();
   if ((config.storage.kind === "local" || config.storage.diskCache) && sendfileUnavailable)
     log.warn(
@@ -77,7 +95,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const secrets = createSecretBox(loadServerSecret(config.secret, config.dataDir));
   const ctx: Context = {
     database,
-    repo: createRepo(database),
+    repo,
     storage,
     secrets,
     log,
@@ -97,7 +115,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       publicUrl: config.publicUrl ?? "",
     },
   };
-  if (isDiskCached(storage) && ctx.metrics) watchDiskCache(ctx.metrics, () => storage.stats());
+  if (diskCache && ctx.metrics) watchDiskCache(ctx.metrics, () => diskCache.stats());
   const first = await bootstrap({
     ctx,
     input: { defaultCache: config.defaultCache, dataDir: config.dataDir },
@@ -137,6 +155,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   ctx.settings.publicUrl ||= `http://${host}:${address.port}`;
   return {
     ctx,
+    ...(diskCache ? { diskCache } : {}),
     url: `http://${host}:${address.port}`,
     bootstrap: first,
     close: async () => {

@@ -248,6 +248,22 @@ export function createRepo(database: Database) {
         .values({ narId: p("narId"), listing: p("listing") })
         .returning({ narId: t.narListings.narId }),
     ),
+    putInline: statement("w_put_inline", (q) =>
+      q
+        .insert(t.inlineObjects)
+        .values({ key: p("key"), bytes: p("bytes"), size: p("size"), createdAt: p("createdAt") })
+        .onConflictDoUpdate({
+          target: t.inlineObjects.key,
+          set: { bytes: sql`excluded.bytes`, size: sql`excluded.size`, createdAt: sql`excluded.created_at` },
+        })
+        .returning({ key: t.inlineObjects.key }),
+    ),
+    deleteInline: statement("w_delete_inline", (q) =>
+      q
+        .delete(t.inlineObjects)
+        .where(eq(t.inlineObjects.key, p("key")))
+        .returning({ key: t.inlineObjects.key }),
+    ),
     insertPending: statement("w_insert_pending", (q) =>
       q
         .insert(t.pendingUploads)
@@ -724,6 +740,20 @@ export function createRepo(database: Database) {
         .where(and(eq(t.signingKeys.cacheId, sql.placeholder("cacheId")), isNull(t.signingKeys.retiredAt)))
         .orderBy(t.signingKeys.id),
       "signing_keys_of_cache",
+    ),
+    inlineObject: prepare(
+      db
+        .select({ bytes: t.inlineObjects.bytes, createdAt: t.inlineObjects.createdAt })
+        .from(t.inlineObjects)
+        .where(eq(t.inlineObjects.key, sql.placeholder("key"))),
+      "inline_object",
+    ),
+    inlineObjectStat: prepare(
+      db
+        .select({ size: t.inlineObjects.size, createdAt: t.inlineObjects.createdAt })
+        .from(t.inlineObjects)
+        .where(eq(t.inlineObjects.key, sql.placeholder("key"))),
+      "inline_object_stat",
     ),
     realisation: prepare(
       db
@@ -1430,6 +1460,53 @@ export function createRepo(database: Database) {
         await tx.delete(t.stagedNars).where(eq(t.stagedNars.storageKey, storageKey));
         await tx.delete(t.pendingUploads).where(eq(t.pendingUploads.storageKey, storageKey));
       });
+    },
+
+    // ---- small objects kept here instead of in storage (storage/inline.ts): rows of the storage, so their
+    // writes change nothing a read of paths remembers (keepRevision)
+    inlineObjects: {
+      async put(key: string, bytes: Buffer): Promise<void> {
+        const values = { key, bytes, size: bytes.length, createdAt: Date.now() };
+        await database.transaction(async (tx) => writes.putInline(tx, values), { keepRevision: true });
+      },
+      async get(key: string): Promise<{ bytes: Buffer; modified: Date } | undefined> {
+        const [row] = await hot.inlineObject.execute({ key });
+        return row ? { bytes: row.bytes, modified: new Date(row.createdAt) } : undefined;
+      },
+      async stat(key: string): Promise<{ size: number; modified: Date } | undefined> {
+        const [row] = await hot.inlineObjectStat.execute({ key });
+        return row ? { size: row.size, modified: new Date(row.createdAt) } : undefined;
+      },
+      async delete(key: string): Promise<void> {
+        await database.transaction(async (tx) => writes.deleteInline(tx, { key }), { keepRevision: true });
+      },
+      async present(keys: readonly string[]): Promise<Set<string>> {
+        const found = new Set<string>();
+        for (const part of chunks(keys)) {
+          const rows = await db
+            .select({ key: t.inlineObjects.key })
+            .from(t.inlineObjects)
+            .where(inArray(t.inlineObjects.key, part));
+          for (const row of rows) found.add(row.key);
+        }
+        return found;
+      },
+      async page(
+        prefix: string,
+        after: string | undefined,
+        limit: number,
+      ): Promise<Array<{ key: string; size: number; modified: Date }>> {
+        const key = t.inlineObjects.key;
+        // substr counts characters (code points) in both dialects; a prefix test that no collation changes.
+        const starts = sql`substr(${key}, 1, ${[...prefix].length}) = ${prefix}`;
+        const rows = await db
+          .select({ key, size: t.inlineObjects.size, createdAt: t.inlineObjects.createdAt })
+          .from(t.inlineObjects)
+          .where(and(prefix === "" ? undefined : starts, after === undefined ? undefined : gt(key, after)))
+          .orderBy(asc(key))
+          .limit(limit);
+        return rows.map((row) => ({ key: row.key, size: row.size, modified: new Date(row.createdAt) }));
+      },
     },
 
     // ---- staged NARs (nix copy: NAR first, narinfo later)

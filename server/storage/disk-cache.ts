@@ -47,10 +47,6 @@ export interface DiskCachedStorage extends Storage {
   stats(): DiskCacheStats;
 }
 
-export function isDiskCached(storage: Storage): storage is DiskCachedStorage {
-  return typeof (storage as Partial<DiskCachedStorage>).stats === "function";
-}
-
 export async function withDiskCache(remote: Storage, options: DiskCacheOptions): Promise<DiskCachedStorage> {
   // No memory of its own: the remote driver keeps the small objects (peek), and would hold them twice.
   const copies = createLocalStorage({ root: options.root, recentBytes: 0 });

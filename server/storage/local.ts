@@ -41,17 +41,16 @@ import {
 } from "./small-objects.ts";
 import {
   abortedError,
-  asReadable,
   assertKey,
   assertPrefix,
   assertRange,
-  assertSize,
   type ByteRange,
   isValidKey,
   type PutOptions,
   type Storage,
   StorageError,
   type StoredObject,
+  startPut,
 } from "./storage.ts";
 
 export interface LocalStorageOptions {
@@ -189,14 +188,8 @@ export function createLocalStorage(options: LocalStorageOptions): Storage {
     body: NodeJS.ReadableStream | Readable,
     opts: PutOptions = {},
   ): Promise<{ size: number }> {
-    assertKey(key, "put");
-    assertSize(opts.size, key);
+    let input = startPut(key, body, opts);
     const { size: expected, signal } = opts;
-    let input = asReadable(body);
-    if (signal?.aborted) {
-      input.destroy();
-      throw abortedError("put", key, signal);
-    }
     const expectedAtMost = expected ?? opts.sizeHint;
     if (expectedAtMost !== undefined && expectedAtMost <= SMALL_PUT) {
       let gathered: Awaited<ReturnType<typeof gather>>;

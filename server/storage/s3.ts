@@ -27,17 +27,16 @@ import { KeyChanges } from "./key-changes.ts";
 import { bufferedBody, bufferedRange, ownBytes, RECENT_BYTES, SmallObjects } from "./small-objects.ts";
 import {
   abortedError,
-  asReadable,
   assertKey,
   assertPrefix,
   assertRange,
-  assertSize,
   type ByteRange,
   chunksOf,
   type PutOptions,
   type Storage,
   StorageError,
   type StoredObject,
+  startPut,
 } from "./storage.ts";
 
 export interface S3StorageOptions {
@@ -326,16 +325,10 @@ export async function createS3Storage(options: S3StorageOptions): Promise<Storag
     body: NodeJS.ReadableStream | Readable,
     opts: PutOptions = {},
   ): Promise<{ size: number }> {
-    assertKey(key, "put");
-    assertSize(opts.size, key);
+    const input = startPut(key, body, opts);
     const { size: expected, sizeHint, signal } = opts;
     const name = nameOf(key);
-    const input = asReadable(body);
     const onAbort = () => input.destroy(abortedError("put", key, signal!));
-    if (signal?.aborted) {
-      input.destroy();
-      throw abortedError("put", key, signal);
-    }
     signal?.addEventListener("abort", onAbort, { once: true });
     // Whatever happens to this put, what memory held for the key may no longer be what the bucket holds.
     change(key);

@@ -142,6 +142,21 @@ export function assertSize(size: number | undefined, key: string): void {
   }
 }
 
+/**
+ * What every driver's put checks first: the key and declared size, and a signal already aborted (the body is
+ * destroyed then). The body comes back as a Readable (asReadable).
+ */
+export function startPut(key: string, body: NodeJS.ReadableStream | Readable, opts: PutOptions): Readable {
+  assertKey(key, "put");
+  assertSize(opts.size, key);
+  const input = asReadable(body);
+  if (opts.signal?.aborted) {
+    input.destroy();
+    throw abortedError("put", key, opts.signal);
+  }
+  return input;
+}
+
 /** The body as a Readable (old-style streams are wrapped), so drivers can pipe, iterate and destroy it. */
 export function asReadable(body: NodeJS.ReadableStream | Readable): Readable {
   return body instanceof Readable ? body : new Readable().wrap(body);

@@ -671,8 +671,31 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
     }
   });
 
+  it("keeps a small NAR in the database: a server that did not receive it answers it, never redirects it", async (t) => {
+    if (!server) return t.skip("S3 unavailable");
+    const info = await pushed(fakeStorePath("s3-lane-inline"), narOf(Buffer.from("a row, not an object")));
+    const cache = await server!.ctx.repo.cacheByName("main");
+    const row = await server!.ctx.repo.narByFileHash(cache!.id, field(info, "FileHash"));
+    assert.equal(await s3!.storage.stat(row!.storageKey), null, "nothing in the bucket");
+    assert.ok(await server!.ctx.repo.inlineObjects.stat(row!.storageKey), "a row in the database");
+    // Restarted with no memory for small objects: still answered, from the row, and not redirected.
+    await start({ NIXSTASH_S3_MEMORY_MB: "0" });
+    const c = new RawClient(port);
+    try {
+      c.write(get(`/main/${field(info, "URL")}`));
+      const sent = await c.read();
+      assert.equal(sent.status, 200);
+      assert.equal(fileHashOf(sent.bytes), field(info, "FileHash"));
+    } finally {
+      c.close();
+      await start();
+    }
+  });
+
   it("reads a small NAR it does not hold from the bucket once and keeps it; with no memory it redirects it", async (t) => {
     if (!server) return t.skip("S3 unavailable");
+    // A small NAR in the bucket, as one pushed with NIXSTASH_S3_INLINE_KB=0 (or before there were rows) is.
+    await start({ NIXSTASH_S3_INLINE_KB: "0" });
     const info = await pushed(fakeStorePath("s3-lane-read-through"), narOf(Buffer.from("read through once")));
     const url = `/main/${field(info, "URL")}`;
     const fileHash = field(info, "FileHash");
@@ -687,7 +710,7 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
     };
 
     // A server that did not receive it (a replica, or after a restart) reads it from the bucket, not redirects.
-    await start();
+    await start({ NIXSTASH_S3_INLINE_KB: "0" });
     const first = await fetchRaw();
     assert.equal(first.status, 200);
     assert.equal(fileHashOf(first.bytes), fileHash);
@@ -700,7 +723,7 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
     assert.ok(again.bytes.equals(first.bytes));
 
     // With no memory for small objects, it redirects like any other NAR.
-    await start({ NIXSTASH_S3_MEMORY_MB: "0" });
+    await start({ NIXSTASH_S3_MEMORY_MB: "0", NIXSTASH_S3_INLINE_KB: "0" });
     const redirected = await fetchRaw();
     assert.equal(redirected.status, 302);
     assert.match(
@@ -722,8 +745,7 @@ describe("fast lane on S3 storage (small NARs from memory, others redirected)", 
     try {
       c.write(get(url));
       assert.equal((await c.read()).status, 302, "no copy yet: redirected, and copied meanwhile");
-      const storage = server!.ctx.storage as import("../../server/storage/disk-cache.ts").DiskCachedStorage;
-      await storage.settled();
+      await server!.diskCache!.settled();
       c.write(get(url));
       const sent = await c.read();
       assert.equal(sent.status, 200);

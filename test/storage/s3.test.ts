@@ -9,9 +9,13 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { Client } from "minio";
+import { openDatabase } from "../../server/db/database.ts";
+import { createRepo } from "../../server/db/repo.ts";
 import { withDiskCache } from "../../server/storage/disk-cache.ts";
+import { withInlineObjects } from "../../server/storage/inline.ts";
 import { createS3Storage, type S3StorageOptions } from "../../server/storage/s3.ts";
 import { StorageError } from "../../server/storage/storage.ts";
+import { freshPostgres } from "../support/harness.ts";
 import { s3Service, testTmp } from "../support/services.ts";
 import { storageConformance } from "./conformance.ts";
 
@@ -80,6 +84,28 @@ if (!service) {
     return {
       storage,
       cleanup: () => dropBucket(client, bucket),
+      debris: () => incompleteUploads(client, bucket),
+    };
+  });
+
+  // What the server runs on S3: small objects in PostgreSQL rows, the rest in the bucket.
+  storageConformance("inline rows (PostgreSQL) over s3", async () => {
+    const bucket = freshBucketName();
+    const postgres = await freshPostgres();
+    if (!postgres) throw new Error("needs PostgreSQL (NIXSTASH_TEST_PG_URL): run through test/run.sh");
+    const database = await openDatabase(postgres.url);
+    const storage = withInlineObjects(await createS3Storage(options(bucket)), {
+      rows: createRepo(database).inlineObjects,
+      maxBytes: 64 * 1024,
+      recentBytes: 16 * MiB,
+    });
+    return {
+      storage,
+      cleanup: async () => {
+        await database.close();
+        await postgres.drop();
+        await dropBucket(client, bucket);
+      },
       debris: () => incompleteUploads(client, bucket),
     };
   });

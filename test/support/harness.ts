@@ -12,6 +12,7 @@ import { openDatabase } from "../../server/db/database.ts";
 import { createRepo } from "../../server/db/repo.ts";
 import { createServerMetrics } from "../../server/metrics.ts";
 import { createSecretBox } from "../../server/secrets.ts";
+import { withInlineObjects } from "../../server/storage/inline.ts";
 import { createLocalStorage } from "../../server/storage/local.ts";
 import { createS3Storage } from "../../server/storage/s3.ts";
 import type { Storage } from "../../server/storage/storage.ts";
@@ -93,18 +94,27 @@ export async function makeHarness(kind: { db: DbKind; storage: StorageKind }): P
   }
   env.NIXSTASH_DATABASE_URL = databaseUrl;
 
+  const database = await openDatabase(databaseUrl);
+  const repo = createRepo(database);
   let storage: Storage = createLocalStorage({ root: join(dir, "storage") });
   if (kind.storage === "s3") {
     const fresh = await freshS3();
-    if (!fresh) return undefined;
-    storage = fresh.storage;
+    if (!fresh) {
+      await database.close();
+      return undefined;
+    }
+    // As the server composes it (start.ts, openStorage): small objects in the database, at its defaults.
+    storage = withInlineObjects(fresh.storage, {
+      rows: repo.inlineObjects,
+      maxBytes: 64 * 1024,
+      recentBytes: 16 * 1024 * 1024,
+    });
     Object.assign(env, fresh.env);
   }
 
-  const database = await openDatabase(databaseUrl);
   const ctx: Context = {
     database,
-    repo: createRepo(database),
+    repo,
     storage,
     secrets: createSecretBox("test-secret-test-secret-test-secret!"),
     log: pino({ level: "silent" }),
