@@ -68,6 +68,8 @@ interface Options {
   wrkSeconds: number;
   /** Measure 1's unmeasured passes, per peer and rep, last at least this long (one pass at least). */
   warmupSeconds: number;
+  /** Measure 6: push a warm-up closure into each fresh server before the timed push (a running server). */
+  warmPush: boolean;
   hookRuns: number;
   ingestMiB: number;
   write: boolean;
@@ -82,6 +84,7 @@ function parseOptions(argv: string[]): Options {
     seed: 7,
     wrkSeconds: 10,
     warmupSeconds: 2,
+    warmPush: true,
     hookRuns: 300,
     ingestMiB: 1024,
     write: true,
@@ -100,6 +103,7 @@ function parseOptions(argv: string[]): Options {
     else if (a === "--seed") o.seed = Number(value());
     else if (a === "--wrk-seconds") o.wrkSeconds = Number(value());
     else if (a === "--warmup-seconds") o.warmupSeconds = Number(value());
+    else if (a === "--cold-push") o.warmPush = false;
     else if (a === "--hook-runs") o.hookRuns = Number(value());
     else if (a === "--ingest-mib") o.ingestMiB = Number(value());
     else if (a === "--no-write") o.write = false;
@@ -712,12 +716,24 @@ function statFields(pid: string): string[] {
  * The workload's closure (with the target), and beside it the same pushes of a closure of small paths only:
  * in the whole closure one 300 MiB NAR sets the pace, which hides what each small path costs.
  */
-async function measure6(workload: Workload, smallOnly: Workload, stacks: Stack[]) {
-  await measure6Of("6 push the closure", workload, stacks, true);
-  await measure6Of(`6 push ${smallOnly.paths.length} small paths alone`, smallOnly, stacks, false);
+async function measure6(
+  workload: Workload,
+  smallOnly: Workload,
+  warmUp: Workload | undefined,
+  stacks: Stack[],
+) {
+  await measure6Of("6 push the closure", workload, warmUp, stacks, true);
+  await measure6Of(`6 push ${smallOnly.paths.length} small paths alone`, smallOnly, warmUp, stacks, false);
 }
 
-async function measure6Of(measure: string, workload: Workload, stacks: Stack[], withTarget: boolean) {
+async function measure6Of(
+  measure: string,
+  workload: Workload,
+  /** Pushed into each fresh server first, the same way, unmeasured (see the call in main). */
+  warmUp: Workload | undefined,
+  stacks: Stack[],
+  withTarget: boolean,
+) {
   const baseline = "nix copy --to file:// (zstd)";
   const target = { text: "≤ 1.2× file://", ok: (_r: Row, x: number | undefined) => (x ?? 99) <= 1.2 };
   const dir = join(TMP, "push-file");
@@ -767,12 +783,16 @@ async function measure6Of(measure: string, workload: Workload, stacks: Stack[], 
         // Nix remembers which paths a cache URL has (30 days, in XDG_CACHE_HOME), and a fresh server can get
         // the port of an earlier one: nix copy then skipped paths it believed pushed (run 3 of a full run).
         rmSync(pushEnv.XDG_CACHE_HOME!, { recursive: true, force: true });
+        const push = async (top: string) => {
+          if (how === "nixstash push") await nixstashPush(peer, [top]);
+          else await sh("nix", ["copy", "--to", `${peer.base}?compression=zstd`, top], pushEnv);
+        };
+        if (warmUp) await push(warmUp.top);
         const services0 = stack === "postgres+s3" ? servicesCpuSeconds() : 0;
         t0 = now();
         cpu0 = childrenCpuSeconds();
         const server0 = processCpuSeconds(peer.pid!);
-        if (how === "nixstash push") await nixstashPush(peer, [workload.top]);
-        else await sh("nix", ["copy", "--to", `${peer.base}?compression=zstd`, workload.top], pushEnv);
+        await push(workload.top);
         const seconds = (now() - t0) / 1000;
         const clientCpu = childrenCpuSeconds() - cpu0;
         const serverCpu = processCpuSeconds(peer.pid!) - server0;
@@ -1122,9 +1142,25 @@ async function main() {
       large: 0,
       hugeBytes: 4096,
     });
+    // A cache server runs for days: a push meets a server that has compiled its code (V8's optimizing
+    // compiler took 30% of a fresh server's CPU for the small paths' push, BENCHMARKS.md session 21) and
+    // filled its pools. Each fresh server first takes this closure, of other paths, the same way, unmeasured.
+    // --cold-push leaves it out.
+    let warmUp: Workload | undefined;
+    if (opts.warmPush) {
+      log("building the warm-up closure for pushes (seed 13)");
+      warmUp = await buildWorkload({
+        seed: 13,
+        dir: join(TMP, "workload-warm-up"),
+        small: 150,
+        medium: 5,
+        large: 1,
+        hugeBytes: 0,
+      });
+    }
     for (let rep = 0; rep < Math.min(opts.reps, 3); rep++) {
       log(`push run ${rep + 1}`);
-      await measure6(workload, smallOnly, stacks);
+      await measure6(workload, smallOnly, warmUp, stacks);
     }
   }
   const minutes = (now() - started) / 60000;
@@ -1138,7 +1174,7 @@ async function main() {
     `- workload: seed ${workload.seed}, ${workload.paths.length} paths, ${(workload.narBytes / 2 ** 20).toFixed(1)} MiB of NAR (largest ${(Math.max(...workload.paths.map((p) => p.narSize)) / 2 ** 20).toFixed(1)} MiB); static cache ${(Number((await sh("du", ["-sb", fileCache])).split("\t")[0]) / 2 ** 20).toFixed(1)} MiB (zstd)`,
   );
   facts.push(
-    `- run: \`npm run bench -- ${process.argv.slice(2).join(" ")}\` — ${opts.reps} reps, wrk ${opts.wrkSeconds} s, ${opts.hookRuns} hook runs, ${new Date().toISOString().slice(0, 16)}Z, took ${minutes.toFixed(1)} min`,
+    `- run: \`npm run bench -- ${process.argv.slice(2).join(" ")}\` — ${opts.reps} reps, wrk ${opts.wrkSeconds} s, ${opts.hookRuns} hook runs, ${opts.warmPush ? "pushes into servers that took a warm-up closure first" : "pushes into fresh servers (--cold-push)"}, ${new Date().toISOString().slice(0, 16)}Z, took ${minutes.toFixed(1)} min`,
   );
   const section = `${facts.join("\n")}\n\n${renderTable(rows)}\n\nRatios are medians against the baseline's median of the same run; for rates the ratio is baseline/peer, so above 1 is always slower than the baseline.`;
   process.stdout.write(`\n${section}\n`);
