@@ -28,6 +28,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { encodeNix32, formatHash } from "../nix/index.ts";
+import { freshPostgres } from "../test/support/harness.ts";
 import { hookCallsUnderNix } from "./hook-under-nix.ts";
 import {
   bucketClient,
@@ -889,12 +890,13 @@ async function measure6S3Floor(
 /**
  * The floor above leaves the bytes' journey out; this one takes it in, with the least server this project
  * can run: Node.js. The NAR files `nix copy --to file://` wrote go, 4 at a time as `nixstash push` sends
- * them, to a relay on node:http that hashes each body, decodes and hashes the NAR, and streams the body
- * on into RGW in one presigned PUT (bench/relay-floor.mjs: no parsing, database, signing or payload
- * hash). file://'s CPU, the sender's, the relay's and RGW's (with its OSD) over two cores: the least wall
- * time a push through a Node server that checks what it stores has taken here. Not a bound for every
+ * them, to a relay on node:http that hashes each body, decodes and hashes the NAR, and stores it where
+ * nixstash does: up to 64 KiB as a row of PostgreSQL (one INSERT), longer ones streamed on into RGW in one
+ * presigned PUT (bench/relay-floor.mjs: no parsing, signing, payload hash or other database work).
+ * file://'s CPU, the sender's, the relay's and RGW's, its OSD's and PostgreSQL's over two cores: the least
+ * wall time a push through a Node server that checks what it stores has taken here. Not a bound for every
  * possible server, but a measured one for any built as nixstash must be (TypeScript on Node, verify
- * before storing) that puts every NAR in the bucket, as the floor above.
+ * before storing) and storing where nixstash stores.
  */
 async function measure6RelayFloor(
   measure: string,
@@ -905,12 +907,18 @@ async function measure6RelayFloor(
   fileCpu: number,
   baseline: string,
 ) {
-  const peer = "S3 relay floor: file://, sending, a minimal Node relay, RGW; CPU / 2 cores";
+  const peer = "S3 relay floor: file://, sending, a minimal Node relay, RGW + PostgreSQL; CPU / 2 cores";
   const client = bucketClient();
   const bucket = await freshBucket(client, "bench-push-floor");
+  const database = await freshPostgres();
+  if (!database) throw new Error("the relay floor needs PostgreSQL (bench/run.sh starts it)");
   const relay = spawn(process.execPath, [join(ROOT, "bench/relay-floor.mjs"), "relay", bucket], {
     stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, NIXSTASH_BENCH_S3: JSON.stringify(bucketOptions()) },
+    env: {
+      ...process.env,
+      NIXSTASH_BENCH_S3: JSON.stringify(bucketOptions()),
+      NIXSTASH_BENCH_PG: database.url,
+    },
   });
   try {
     const port = await new Promise<number>((resolve, reject) => {
@@ -940,10 +948,12 @@ async function measure6RelayFloor(
       (fileCpu + sent.cpuSeconds + relayCpu + servicesCpu) / 2,
     );
     log(
-      `${peer}: file:// ${fileCpu.toFixed(2)} + sending ${sent.cpuSeconds.toFixed(2)} + relay ${relayCpu.toFixed(2)} + RGW ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
+      `${peer}: file:// ${fileCpu.toFixed(2)} + sending ${sent.cpuSeconds.toFixed(2)} + relay ${relayCpu.toFixed(2)} + RGW and PostgreSQL ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
     );
   } finally {
     relay.kill();
+    await new Promise((resolve) => (relay.exitCode === null ? relay.once("exit", resolve) : resolve(null)));
+    await database.drop();
     await removeFilesAndBucket(client, bucket, cacheDir, nars);
   }
 }

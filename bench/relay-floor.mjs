@@ -1,22 +1,29 @@
 // Measure 6's relay floor for a push into S3, in two processes of its own: the least a Node server that
-// checks every pushed NAR and stores it in a bucket does, and the least a client does to hand it the NARs.
-// The NAR files `nix copy --to file://` wrote (already dumped and compressed: that work is file://'s own) go
-// from a sender to a relay on node:http, and the relay hashes each body (its FileHash), decodes it with zstd
-// and hashes the NAR (bench/nar-hasher.mjs, as verify-floor.mjs does), and streams the body on into RGW in
-// one presigned PUT (no payload hash: less than nixstash's signed PUTs). No parsing, no database, no
-// signing, no framework: whatever a real push spends beyond this is its design's.
+// checks every pushed NAR and stores it as nixstash does does, and the least a client does to hand it the
+// NARs. The NAR files `nix copy --to file://` wrote (already dumped and compressed: that work is file://'s
+// own) go from a sender to a relay on node:http, and the relay hashes each body (its FileHash), decodes it
+// with zstd and hashes the NAR (bench/nar-hasher.mjs, as verify-floor.mjs does), and stores it: a body of
+// up to 64 KiB as a row of PostgreSQL (one INSERT, where nixstash keeps the small ones:
+// NIXSTASH_S3_INLINE_KB), a longer one streamed on into RGW in one presigned PUT (no payload hash: less than
+// nixstash's signed PUTs). No parsing, no other database work, no signing, no framework: whatever a real
+// push spends beyond this is its design's.
 //   node bench/relay-floor.mjs relay BUCKET             serves PUT /<key> on 127.0.0.1; prints {"port"}
 //   node bench/relay-floor.mjs send URL DIR N FILE...   PUTs each FILE (its key: its path under DIR), N at
 //                                                       once, from memory; prints the files, the NAR bytes
 //                                                       the relay decoded and the CPU seconds of sending
-// The relay reaches RGW with the minio client options in NIXSTASH_BENCH_S3 (JSON: bench/peers.ts bucketOptions).
+// The relay reaches RGW with the minio client options in NIXSTASH_BENCH_S3 (JSON: bench/peers.ts bucketOptions),
+// and PostgreSQL at NIXSTASH_BENCH_PG (a database of its own: it makes its table there).
 // Plain JavaScript, so it starts without the TypeScript loader and stays small.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import { relative } from "node:path";
 import { Client } from "minio";
+import pg from "pg";
 import { createNarHasher } from "./nar-hasher.mjs";
+
+/** Bodies up to this many bytes become rows, as nixstash's default NIXSTASH_S3_INLINE_KB=64 keeps them. */
+const INLINE_BYTES = 64 * 1024;
 
 const [mode, ...args] = process.argv.slice(2);
 if (mode === "relay") await relay(args[0]);
@@ -26,6 +33,9 @@ else throw new Error("usage: relay-floor.mjs relay BUCKET | send URL DIR N FILE.
 async function relay(bucket) {
   if (!bucket) throw new Error("relay-floor.mjs relay: no bucket");
   const s3 = new Client(JSON.parse(process.env.NIXSTASH_BENCH_S3 ?? "{}"));
+  if (!process.env.NIXSTASH_BENCH_PG) throw new Error("relay-floor.mjs relay: no NIXSTASH_BENCH_PG");
+  const db = new pg.Pool({ connectionString: process.env.NIXSTASH_BENCH_PG, max: 4 });
+  await db.query("CREATE TABLE IF NOT EXISTS inline_floor (key text PRIMARY KEY, bytes bytea NOT NULL)");
   const agent = new http.Agent({ keepAlive: true });
   // One NAR hasher (a decoding context and block) per upload running at once, reused (as the server's
   // decoders are).
@@ -38,10 +48,28 @@ async function relay(bucket) {
     try {
       const key = decodeURIComponent(req.url.slice(1));
       const length = Number(req.headers["content-length"]);
-      const url = await s3.presignedPutObject(bucket, key, 600);
       const nar = idle.pop() ?? createNarHasher();
       nar.start();
       const fileHash = createHash("sha256");
+      if (length <= INLINE_BYTES) {
+        const chunks = [];
+        for await (const chunk of req) {
+          fileHash.update(chunk);
+          nar.update(chunk);
+          chunks.push(chunk);
+        }
+        await db.query(
+          "INSERT INTO inline_floor (key, bytes) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET bytes = excluded.bytes",
+          [key, Buffer.concat(chunks)],
+        );
+        fileHash.digest();
+        nar.digest();
+        idle.push(nar);
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ narBytes: nar.narBytes }));
+        return;
+      }
+      const url = await s3.presignedPutObject(bucket, key, 600);
       // The body goes on to RGW chunk by chunk as it comes. Gathered first and put in one write, the same
       // files cost this relay ~1 CPU s more and RGW no less (ad-hoc A/B, 3 runs each, session 20).
       const upstream = http.request(url, { method: "PUT", agent, headers: { "content-length": length } });
