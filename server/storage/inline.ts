@@ -56,6 +56,8 @@ export interface InlineOptions {
 /** The largest maxBytes: a row is read whole into memory, and a database is no bucket. */
 export const INLINE_MAX = 1024 * 1024;
 const LIST_PAGE = 1000;
+/** Keys known to have no row, kept at most (see `underneath`). */
+const UNDERNEATH_KEPT = 10_000;
 
 export function withInlineObjects(under: Storage, options: InlineOptions): Storage {
   const { rows, maxBytes } = options;
@@ -68,8 +70,21 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
   }
   const held = new SmallObjects(options.recentBytes);
   const changes = new KeyChanges(1024);
+  /**
+   * Keys this process found to have no row, most recent last: a large NAR's downloads after the first go
+   * straight to the storage underneath (its redirect, its disk copy) without asking the database first.
+   * Trusted as `held` is, because nixstash never rewrites a key; a put or delete here forgets the key.
+   */
+  const underneath = new Map<string, true>();
+  const knowUnderneath = (key: string, seen: number) => {
+    if (changes.changedSince(key, seen)) return;
+    underneath.delete(key);
+    underneath.set(key, true);
+    if (underneath.size > UNDERNEATH_KEPT) underneath.delete(underneath.keys().next().value!);
+  };
   const change = (key: string) => {
     held.forget(key);
+    underneath.delete(key);
     changes.change(key);
   };
   const fail = (operation: string, key: string | undefined, err: unknown): StorageError =>
@@ -162,6 +177,7 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     if (range) assertRange(range, key);
     const known = held.use(key);
     if (known) return bufferedRange(known, range);
+    if (underneath.has(key)) return under.get(key, range);
     const seen = changes.count;
     let row: { bytes: Buffer } | undefined;
     try {
@@ -169,13 +185,17 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     } catch (err) {
       throw fail("get", key, err);
     }
-    if (!row) return under.get(key, range);
+    if (!row) {
+      knowUnderneath(key, seen);
+      return under.get(key, range);
+    }
     if (!changes.changedSince(key, seen)) held.remember(key, row.bytes);
     return bufferedRange(row.bytes, range);
   }
 
   async function stat(key: string): Promise<{ size: number; modified: Date } | null> {
     assertKey(key, "stat");
+    if (underneath.has(key)) return under.stat(key);
     let row: { size: number; modified: Date } | undefined;
     try {
       row = await rows.stat(key);
@@ -236,15 +256,19 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     if (!Number.isSafeInteger(expiresSeconds) || expiresSeconds < 1) {
       throw new StorageError("presignGet", key, `expiry ${expiresSeconds}s is not a positive whole number`);
     }
+    if (underneath.has(key)) return under.presignGet(key, expiresSeconds);
     // A row has no URL of its own: its reader gets it from get().
     if (held.use(key)) return null;
+    const seen = changes.count;
     let row: { size: number } | undefined;
     try {
       row = await rows.stat(key);
     } catch (err) {
       throw fail("presignGet", key, err);
     }
-    return row ? null : under.presignGet(key, expiresSeconds);
+    if (row) return null;
+    knowUnderneath(key, seen);
+    return under.presignGet(key, expiresSeconds);
   }
 
   return {

@@ -117,6 +117,38 @@ describe("inline objects: where each object goes", () => {
     assert.deepEqual(await keys(made.storage, "log/"), []);
   });
 
+  it("asks the database once about a key it found underneath, and again once the key is written", async () => {
+    let asked = 0;
+    const rows = made.rows;
+    const counting = {
+      ...rows,
+      get: (key: string) => {
+        asked++;
+        return rows.get(key);
+      },
+      stat: (key: string) => {
+        asked++;
+        return rows.stat(key);
+      },
+    };
+    const storage = withInlineObjects(made.under, {
+      rows: counting,
+      maxBytes: MAX,
+      recentBytes: 1024 * 1024,
+    });
+    const big = randomBytes(4 * MAX);
+    await storage.put("nar/asked", Readable.from([big]));
+    for (let i = 0; i < 3; i++) assert.deepEqual(await readBytes(await storage.get("nar/asked")), big);
+    await storage.presignGet("nar/asked", 60);
+    assert.equal((await storage.stat("nar/asked"))?.size, big.length);
+    assert.equal(asked, 1, "one question for three reads, a presign and a stat");
+    const small = Buffer.from("now a row");
+    await storage.put("nar/asked", Readable.from([small]));
+    assert.deepEqual(await readBytes(await storage.get("nar/asked")), small, "the put forgot the key");
+    await storage.delete("nar/asked");
+    assert.equal(await storage.get("nar/asked"), null);
+  });
+
   it("writes no row for a small body that fails, is aborted, or has another size than declared", async () => {
     const failing = new Readable({
       read() {
