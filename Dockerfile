@@ -18,7 +18,9 @@ COPY server ./server
 RUN npm run build:server --silent
 
 FROM node:20-bookworm-slim
+# MALLOC_ARENA_MAX as npm start sets it (package.json; README "Running the server").
 ENV NODE_ENV=production \
+    MALLOC_ARENA_MAX=2 \
     NIXSTASH_LISTEN=0.0.0.0:8080 \
     NIXSTASH_DATA_DIR=/var/lib/nixstash
 WORKDIR /opt/nixstash

@@ -13,7 +13,7 @@ import { promisify } from "node:util";
 import { parseConfig } from "../../server/config.ts";
 import { freshPostgres, freshS3 } from "../support/harness.ts";
 import { fakeStorePath, hashOf, infoFor, narOf } from "../support/nar.ts";
-import { startNodeOptions, startServerProcess } from "../support/server-process.ts";
+import { startEnvironment, startNodeOptions, startServerProcess } from "../support/server-process.ts";
 import { testTmp } from "../support/services.ts";
 
 const execFileP = promisify(execFile);
@@ -210,6 +210,13 @@ describe("docker-compose.yml and Dockerfile", () => {
     const argv = JSON.parse(cmd[1]!) as string[];
     assert.equal(argv.at(-1), outfile, "CMD runs the bundle");
     assert.deepEqual(argv.slice(1, -1), startNodeOptions(), "CMD gives node the options npm start gives it");
+    assert.equal(startEnvironment().MALLOC_ARENA_MAX, "2", "npm start caps glibc's malloc arenas (README)");
+    for (const [name, value] of Object.entries(startEnvironment()))
+      assert.match(
+        dockerfile,
+        new RegExp(`^\\s*(ENV )?${name}=${value}\\b`, "m"),
+        `the image sets ${name} as npm start does`,
+      );
     assert.ok(pkg.scripts.start?.includes(outfile), "npm start runs the same bundle");
     const copiedDirs = new Set(copied.filter((c) => statSync(join(root, c)).isDirectory()));
     const walk = (dir: string): string[] =>

@@ -19,14 +19,32 @@ const root = join(import.meta.dirname, "../..");
 const bundle = join(root, "server/dist/main.mjs");
 
 /**
- * The Node options `npm start` gives the bundle (package.json is their one home; the Dockerfile's CMD is
- * checked against them in test/ops/compose.test.ts), so tests and benchmarks run the server as users do.
+ * The Node options `npm start` gives the bundle (package.json is their one home; the Dockerfile's CMD and ENV
+ * are checked against them in test/ops/compose.test.ts), so tests and benchmarks run the server as users do.
  */
 export function startNodeOptions(): string[] {
+  return startCommand().options;
+}
+
+/** The environment `npm start` sets for the bundle (`NAME=value` before `node` in the start script). */
+export function startEnvironment(): Record<string, string> {
+  return startCommand().env;
+}
+
+function startCommand(): { env: Record<string, string>; options: string[] } {
   const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { scripts: { start: string } };
-  const match = /\bnode((?: --\S+)*) server\/dist\/main\.mjs\b/.exec(pkg.scripts.start);
+  const match = /((?:\b[A-Z_][A-Z0-9_]*=\S+ )*)\bnode((?: --\S+)*) server\/dist\/main\.mjs\b/.exec(
+    pkg.scripts.start,
+  );
   if (!match) throw new Error(`package.json's start script does not run node … server/dist/main.mjs`);
-  return match[1]!.trim().split(" ").filter(Boolean);
+  const env = Object.fromEntries(
+    match[1]!
+      .trim()
+      .split(" ")
+      .filter(Boolean)
+      .map((pair) => [pair.slice(0, pair.indexOf("=")), pair.slice(pair.indexOf("=") + 1)]),
+  );
+  return { env, options: match[2]!.trim().split(" ").filter(Boolean) };
 }
 
 function newestSource(dir: string): number {
@@ -53,7 +71,13 @@ export async function startServerProcess(env: Record<string, string>): Promise<S
   ensureBundle();
   const child = spawn(process.execPath, [...startNodeOptions(), bundle], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? "", NIXSTASH_LISTEN: "127.0.0.1:0", NIXSTASH_LOG_LEVEL: "warn", ...env },
+    env: {
+      PATH: process.env.PATH ?? "",
+      NIXSTASH_LISTEN: "127.0.0.1:0",
+      NIXSTASH_LOG_LEVEL: "warn",
+      ...startEnvironment(),
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stdout = "";
