@@ -87,12 +87,18 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     underneath.delete(key);
     changes.change(key);
   };
-  const fail = (operation: string, key: string | undefined, err: unknown): StorageError =>
-    err instanceof StorageError
-      ? err
-      : new StorageError(operation, key, `database: ${(err as Error)?.message ?? String(err)}`, {
-          cause: err,
-        });
+  /** A question to the rows, its failure a StorageError of `operation` that names the database. */
+  const ask = async <T>(operation: string, key: string, question: () => Promise<T>): Promise<T> => {
+    try {
+      return await question();
+    } catch (err) {
+      throw err instanceof StorageError
+        ? err
+        : new StorageError(operation, key, `database: ${(err as Error)?.message ?? String(err)}`, {
+            cause: err,
+          });
+    }
+  };
 
   async function put(
     key: string,
@@ -138,11 +144,7 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
       }
       if (signal?.aborted) throw abortedError("put", key, signal);
       const bytes = ownBytes(Buffer.concat(head, total));
-      try {
-        await rows.put(key, bytes);
-      } catch (err) {
-        throw fail("put", key, err);
-      }
+      await ask("put", key, () => rows.put(key, bytes));
       // Counted again now that it is done (a read begun meanwhile may have read the older bytes), then kept.
       change(key);
       held.remember(key, bytes);
@@ -161,11 +163,7 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     change(key);
     try {
       const result = await under.put(key, body, opts);
-      try {
-        await rows.delete(key);
-      } catch (err) {
-        throw fail("put", key, err);
-      }
+      await ask("put", key, () => rows.delete(key));
       return result;
     } finally {
       change(key);
@@ -179,12 +177,7 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     if (known) return bufferedRange(known, range);
     if (underneath.has(key)) return under.get(key, range);
     const seen = changes.count;
-    let row: { bytes: Buffer } | undefined;
-    try {
-      row = await rows.get(key);
-    } catch (err) {
-      throw fail("get", key, err);
-    }
+    const row = await ask("get", key, () => rows.get(key));
     if (!row) {
       knowUnderneath(key, seen);
       return under.get(key, range);
@@ -196,22 +189,14 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
   async function stat(key: string): Promise<{ size: number; modified: Date } | null> {
     assertKey(key, "stat");
     if (underneath.has(key)) return under.stat(key);
-    let row: { size: number; modified: Date } | undefined;
-    try {
-      row = await rows.stat(key);
-    } catch (err) {
-      throw fail("stat", key, err);
-    }
-    return row ?? under.stat(key);
+    return (await ask("stat", key, () => rows.stat(key))) ?? under.stat(key);
   }
 
   async function deleteKey(key: string): Promise<void> {
     assertKey(key, "delete");
     change(key);
     try {
-      await rows.delete(key);
-    } catch (err) {
-      throw fail("delete", key, err);
+      await ask("delete", key, () => rows.delete(key));
     } finally {
       change(key);
     }
@@ -222,12 +207,7 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     assertPrefix(prefix, "list");
     let after: string | undefined;
     for (;;) {
-      let page: StoredObject[];
-      try {
-        page = await rows.page(prefix, after, LIST_PAGE);
-      } catch (err) {
-        throw fail("list", prefix, err);
-      }
+      const page = await ask("list", prefix, () => rows.page(prefix, after, LIST_PAGE));
       yield* page;
       if (page.length < LIST_PAGE) break;
       after = page[page.length - 1]!.key;
@@ -235,12 +215,8 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     // What underneath holds at a key with a row is an older object that row replaced: not listed.
     let batch: StoredObject[] = [];
     const flush = async function* () {
-      let shadowed: Set<string>;
-      try {
-        shadowed = await rows.present(batch.map((o) => o.key));
-      } catch (err) {
-        throw fail("list", prefix, err);
-      }
+      const keys = batch.map((o) => o.key);
+      const shadowed = await ask("list", prefix, () => rows.present(keys));
       for (const object of batch) if (!shadowed.has(object.key)) yield object;
       batch = [];
     };
@@ -260,13 +236,7 @@ export function withInlineObjects(under: Storage, options: InlineOptions): Stora
     // A row has no URL of its own: its reader gets it from get().
     if (held.use(key)) return null;
     const seen = changes.count;
-    let row: { size: number } | undefined;
-    try {
-      row = await rows.stat(key);
-    } catch (err) {
-      throw fail("presignGet", key, err);
-    }
-    if (row) return null;
+    if (await ask("presignGet", key, () => rows.stat(key))) return null;
     knowUnderneath(key, seen);
     return under.presignGet(key, expiresSeconds);
   }
