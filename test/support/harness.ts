@@ -7,12 +7,13 @@ import { join } from "node:path";
 import pg from "pg";
 import { pino } from "pino";
 import { createApp } from "../../server/app.ts";
+import { parseConfig } from "../../server/config.ts";
 import type { Context } from "../../server/context.ts";
 import { openDatabase } from "../../server/db/database.ts";
 import { createRepo } from "../../server/db/repo.ts";
 import { createServerMetrics } from "../../server/metrics.ts";
 import { createSecretBox } from "../../server/secrets.ts";
-import { withInlineObjects } from "../../server/storage/inline.ts";
+import { openStorage } from "../../server/start.ts";
 import { createLocalStorage } from "../../server/storage/local.ts";
 import { createS3Storage } from "../../server/storage/s3.ts";
 import type { Storage } from "../../server/storage/storage.ts";
@@ -103,13 +104,9 @@ export async function makeHarness(kind: { db: DbKind; storage: StorageKind }): P
       await database.close();
       return undefined;
     }
-    // As the server composes it (start.ts, openStorage): small objects in the database, at its defaults.
-    storage = withInlineObjects(fresh.storage, {
-      rows: repo.inlineObjects,
-      maxBytes: 64 * 1024,
-      recentBytes: 16 * 1024 * 1024,
-    });
     Object.assign(env, fresh.env);
+    // Composed as the server composes it, at its defaults (start.ts): small objects in the database.
+    ({ storage } = await openStorage(parseConfig(env).storage, undefined, repo.inlineObjects));
   }
 
   const ctx: Context = {
