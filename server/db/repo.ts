@@ -1463,11 +1463,11 @@ export function createRepo(database: Database) {
     },
 
     // ---- small objects kept here instead of in storage (storage/inline.ts): rows of the storage, so their
-    // writes change nothing a read of paths remembers (keepRevision)
+    // writes change nothing a read of paths remembers (keepRevision, Database.single)
     inlineObjects: {
       async put(key: string, bytes: Buffer): Promise<void> {
         const values = { key, bytes, size: bytes.length, createdAt: Date.now() };
-        await database.transaction(async (tx) => writes.putInline(tx, values), { keepRevision: true });
+        await database.single(async (q) => writes.putInline(q, values));
       },
       async get(key: string): Promise<{ bytes: Buffer; modified: Date } | undefined> {
         const [row] = await hot.inlineObject.execute({ key });
@@ -1478,7 +1478,7 @@ export function createRepo(database: Database) {
         return row ? { size: row.size, modified: new Date(row.createdAt) } : undefined;
       },
       async delete(key: string): Promise<void> {
-        await database.transaction(async (tx) => writes.deleteInline(tx, { key }), { keepRevision: true });
+        await database.single(async (q) => writes.deleteInline(q, { key }));
       },
       async present(keys: readonly string[]): Promise<Set<string>> {
         const found = new Set<string>();
