@@ -11,16 +11,9 @@ import { dashboardRoutes } from "./routes/dashboard.ts";
 import type { Env } from "./routes/http.ts";
 import { nixRoutes } from "./routes/nix.ts";
 import { opsRoutes } from "./routes/ops.ts";
-import {
-  createRequestScope,
-  observeRequests,
-  type RequestRecord,
-  type RequestScope,
-} from "./routes/request-log.ts";
+import { observeRequests, type RequestRecord } from "./routes/request-log.ts";
 
 export interface AppOptions {
-  /** Puts the request id on log lines; start.ts shares it with the pino logger's mixin. */
-  requestScope?: RequestScope | undefined;
   /** In-flight requests and draining state, for graceful shutdown and /readyz. */
   lifecycle?: Lifecycle | undefined;
   /** Meters and logs answered requests; start.ts shares it with the fast lane. */
@@ -36,7 +29,6 @@ export function createApp(ctx: Context, options: AppOptions = {}) {
   const lifecycle = options.lifecycle ?? createLifecycle();
   app.use(
     observeRequests(ctx, {
-      scope: options.requestScope ?? createRequestScope(),
       lifecycle,
       recorder: options.recorder,
     }),
@@ -89,9 +81,9 @@ export function createApp(ctx: Context, options: AppOptions = {}) {
   );
 
   app.route("/", opsRoutes(ctx, lifecycle));
-  app.route("/", dashboardRoutes(ctx));
+  app.route("/", dashboardRoutes());
   app.route("/api/v1", adminRoutes(ctx));
-  app.route("/api/v1", apiRoutes(ctx));
-  app.route("/", nixRoutes(ctx));
+  app.route("/api/v1", apiRoutes());
+  app.route("/", nixRoutes());
   return app;
 }

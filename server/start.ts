@@ -17,7 +17,7 @@ import { createLifecycle } from "./lifecycle.ts";
 import { createServerMetrics, watchDiskCache } from "./metrics.ts";
 import { installFastLane } from "./routes/fast-lane.ts";
 import { nixFastReads } from "./routes/nix.ts";
-import { createRequestRecorder, createRequestScope } from "./routes/request-log.ts";
+import { createRequestRecorder } from "./routes/request-log.ts";
 import { createSecretBox, loadServerSecret } from "./secrets.ts";
 import { sendfileUnavailable } from "./sendfile.ts";
 import { type DiskCachedStorage, withDiskCache } from "./storage/disk-cache.ts";
@@ -80,8 +80,7 @@ export interface RunningServer {
 }
 
 export async function startServer(config: Config): Promise<RunningServer> {
-  const requestScope = createRequestScope();
-  const log = pino({ level: config.logLevel, base: { service: "nixstash" }, mixin: requestScope.mixin });
+  const log = pino({ level: config.logLevel, base: { service: "nixstash" } });
   const lifecycle = createLifecycle();
   const database = await openDatabase(config.databaseUrl);
   const repo = createRepo(database);
@@ -127,7 +126,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   cleanupTimer.unref();
   const background = startBackgroundJobs(ctx, { gcIntervalSeconds: config.gcIntervalSeconds });
   const recorder = createRequestRecorder(ctx);
-  const app = createApp(ctx, { requestScope, lifecycle, recorder });
+  const app = createApp(ctx, { lifecycle, recorder });
   // Without a createServer option the adapter makes a plain node:http server.
   const httpServer = createAdaptorServer({
     fetch: app.fetch,

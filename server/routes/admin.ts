@@ -83,7 +83,7 @@ export function adminRoutes(ctx: Context) {
 
   /** The caller, refusing a bad token outright (the API tells a client its token is wrong). */
   const who = async (c: C) => {
-    const found = await caller(ctx, c);
+    const found = await caller(c.var.ctx, c);
     if (!found.principal && "problem" in found && found.problem)
       throw unauthorized(`${found.problem}: check the token`);
     return found;
@@ -91,8 +91,8 @@ export function adminRoutes(ctx: Context) {
   const cacheFor = async (c: C, permission: Permission, options: { anyState?: boolean } = {}) => {
     const name = c.req.param("name") ?? "";
     const cache = options.anyState
-      ? await findAnyCache({ ctx, input: { name } })
-      : await findCache({ ctx, input: { name } });
+      ? await findAnyCache({ ctx: c.var.ctx, input: { name } })
+      : await findCache({ ctx: c.var.ctx, input: { name } });
     const found = await who(c);
     const principal = authorize(found, cache, permission);
     return { cache, principal, isAdmin: principal !== null && allows(principal, cache.name, "admin") };
@@ -125,41 +125,44 @@ export function adminRoutes(ctx: Context) {
     const found = await who(c);
     const includeDeleted = parse(flag.optional(), c.req.query("deleted"), "deleted") ?? false;
     return c.json({
-      caches: await listCaches({ ctx, input: { principal: found.principal, includeDeleted } }),
+      caches: await listCaches({ ctx: c.var.ctx, input: { principal: found.principal, includeDeleted } }),
     });
   });
 
   app.patch("/caches/:name", async (c) => {
     const { cache } = await cacheFor(c, "admin");
     const patch = parse(settingsBody, await jsonBody(c), "settings");
-    return c.json(await updateCache({ ctx, input: { cache, patch } }));
+    return c.json(await updateCache({ ctx: c.var.ctx, input: { cache, patch } }));
   });
 
   app.delete("/caches/:name", async (c) => {
     const { cache } = await cacheFor(c, "admin", { anyState: true });
     const purge = parse(flag.optional(), c.req.query("purge"), "purge") ?? false;
     const confirm = c.req.query("confirm");
-    if (purge) return c.json(await purgeCache({ ctx, input: { cache, confirm } }));
+    if (purge) return c.json(await purgeCache({ ctx: c.var.ctx, input: { cache, confirm } }));
     if (cache.deletedAt !== null)
       throw badRequest(`cache ${cache.name} is already deleted; purge=true purges it`);
-    return c.json(await softDeleteCache({ ctx, input: { cache, confirm } }));
+    return c.json(await softDeleteCache({ ctx: c.var.ctx, input: { cache, confirm } }));
   });
 
   app.post("/caches/:name/restore", async (c) => {
     const { cache } = await cacheFor(c, "admin", { anyState: true });
-    return c.json(await restoreCache({ ctx, input: { cache } }));
+    return c.json(await restoreCache({ ctx: c.var.ctx, input: { cache } }));
   });
 
   // ---- signing keys
   app.get("/caches/:name/keys", async (c) => {
     const { cache } = await cacheFor(c, "admin");
-    return c.json(await listKeys({ ctx, input: { cache } }));
+    return c.json(await listKeys({ ctx: c.var.ctx, input: { cache } }));
   });
 
   const addKeyRoute = async (c: C) => {
     const { cache } = await cacheFor(c, "admin");
     const body = parse(keyBody, await jsonBody(c), "key");
-    return c.json(await addKey({ ctx, input: { cache, name: body.name, secretKey: body.secretKey } }), 201);
+    return c.json(
+      await addKey({ ctx: c.var.ctx, input: { cache, name: body.name, secretKey: body.secretKey } }),
+      201,
+    );
   };
   app.post("/caches/:name/keys", addKeyRoute);
   app.post("/caches/:name/keys/rotate", addKeyRoute);
@@ -167,7 +170,7 @@ export function adminRoutes(ctx: Context) {
   app.post("/caches/:name/keys/:id/retire", async (c) => {
     const { cache } = await cacheFor(c, "admin");
     const keyId = parse(z.coerce.number().int().min(1), c.req.param("id"), "key id");
-    return c.json(await retireKey({ ctx, input: { cache, keyId } }));
+    return c.json(await retireKey({ ctx: c.var.ctx, input: { cache, keyId } }));
   });
 
   // ---- paths
@@ -176,7 +179,7 @@ export function adminRoutes(ctx: Context) {
     const q = parse(pathsQuery, c.req.query(), "query");
     return c.json(
       await listPaths({
-        ctx,
+        ctx: c.var.ctx,
         input: { cache, search: q.q, pinned: q.pinned, cursor: q.cursor, limit: q.limit },
       }),
     );
@@ -184,23 +187,25 @@ export function adminRoutes(ctx: Context) {
 
   app.get("/caches/:name/paths/:hash", async (c) => {
     const { cache, isAdmin } = await cacheFor(c, "pull");
-    return c.json(await showPath({ ctx, input: { cache, hash: pathHash(c), showPusher: isAdmin } }));
+    return c.json(
+      await showPath({ ctx: c.var.ctx, input: { cache, hash: pathHash(c), showPusher: isAdmin } }),
+    );
   });
 
   app.delete("/caches/:name/paths/:hash", async (c) => {
     const { cache } = await cacheFor(c, "delete");
     const referrers = parse(flag.optional(), c.req.query("referrers"), "referrers") ?? false;
-    return c.json(await deletePath({ ctx, input: { cache, hash: pathHash(c), referrers } }));
+    return c.json(await deletePath({ ctx: c.var.ctx, input: { cache, hash: pathHash(c), referrers } }));
   });
 
   app.put("/caches/:name/paths/:hash/pin", async (c) => {
     const { cache } = await cacheFor(c, "push");
-    return c.json(await setPin({ ctx, input: { cache, hash: pathHash(c), pinned: true } }));
+    return c.json(await setPin({ ctx: c.var.ctx, input: { cache, hash: pathHash(c), pinned: true } }));
   });
 
   app.delete("/caches/:name/paths/:hash/pin", async (c) => {
     const { cache } = await cacheFor(c, "delete");
-    return c.json(await setPin({ ctx, input: { cache, hash: pathHash(c), pinned: false } }));
+    return c.json(await setPin({ ctx: c.var.ctx, input: { cache, hash: pathHash(c), pinned: false } }));
   });
 
   // ---- stats
@@ -211,7 +216,7 @@ export function adminRoutes(ctx: Context) {
       c.req.query(),
       "query",
     );
-    return c.json(await cacheStats({ ctx, input: { cache, days } }));
+    return c.json(await cacheStats({ ctx: c.var.ctx, input: { cache, days } }));
   });
 
   // ---- garbage collection
@@ -221,41 +226,47 @@ export function adminRoutes(ctx: Context) {
     if (body.deep && !(principal && isServerAdmin(principal)))
       throw forbidden('a deep scan lists the whole bucket: it needs admin on "*"');
     return c.json(
-      await runCollection({ ctx, input: { cache, dryRun: body.dryRun, deep: body.deep, trigger: "api" } }),
+      await runCollection({
+        ctx: c.var.ctx,
+        input: { cache, dryRun: body.dryRun, deep: body.deep, trigger: "api" },
+      }),
     );
   });
 
   app.get("/caches/:name/gc/runs", async (c) => {
     const { cache } = await cacheFor(c, "admin");
     const { limit } = parse(limitQuery, c.req.query(), "query");
-    return c.json({ runs: await listGcRuns({ ctx, input: { limit, cache: cache.name } }) });
+    return c.json({ runs: await listGcRuns({ ctx: c.var.ctx, input: { limit, cache: cache.name } }) });
   });
 
   app.post("/gc", async (c) => {
     authorizeAdmin(await who(c));
     const body = parse(gcBody, await jsonBody(c), "request");
     return c.json(
-      await runCollection({ ctx, input: { dryRun: body.dryRun, deep: body.deep, trigger: "api" } }),
+      await runCollection({
+        ctx: c.var.ctx,
+        input: { dryRun: body.dryRun, deep: body.deep, trigger: "api" },
+      }),
     );
   });
 
   app.get("/gc/runs", async (c) => {
     authorizeAdmin(await who(c));
     const { limit } = parse(limitQuery, c.req.query(), "query");
-    return c.json({ runs: await listGcRuns({ ctx, input: { limit } }) });
+    return c.json({ runs: await listGcRuns({ ctx: c.var.ctx, input: { limit } }) });
   });
 
   // ---- tokens
   app.get("/tokens", async (c) => {
     const principal = await anyAdmin(c);
     const includeInactive = parse(flag.optional(), c.req.query("all"), "all") ?? false;
-    return c.json({ tokens: await listTokens({ ctx, input: { principal, includeInactive } }) });
+    return c.json({ tokens: await listTokens({ ctx: c.var.ctx, input: { principal, includeInactive } }) });
   });
 
   app.delete("/tokens/:id", async (c) => {
     const principal = await anyAdmin(c);
     const id = parse(z.coerce.number().int().min(1), c.req.param("id"), "token id");
-    return c.json(await revokeToken({ ctx, input: { principal, id } }));
+    return c.json(await revokeToken({ ctx: c.var.ctx, input: { principal, id } }));
   });
 
   return app;

@@ -3,7 +3,6 @@
 import { Hono } from "hono";
 import { z } from "zod";
 import { NixFormatError, normaliseHash, parseStorePath, parseStorePathBasename } from "../../nix/index.ts";
-import type { Context } from "../context.ts";
 import type { CacheRow } from "../db/repo.ts";
 import { AppError, badRequest, unauthorized } from "../errors.ts";
 import { authorizeTokenScope } from "../verbs/admin-tokens.ts";
@@ -147,12 +146,12 @@ async function* batchEntries(
   }
 }
 
-export function apiRoutes(ctx: Context) {
+export function apiRoutes() {
   const app = new Hono<Env>();
 
   const cacheFor = async (c: C, permission: "pull" | "push" | "admin") => {
-    const cache = await findCache({ ctx, input: { name: c.req.param("name") ?? "" } });
-    const who = await caller(ctx, c);
+    const cache = await findCache({ ctx: c.var.ctx, input: { name: c.req.param("name") ?? "" } });
+    const who = await caller(c.var.ctx, c);
     // Nix routes read a public cache whatever credentials come along (netrc sends them everywhere); the API
     // tells a client with a bad token so, before it relies on what it was shown.
     if (!who.principal && "problem" in who && who.problem)
@@ -163,7 +162,7 @@ export function apiRoutes(ctx: Context) {
 
   /** Any token with admin somewhere (what it may do is checked against its scope). */
   const adminCaller = async (c: C): Promise<Principal> => {
-    const who = await caller(ctx, c);
+    const who = await caller(c.var.ctx, c);
     if (!who.principal) throw unauthorized("problem" in who && who.problem ? who.problem : undefined);
     if (!who.principal.permissions.has("admin"))
       throw new AppError("forbidden", `token ${who.principal.name} has no admin permission`);
@@ -176,26 +175,26 @@ export function apiRoutes(ctx: Context) {
     // Multi-tenancy: admin on a pattern matching the new name (e.g. team-*) may create it.
     if (!allows(principal, input.name, "admin"))
       throw new AppError("forbidden", `token ${principal.name} may not create a cache named ${input.name}`);
-    const cache = await createCache({ ctx, input });
-    return c.json(await describeCache({ ctx, input: { cache } }), 201);
+    const cache = await createCache({ ctx: c.var.ctx, input });
+    return c.json(await describeCache({ ctx: c.var.ctx, input: { cache } }), 201);
   });
 
   app.get("/caches/:name", async (c) => {
     const { cache } = await cacheFor(c, "pull");
-    return c.json(await describeCache({ ctx, input: { cache } }));
+    return c.json(await describeCache({ ctx: c.var.ctx, input: { cache } }));
   });
 
   app.post("/tokens", async (c) => {
     const principal = await adminCaller(c);
     const input = parse(newTokenBody, await readJson(c), "token");
     authorizeTokenScope(principal, input.caches);
-    return c.json(await createToken({ ctx, input }), 201);
+    return c.json(await createToken({ ctx: c.var.ctx, input }), 201);
   });
 
   app.post("/caches/:name/missing", async (c) => {
     const { cache } = await cacheFor(c, "pull");
     const { paths } = parse(missingBody, await readJson(c), "query");
-    return c.json(await findMissing({ ctx, input: { cache, paths } }));
+    return c.json(await findMissing({ ctx: c.var.ctx, input: { cache, paths } }));
   });
 
   app.put("/caches/:name/paths/:hash", async (c) => {
@@ -210,7 +209,7 @@ export function apiRoutes(ctx: Context) {
     }
     const { claim, upstream } = pathClaim(cache, c.req.param("hash"), raw);
     const result = await ingestPath({
-      ctx,
+      ctx: c.var.ctx,
       input: {
         cache,
         claim,
@@ -231,7 +230,7 @@ export function apiRoutes(ctx: Context) {
     if (type !== BATCH_CONTENT_TYPE)
       throw new AppError("unsupported_media_type", `a batch upload is sent as ${BATCH_CONTENT_TYPE}`);
     const results = await ingestBatch({
-      ctx,
+      ctx: c.var.ctx,
       input: {
         cache,
         entries: batchEntries(cache, readBatchBody(requestBody(c))),
@@ -245,7 +244,7 @@ export function apiRoutes(ctx: Context) {
     const { cache } = await cacheFor(c, "push");
     const drv = basenameIn(cache, c.req.param("drv"), "derivation");
     if (!drv.endsWith(".drv")) throw badRequest(`${drv} is not a derivation (.drv) name`);
-    await putLog({ ctx, input: { cache, drv, body: requestBody(c) } });
+    await putLog({ ctx: c.var.ctx, input: { cache, drv, body: requestBody(c) } });
     return c.json({ drv }, 201);
   });
 
@@ -253,7 +252,7 @@ export function apiRoutes(ctx: Context) {
     const { cache } = await cacheFor(c, "push");
     const outputId = c.req.param("id");
     const content = await c.req.text();
-    await putRealisation({ ctx, input: { cache, outputId, content } });
+    await putRealisation({ ctx: c.var.ctx, input: { cache, outputId, content } });
     return c.json({ id: outputId }, 201);
   });
 

@@ -6,7 +6,6 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Hono } from "hono";
-import type { Context } from "../context.ts";
 import { badRequest } from "../errors.ts";
 import { dashboardCaches, dashboardSearch } from "../verbs/dashboard.ts";
 import { type C, caller, type Env } from "./http.ts";
@@ -24,7 +23,7 @@ const SECURITY_HEADERS = {
   "referrer-policy": "no-referrer",
 };
 
-export function dashboardRoutes(ctx: Context) {
+export function dashboardRoutes() {
   // Read once: the files are small and part of the release, not user content.
   const files = new Map<string, { body: string; type: string }>();
   files.set("index.html", {
@@ -51,7 +50,7 @@ export function dashboardRoutes(ctx: Context) {
   });
 
   app.get("/-/dashboard/api/caches", async (c) => {
-    const result = await dashboardCaches({ ctx, input: { caller: await caller(ctx, c) } });
+    const result = await dashboardCaches({ ctx: c.var.ctx, input: { caller: await caller(c.var.ctx, c) } });
     return c.json(result, 200, { "cache-control": "no-store" });
   });
 
@@ -59,8 +58,8 @@ export function dashboardRoutes(ctx: Context) {
     const query = (c.req.query("q") ?? "").trim();
     if (query.length < 2 || query.length > 200) throw badRequest("search for 2 to 200 characters");
     const result = await dashboardSearch({
-      ctx,
-      input: { caller: await caller(ctx, c), cache: c.req.param("name"), query },
+      ctx: c.var.ctx,
+      input: { caller: await caller(c.var.ctx, c), cache: c.req.param("name"), query },
     });
     return c.json(result, 200, { "cache-control": "no-store" });
   });

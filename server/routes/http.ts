@@ -14,8 +14,11 @@ import { type Caller, identify } from "../verbs/auth.ts";
 
 export type Env = {
   Bindings: Partial<HttpBindings>;
-  /** requestId: set first thing by the request middleware (request-log.ts). */
-  Variables: { caller: Caller; requestId: string };
+  /**
+   * requestId and ctx: set first thing by the request middleware (request-log.ts); ctx is the server's
+   * context with a logger that puts the request id on every line, the one handlers pass to verbs.
+   */
+  Variables: { caller: Caller; requestId: string; ctx: Context };
 };
 export type C = HonoContext<Env>;
 

@@ -54,18 +54,18 @@ async function readHot(
   return { cache, body: await narInfoText({ ctx, input: { cache, hash: input.hash } }) };
 }
 
-export function nixRoutes(ctx: Context) {
+export function nixRoutes() {
   const app = new Hono<Env>();
 
   async function readableCache(c: C): Promise<CacheRow> {
-    const cache = await findCache({ ctx, input: { name: c.req.param("cache") ?? "" } });
-    authorize(await caller(ctx, c), cache, "pull");
+    const cache = await findCache({ ctx: c.var.ctx, input: { name: c.req.param("cache") ?? "" } });
+    authorize(await caller(c.var.ctx, c), cache, "pull");
     return cache;
   }
 
   async function writableCache(c: C) {
-    const cache = await findCache({ ctx, input: { name: c.req.param("cache") ?? "" } });
-    const principal = authorize(await caller(ctx, c), cache, "push");
+    const cache = await findCache({ ctx: c.var.ctx, input: { name: c.req.param("cache") ?? "" } });
+    const principal = authorize(await caller(c.var.ctx, c), cache, "push");
     return { cache, pushedBy: principal?.tokenId ?? null };
   }
 
@@ -76,7 +76,7 @@ export function nixRoutes(ctx: Context) {
   };
 
   const hot = (c: C, hash: string | undefined) =>
-    readHot(ctx, { cacheName: c.req.param("cache") ?? "", hash, caller: () => caller(ctx, c) });
+    readHot(c.var.ctx, { cacheName: c.req.param("cache") ?? "", hash, caller: () => caller(c.var.ctx, c) });
 
   app.get("/:cache/nix-cache-info", async (c) => text(c, (await hot(c, undefined)).body, CACHE_INFO_TYPE));
 
@@ -85,16 +85,20 @@ export function nixRoutes(ctx: Context) {
     if (!match) return c.text("not found\n", 404);
     if (match[2] === "narinfo") return text(c, (await hot(c, match[1]!)).body, NARINFO_TYPE);
     const cache = await readableCache(c);
-    return text(c, await listingText({ ctx, input: { cache, hash: match[1]! } }), "application/json");
+    return text(
+      c,
+      await listingText({ ctx: c.var.ctx, input: { cache, hash: match[1]! } }),
+      "application/json",
+    );
   });
 
   app.get("/:cache/nar/:file", async (c) => {
     const cache = await readableCache(c);
     if (c.req.method === "HEAD") {
       // A pusher's HEAD (before its PUT) also sees NARs staged in this cache, so Nix does not upload twice.
-      const who = await caller(ctx, c);
+      const who = await caller(c.var.ctx, c);
       if (who.principal && allows(who.principal, cache.name, "push")) {
-        const known = await narKnown({ ctx, input: { cache, file: c.req.param("file") } });
+        const known = await narKnown({ ctx: c.var.ctx, input: { cache, file: c.req.param("file") } });
         if (!known) return c.text("not found\n", 404);
         return c.body(null, 200, {
           "content-type": "application/x-nix-nar",
@@ -102,14 +106,17 @@ export function nixRoutes(ctx: Context) {
         });
       }
     }
-    const nar = await findNar({ ctx, input: { cache, file: c.req.param("file") } });
+    const nar = await findNar({ ctx: c.var.ctx, input: { cache, file: c.req.param("file") } });
     if (!nar) return c.text("not found\n", 404);
     const headers: Record<string, string> = { "content-type": NAR_TYPE, ...NAR_HEADERS };
     if (c.req.method === "HEAD") {
       return c.body(null, 200, { ...headers, "content-length": String(nar.fileSize) });
     }
     const range = parseRange(c.req.header("range"), nar.fileSize);
-    const opened = await openNar({ ctx, input: { nar, cacheId: cache.id, ...(range ? { range } : {}) } });
+    const opened = await openNar({
+      ctx: c.var.ctx,
+      input: { nar, cacheId: cache.id, ...(range ? { range } : {}) },
+    });
     if (opened.kind === "redirect") return c.redirect(opened.url, 302);
     headers["content-length"] = String(opened.size);
     if (opened.range)
@@ -119,7 +126,7 @@ export function nixRoutes(ctx: Context) {
 
   app.get("/:cache/log/:drv", async (c) => {
     const cache = await readableCache(c);
-    const log = await openLog({ ctx, input: { cache, drv: c.req.param("drv") } });
+    const log = await openLog({ ctx: c.var.ctx, input: { cache, drv: c.req.param("drv") } });
     if (!log) return c.text("not found\n", 404);
     const headers = { "content-type": "text/plain; charset=utf-8", "content-length": String(log.size) };
     if (c.req.method === "HEAD") {
@@ -143,7 +150,11 @@ export function nixRoutes(ctx: Context) {
       const outputId = outputIdOf(c);
       if (!outputId) return c.text("not found\n", 404);
       const cache = await readableCache(c);
-      return text(c, await realisationText({ ctx, input: { cache, outputId } }), "application/json");
+      return text(
+        c,
+        await realisationText({ ctx: c.var.ctx, input: { cache, outputId } }),
+        "application/json",
+      );
     });
   }
 
@@ -159,7 +170,7 @@ export function nixRoutes(ctx: Context) {
   app.put("/:cache/nar/:file", async (c) => {
     const { cache } = await writableCache(c);
     await stageNarUpload({
-      ctx,
+      ctx: c.var.ctx,
       input: { cache, file: c.req.param("file"), body: requestBody(c), bodySize: declaredLength(c) },
     });
     return ok(c);
@@ -171,7 +182,8 @@ export function nixRoutes(ctx: Context) {
     const { cache, pushedBy } = await writableCache(c);
     const text = await readTextBody(c, 16 * 1024 * 1024);
     // .ls listings are computed from the NAR itself; the client's copy is not needed.
-    if (match[2] === "narinfo") await putNarInfo({ ctx, input: { cache, hash: match[1]!, text, pushedBy } });
+    if (match[2] === "narinfo")
+      await putNarInfo({ ctx: c.var.ctx, input: { cache, hash: match[1]!, text, pushedBy } });
     return ok(c);
   });
 
@@ -185,7 +197,7 @@ export function nixRoutes(ctx: Context) {
       encoding && encoding !== "identity"
         ? Readable.from([await readTextBody(c, 256 * 1024 * 1024)])
         : requestBody(c);
-    await putLog({ ctx, input: { cache, drv, body } });
+    await putLog({ ctx: c.var.ctx, input: { cache, drv, body } });
     return ok(c);
   });
 
@@ -195,7 +207,7 @@ export function nixRoutes(ctx: Context) {
       if (!outputId) return c.text("not found\n", 404);
       const { cache } = await writableCache(c);
       const content = await readTextBody(c, 1024 * 1024);
-      await putRealisation({ ctx, input: { cache, outputId, content } });
+      await putRealisation({ ctx: c.var.ctx, input: { cache, outputId, content } });
       return ok(c);
     });
   }

@@ -19,7 +19,7 @@ export function opsRoutes(ctx: Context, lifecycle: Lifecycle) {
 
   app.get("/readyz", async (c) => {
     const readiness = await checkReadiness({
-      ctx,
+      ctx: c.var.ctx,
       input: { draining: lifecycle.draining, timeoutMs: READINESS_TIMEOUT_MS },
     });
     return c.json(readiness, readiness.ready ? 200 : 503, { "cache-control": "no-store" });

@@ -10,7 +10,6 @@ import { pino } from "pino";
 import { createApp } from "../../server/app.ts";
 import { createLifecycle } from "../../server/lifecycle.ts";
 import { createServerMetrics, recordGcRun } from "../../server/metrics.ts";
-import { createRequestScope } from "../../server/routes/request-log.ts";
 import { createS3Storage } from "../../server/storage/s3.ts";
 import { bootstrap } from "../../server/verbs/bootstrap.ts";
 import { type Harness, makeHarness } from "../support/harness.ts";
@@ -223,14 +222,13 @@ for (const stack of [
           done();
         },
       });
-      const scope = createRequestScope();
-      const log = pino({ level: "debug", mixin: scope.mixin }, sink);
+      const log = pino({ level: "debug" }, sink);
       const ctx = {
         ...h.ctx,
         log,
         metrics: createServerMetrics({ version: "t", database: "d", storage: "s" }),
       };
-      const app = createApp(ctx, { requestScope: scope });
+      const app = createApp(ctx);
       const basic = `Basic ${Buffer.from(`nix:${pushToken}`).toString("base64")}`;
 
       const given = await app.request("/main/nix-cache-info", {
@@ -242,7 +240,7 @@ for (const stack of [
       });
       assert.match(fresh.headers.get("x-request-id") ?? "", /^[0-9a-f-]{36}$/);
 
-      // An API error: the id in the body, the header, and on the verb's own log line (debug, via the mixin).
+      // An API error: the id in the body, the header, and on the error's log line (debug).
       const refused = await app.request("/api/v1/tokens", {
         method: "POST",
         headers: { authorization: `Bearer ${pushToken}`, "x-request-id": "req-err-1" },
@@ -256,7 +254,8 @@ for (const stack of [
       assert.equal(unknown.status, 401);
       assert.match(((await unknown.json()) as { requestId: string }).requestId, /^[0-9a-f-]{36}$/);
 
-      // A verb's own log line ("cache created") gets the id through the logger's mixin.
+      // A verb's own log line ("cache created") gets the id: handlers pass verbs the request's context, whose
+      // logger is bound to it.
       const created = await app.request("/api/v1/caches", {
         method: "POST",
         headers: { authorization: `Bearer ${admin}`, "x-request-id": "req-verb-1" },
