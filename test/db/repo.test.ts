@@ -552,6 +552,39 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       assert.equal(await repo.realisation(other.id, "sha256:00!out"), undefined);
     });
 
+    it("commits a single write on its own, even beside an open transaction that then fails", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      // On SQLite both would run on the one writer connection: the single write must wait for the
+      // transaction's end instead of joining it (and being rolled back with it).
+      let opened!: () => void;
+      const isOpen = new Promise<void>((resolve) => {
+        opened = resolve;
+      });
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const failing = database.transaction(async (tx) => {
+        await tx.insert(database!.t.pendingUploads).values({ storageKey: "single/rolled-back" });
+        opened();
+        await held;
+        throw new Error("boom");
+      });
+      await isOpen;
+      const single = repo.inlineObjects.put("single/kept", Buffer.from("kept"));
+      release();
+      await assert.rejects(failing, /boom/);
+      await single;
+      const row = await repo.inlineObjects.get("single/kept");
+      assert.ok(row?.bytes.equals(Buffer.from("kept")), "the single write was committed");
+      assert.deepEqual(
+        (await repo.pendingUploadsOlderThan(Date.now() + 60_000)).filter(
+          (p) => p.storageKey === "single/rolled-back",
+        ),
+        [],
+      );
+    });
+
     it("rolls a failed transaction back entirely", async (t) => {
       if (!database) return t.skip("database unavailable");
       await assert.rejects(
