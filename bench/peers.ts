@@ -291,6 +291,8 @@ export async function putFiles(client: Client, bucket: string, dir: string, file
 }
 
 /** Ceph RGW serving the static cache directly: a public-read bucket holding the file:// cache's files. */
+export const RGW_STATIC = "Ceph RGW (static files)";
+
 export async function startRgwStatic(cacheDir: string): Promise<Peer> {
   const client = bucketClient();
   const bucket = await freshBucket(client, "bench-static");
@@ -312,7 +314,7 @@ export async function startRgwStatic(cacheDir: string): Promise<Peer> {
   await putFiles(client, bucket, cacheDir, files, 8);
   const endpoint = (process.env.NIXSTASH_TEST_S3_ENDPOINT ?? "").replace(/\/$/, "");
   return {
-    name: "Ceph RGW (static files)",
+    name: RGW_STATIC,
     base: `${endpoint}/${bucket}`,
     publicKey: "",
     stop: () => removeFilesAndBucket(client, bucket, cacheDir, files),
