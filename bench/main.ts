@@ -171,7 +171,7 @@ async function machineFacts(): Promise<string[]> {
     `- node ${process.version}; ${await version("nix", ["--version"])}; ${await version("nginx", ["-v"])} (worker_processes ${NGINX_WORKERS}, sendfile, access_log off); ${await version("wrk", ["-v"])}`,
     `- ${await version("psql", ["--version"])}; ${await version("radosgw", ["--version"])} (single node, memstore OSD, beast tcp_nodelay=1)`,
     `- code: ${await codeVersion()}`,
-    `- nixstash: NIXSTASH_LOG_LEVEL=warn, NIXSTASH_ZSTD_LEVEL=3 (default), on S3 objects up to 64 KiB kept in PostgreSQL instead of the bucket (NIXSTASH_S3_INLINE_KB=64, default), S3 NAR downloads as 302 to presigned URLs (default) except small NARs the server holds in memory (NIXSTASH_S3_MEMORY_MB=16, default) and NARs it has copied to its disk (NIXSTASH_S3_DISK_CACHE set, 10 GB); everything on 127.0.0.1`,
+    `- nixstash: NIXSTASH_LOG_LEVEL=warn, NIXSTASH_ZSTD_LEVEL=3 (default), on S3 objects up to 64 KiB kept in PostgreSQL instead of the bucket (NIXSTASH_S3_INLINE_KB=64, default), S3 NAR downloads from the server's disk copies (NIXSTASH_S3_DISK_CACHE set, 10 GB; the first download of each sent through the server from the GET that makes the copy) and small NARs from memory (NIXSTASH_S3_MEMORY_MB=16, default), redirects to presigned URLs (default) only while a copy is being made; everything on 127.0.0.1`,
   ];
 }
 

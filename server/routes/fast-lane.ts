@@ -26,6 +26,7 @@
 // metered and logged by the same recorder as the rest (request-log.ts).
 import type { Server as HttpServer } from "node:http";
 import type { Socket } from "node:net";
+import type { Readable } from "node:stream";
 
 /** A request the lane can answer without a body. */
 export interface FastRequest {
@@ -51,6 +52,48 @@ export interface StreamedBody {
   /** Lets go of it unwritten (a HEAD, or a client gone before its answer). */
   discard(): void;
 }
+
+/**
+ * A stream as a StreamedBody (the read-through of a NAR from the bucket, server/storage/disk-cache.ts): its
+ * chunks written to the socket as they come, paused while the socket is full.
+ */
+export function streamedBody(body: Readable, size: number): StreamedBody {
+  return {
+    size,
+    discard: () => body.destroy(),
+    writeTo: (socket) =>
+      new Promise<void>((resolve, reject) => {
+        let sent = 0;
+        const finish = (error?: Error) => {
+          body.off("data", onData);
+          body.off("end", onEnd);
+          body.off("error", finish);
+          socket.off("drain", onDrain);
+          socket.off("close", onClose);
+          if (!error) return resolve();
+          body.destroy();
+          reject(error);
+        };
+        const onData = (chunk: Buffer) => {
+          sent += chunk.length;
+          if (!socket.write(chunk)) body.pause();
+        };
+        const onDrain = () => body.resume();
+        const onClose = () => finish(new Error("the connection closed before the body was sent"));
+        // Every byte with the kernel: once the last write (in order) has completed.
+        const onEnd = () =>
+          sent === size
+            ? socket.write(NO_BYTES, (error) => finish(error ?? undefined))
+            : finish(new Error(`the body had ${sent} bytes, not ${size}`));
+        body.on("data", onData);
+        body.once("end", onEnd);
+        body.once("error", finish);
+        socket.on("drain", onDrain);
+        socket.once("close", onClose);
+      }),
+  };
+}
+const NO_BYTES = Buffer.alloc(0);
 
 const isStreamed = (body: FastAnswer["body"]): body is StreamedBody =>
   typeof body !== "string" && !Buffer.isBuffer(body);

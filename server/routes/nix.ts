@@ -22,7 +22,13 @@ import {
   rememberedNarInfo,
 } from "../verbs/serve.ts";
 import { putLog, putRealisation } from "../verbs/uploads.ts";
-import type { FastAnswer, FastAnswerer, FastRequest, StreamedBody } from "./fast-lane.ts";
+import {
+  type FastAnswer,
+  type FastAnswerer,
+  type FastRequest,
+  type StreamedBody,
+  streamedBody,
+} from "./fast-lane.ts";
 import {
   type C,
   caller,
@@ -258,10 +264,10 @@ function readNarNow(ctx: Context, input: { cacheName: string; file: string }) {
 
 /**
  * A NAR GET for the fast lane, read as the NAR route reads it (same cache, authorisation, row and access
- * record): its bytes (a small NAR, read whole or held in memory), the file to send (local storage), or where
- * to redirect (S3). Undefined (and nothing recorded) for what the route must answer: a NAR it does not know,
- * or one streamed from the bucket (S3 with redirects off, a NAR too large to keep). Errors propagate, and
- * the lane leaves the request to the route.
+ * record): its bytes (a small NAR, read whole or held in memory), the file to send (local storage or the
+ * disk cache's copy), the stream of a first read through the disk cache, or where to redirect (S3).
+ * Undefined (and nothing recorded) for what the route must answer: a NAR it does not know, or one streamed
+ * from the bucket with redirects off. Errors propagate, and the lane leaves the request to the route.
  */
 async function readNarFast(
   ctx: Context,
@@ -285,8 +291,8 @@ async function readNarFast(
       cache,
       body: { size: opened.size, writeTo: (socket) => body.writeTo(socket), discard: () => body.destroy() },
     };
-  body.destroy();
-  throw new Error("storage returned a NAR body the lane cannot send");
+  // A first read through the disk cache (the bucket's GET that also makes the copy).
+  return { cache, body: streamedBody(body, opened.size) };
 }
 
 /**

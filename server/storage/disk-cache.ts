@@ -1,9 +1,17 @@
 // A local disk in front of a remote store (S3): NARs read from the bucket are copied to a directory on this
-// machine, in the background, and later reads are answered from there, as local storage answers them (the
-// file sent with sendfile, small ones from memory), instead of with a redirect to the bucket or a stream
-// through it. A substituter then takes a popular NAR at local-disk speed, and the bucket sees one GET per
-// NAR and replica instead of one per download. The directory holds at most `limitBytes`; the least recently
-// read copies go first.
+// machine, and later reads are answered from there, as local storage answers them (the file sent with
+// sendfile, small ones from memory), instead of with a redirect to the bucket or a stream through it. A
+// substituter then takes a popular NAR at local-disk speed, and the bucket sees one GET per NAR and replica
+// instead of one per download. The directory holds at most `limitBytes`; the least recently read copies go
+// first.
+//
+// The first whole read of an object is served through this process from the one GET that makes its copy
+// (read-through), not redirected to the bucket while a second GET makes the copy in the background: that
+// read the bucket twice, and on a machine that runs the bucket too (bench measure 4, one substitution after
+// a push) took as long again as the client's own work. An object found larger than half the limit on the way
+// is served to the end without a copy and redirected from then on; a read of a byte range, or one arriving
+// while a copy of its key is being made, is served from the bucket (and a range read asks for a copy, made
+// in the background as before).
 //
 // What is kept is only ever a copy of a whole object as the bucket holds it: a copy is made by reading the
 // object once and storing it with local storage's put (a temporary file, fsynced, renamed over its key), so a
@@ -16,7 +24,7 @@
 // yet) is the remote driver's. presignGet answers null for a key with a copy: "serve it from here".
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
+import { PassThrough, type Readable } from "node:stream";
 import type { Logger } from "pino";
 import { KeyChanges } from "./key-changes.ts";
 import { createLocalStorage } from "./local.ts";
@@ -47,6 +55,11 @@ export interface DiskCachedStorage extends Storage {
   stats(): DiskCacheStats;
 }
 
+/** Keys remembered as too large to copy (a few hundred bytes each). */
+const OVERSIZED_REMEMBERED = 10_000;
+/** What each side of a read-through buffers before the bucket's stream waits for it. */
+const TEE_BUFFER = 256 * 1024;
+
 export async function withDiskCache(remote: Storage, options: DiskCacheOptions): Promise<DiskCachedStorage> {
   // No memory of its own: the remote driver keeps the small objects (peek), and would hold them twice.
   const copies = createLocalStorage({ root: options.root, recentBytes: 0 });
@@ -66,6 +79,14 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
 
   // A copy begun before a put or delete of its key ended is not kept (KeyChanges).
   const changes = new KeyChanges(4096);
+
+  /** Keys found larger than `largest`: never copied, redirected to the bucket (bounded, oldest forgotten). */
+  const oversized = new Set<string>();
+  const markOversized = (key: string) => {
+    oversized.delete(key);
+    oversized.add(key);
+    if (oversized.size > OVERSIZED_REMEMBERED) oversized.delete(oversized.values().next().value!);
+  };
 
   /** Removes key's file. One that cannot be removed is not served; a put or delete of the bucket goes on. */
   const removeFile = (key: string) =>
@@ -108,7 +129,11 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
   const fill = async (key: string) => {
     const seen = changes.count;
     const info = await remote.stat(key);
-    if (!info || info.size > largest) return;
+    if (!info) return;
+    if (info.size > largest) {
+      markOversized(key);
+      return;
+    }
     const body = await remote.get(key);
     if (!body) return;
     await copies.put(key, body, { size: info.size });
@@ -140,6 +165,101 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     }
   };
 
+  /**
+   * The first whole read of key (not held, not being copied): one GET of the bucket, streamed to the caller
+   * and into a copy at once. The slower of the two sets the pace; a caller that goes away leaves the copy to
+   * finish alone, a copy that fails (or turns out too large) leaves the caller served to the end.
+   */
+  const readThrough = async (key: string): Promise<Readable | null> => {
+    const seen = changes.count;
+    filling.add(key);
+    let body: Readable | null;
+    try {
+      body = await remote.get(key);
+    } catch (error) {
+      filling.delete(key);
+      wake();
+      throw error;
+    }
+    if (!body) {
+      filling.delete(key);
+      wake();
+      return null;
+    }
+    const source = body;
+    const toCaller = new PassThrough({ highWaterMark: TEE_BUFFER });
+    const toFile = new PassThrough({ highWaterMark: TEE_BUFFER });
+    toFile.on("error", () => {}); // the copy's put reports it
+    const stopCopy = new AbortController();
+    let caller = true;
+    let copying = true;
+    let bytes = 0;
+    const resume = () => {
+      if (!caller && !copying) source.destroy();
+      else if (!(caller && toCaller.writableNeedDrain) && !(copying && toFile.writableNeedDrain))
+        source.resume();
+    };
+    const endCopy = (why?: Error) => {
+      if (!copying) return;
+      copying = false;
+      if (why) stopCopy.abort(why);
+      resume();
+    };
+    source.on("data", (chunk: Buffer) => {
+      bytes += chunk.length;
+      if (copying && bytes > largest) {
+        markOversized(key);
+        endCopy(new Error("larger than the disk cache keeps"));
+      }
+      let full = false;
+      if (caller && !toCaller.write(chunk)) full = true;
+      if (copying && !toFile.write(chunk)) full = true;
+      if (full) source.pause();
+    });
+    toCaller.on("drain", resume);
+    toFile.on("drain", resume);
+    toCaller.once("close", () => {
+      caller = false;
+      resume();
+    });
+    // Closed early when the copy's put failed on its own (the disk): the caller goes on alone.
+    toFile.once("close", () => endCopy());
+    source.once("end", () => {
+      toCaller.end();
+      toFile.end();
+    });
+    source.once("error", (error) => {
+      toCaller.destroy(error);
+      endCopy(error);
+    });
+    copies
+      .put(key, toFile, { signal: stopCopy.signal })
+      .then(
+        async ({ size }) => {
+          if (changes.changedSince(key, seen)) {
+            await removeFile(key);
+            return;
+          }
+          held.set(key, size);
+          heldBytes += size;
+          made++;
+          await evict();
+        },
+        (error: unknown) => {
+          if (stopCopy.signal.aborted) return; // too large, or the bucket's read failed: the caller heard
+          failed++;
+          options.log?.warn({ err: error, key }, "could not copy an object to the disk cache");
+        },
+      )
+      .finally(() => {
+        endCopy();
+        filling.delete(key);
+        pump();
+        wake();
+      });
+    return toCaller;
+  };
+
   /** Asks for a copy of key (once: a key held, waiting or being copied is not asked again). */
   const want = (key: string) => {
     if (held.has(key) || waiting.has(key) || filling.has(key)) return;
@@ -164,6 +284,7 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
       assertKey(key, "put");
       changes.change(key);
       waiting.delete(key);
+      oversized.delete(key);
       await drop(key);
       try {
         return await remote.put(key, body, opts);
@@ -177,8 +298,12 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
       assertKey(key, "get");
       const local = await fromCopy(key, range);
       if (local) return local;
+      if (!range && !filling.has(key) && !oversized.has(key)) {
+        waiting.delete(key);
+        return readThrough(key);
+      }
       const body = await remote.get(key, range);
-      if (body) want(key);
+      if (body && !oversized.has(key)) want(key);
       return body;
     },
     peek: (key) => remote.peek(key),
@@ -188,6 +313,7 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
       assertKey(key, "delete");
       changes.change(key);
       waiting.delete(key);
+      oversized.delete(key);
       await drop(key);
       try {
         await remote.delete(key);
@@ -200,9 +326,10 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     async presignGet(key: string, expiresSeconds: number) {
       assertKey(key, "presignGet");
       if (held.has(key)) return null;
-      const url = await remote.presignGet(key, expiresSeconds);
-      if (url) want(key);
-      return url;
+      // Read through this process once (get), which makes the copy; redirected while a copy is being made,
+      // or when the object is too large to keep.
+      if (!filling.has(key) && !oversized.has(key)) return null;
+      return remote.presignGet(key, expiresSeconds);
     },
     async check() {
       await remote.check();

@@ -4,7 +4,7 @@
 // count as debris: a failed put must abort its upload.
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { access, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
@@ -14,7 +14,7 @@ import { createRepo } from "../../server/db/repo.ts";
 import { withDiskCache } from "../../server/storage/disk-cache.ts";
 import { withInlineObjects } from "../../server/storage/inline.ts";
 import { createS3Storage, type S3StorageOptions } from "../../server/storage/s3.ts";
-import { StorageError } from "../../server/storage/storage.ts";
+import { type Storage, StorageError } from "../../server/storage/storage.ts";
 import { freshPostgres } from "../support/harness.ts";
 import { s3Service, testTmp } from "../support/services.ts";
 import { storageConformance } from "./conformance.ts";
@@ -302,11 +302,23 @@ if (!service) {
     });
   });
 
-  /** The S3 driver with a disk cache in a fresh directory; `dir` may be given to reopen one. */
+  /**
+   * The S3 driver with a disk cache in a fresh directory; `dir` may be given to reopen one. `gets()` counts
+   * the reads the cache asked of the S3 driver (each one a GET of the bucket).
+   */
   const cached = async (bucket: string, limitBytes: number, dir?: string) => {
     const root = dir ?? (await mkdtemp(join(testTmp(), "disk-cache-")));
-    const storage = await withDiskCache(await createS3Storage(options(bucket)), { root, limitBytes });
-    return { storage, root };
+    const remote = await createS3Storage(options(bucket));
+    let gets = 0;
+    const counted: Storage = {
+      ...remote,
+      get: (key, range) => {
+        gets++;
+        return remote.get(key, range);
+      },
+    };
+    const storage = await withDiskCache(counted, { root, limitBytes });
+    return { storage, root, gets: () => gets };
   };
   const readAll = async (body: Readable | null): Promise<Buffer | null> => {
     if (!body) return null;
@@ -327,6 +339,7 @@ if (!service) {
         await rm(root, { recursive: true, force: true });
       },
       debris: () => incompleteUploads(client, bucket),
+      readsThroughFirst: true,
     };
   });
 
@@ -340,13 +353,16 @@ if (!service) {
     });
     const bytesOf = (n: number, fill: number) => Buffer.alloc(n, fill);
 
-    it("copies what is read or redirected to, then answers from the copy (after a restart too)", async () => {
-      const { storage, root } = await cached(bucket, 10 * MiB);
+    it("serves a first read itself from the one GET that makes the copy, then answers from the copy (after a restart too)", async () => {
+      const { storage, root, gets } = await cached(bucket, 10 * MiB);
       const big = randomBytes(3 * MiB);
       await storage.put("nar/big", Readable.from([big]));
-      assert.ok(await storage.presignGet("nar/big", 60), "no copy yet: a redirect to the bucket");
+      assert.equal(await storage.presignGet("nar/big", 60), null, "not read yet: served from here");
+      assert.deepEqual(await readAll(await storage.get("nar/big")), big);
       await storage.settled();
+      assert.equal(gets(), 1, "one GET served the read and made the copy");
       assert.equal(storage.stats().bytes, big.length);
+      assert.equal(storage.stats().made, 1);
       assert.equal(await storage.presignGet("nar/big", 60), null, "a copy: served from here");
       // Gone from the bucket behind the driver's back: the copy still answers (which shows where bytes come from).
       await client.removeObject(bucket, "nar/big");
@@ -368,7 +384,7 @@ if (!service) {
       await storage.settled();
       assert.equal(await storage.presignGet("k", 60), null, "copied");
       await storage.put("k", Readable.from([bytesOf(1000, 2)]));
-      assert.ok(await storage.presignGet("k", 60), "its put dropped the copy");
+      assert.equal(storage.stats().copies, 0, "its put dropped the copy");
       await storage.settled();
       assert.deepEqual(await readAll(await storage.get("k")), bytesOf(1000, 2));
       await storage.delete("k");
@@ -376,8 +392,9 @@ if (!service) {
       assert.equal(storage.stats().bytes, 0);
       // A copy being made when a put of its key begins: the bytes it read may be the older ones.
       await storage.put("r", Readable.from([bytesOf(2 * MiB, 3)]));
-      assert.deepEqual(await readAll(await storage.get("r")), bytesOf(2 * MiB, 3)); // starts the copy
+      const reading = await storage.get("r"); // a first read: its copy goes at this reader's pace
       await storage.put("r", Readable.from([bytesOf(2 * MiB, 4)]));
+      assert.equal((await readAll(reading))?.length, 2 * MiB);
       await storage.settled();
       const files = await readdir(root, { recursive: true, withFileTypes: true });
       assert.deepEqual(
@@ -395,6 +412,55 @@ if (!service) {
       await rm(root, { recursive: true, force: true });
     });
 
+    it("redirects to the bucket while a copy is made, and reads a byte range from the bucket", async () => {
+      const { storage, root, gets } = await cached(bucket, 10 * MiB);
+      const big = randomBytes(2 * MiB);
+      await storage.put("nar/slow", Readable.from([big]));
+      const first = await storage.get("nar/slow"); // not read yet: the copy waits for this reader
+      assert.ok(first);
+      assert.ok(await storage.presignGet("nar/slow", 60), "a copy on its way: a redirect");
+      assert.deepEqual(
+        await readAll(await storage.get("nar/slow", { start: 5, end: 9 })),
+        big.subarray(5, 10),
+        "a range from the bucket",
+      );
+      assert.deepEqual(await readAll(first), big);
+      await storage.settled();
+      assert.equal(gets(), 2, "the first read and the range");
+      assert.equal(storage.stats().made, 1);
+      // A range of an object not read yet is read from the bucket, and asks for a copy made in the background.
+      await storage.put("nar/ranged", Readable.from([big]));
+      assert.deepEqual(
+        await readAll(await storage.get("nar/ranged", { start: 0, end: 3 })),
+        big.subarray(0, 4),
+      );
+      await storage.settled();
+      assert.equal(await storage.presignGet("nar/ranged", 60), null, "copied in the background");
+      await rm(root, { recursive: true, force: true });
+    });
+
+    it("finishes the copy of a first read whose reader went away, and serves a reader whose copy failed", async () => {
+      const { storage, root } = await cached(bucket, 10 * MiB);
+      const big = randomBytes(3 * MiB);
+      await storage.put("nar/left", Readable.from([big]));
+      const body = (await storage.get("nar/left"))!;
+      await new Promise<void>((resolve) => body.once("data", () => resolve()));
+      body.destroy(); // the client hung up after the first bytes
+      await storage.settled();
+      assert.equal(storage.stats().made, 1, "copied all the same");
+      await client.removeObject(bucket, "nar/left");
+      assert.deepEqual(await readAll(await storage.get("nar/left")), big, "whole, from the copy");
+      // The copy's directory cannot be written (a file where a directory must be): the reader is served.
+      await storage.put("nar/deep", Readable.from([big]));
+      await rm(join(root, ".tmp"), { recursive: true, force: true });
+      await writeFile(join(root, ".tmp"), "not a directory");
+      assert.deepEqual(await readAll(await storage.get("nar/deep")), big);
+      await storage.settled();
+      assert.equal(storage.stats().failed, 1);
+      assert.ok((await storage.presignGet("nar/deep", 60)) === null, "no copy: read through again next time");
+      await rm(root, { recursive: true, force: true });
+    });
+
     it("keeps the copies read most recently within its limit, and none larger than half of it", async () => {
       const { storage, root } = await cached(bucket, 4000);
       for (const i of [1, 2, 3, 4, 5]) await storage.put(`e${i}`, Readable.from([bytesOf(1000, i)]));
@@ -405,20 +471,29 @@ if (!service) {
       await readAll(await storage.get("e1")); // e1 the most recent now, e2 the oldest
       await readAll(await storage.get("e5")); // one too many: e2 goes
       await storage.settled();
-      const copied = async (key: string) => (await storage.presignGet(key, 60)) === null;
+      const copied = async (key: string) =>
+        access(join(root, key)).then(
+          () => true,
+          () => false,
+        );
       for (const i of [1, 3, 4, 5]) assert.ok(await copied(`e${i}`), `e${i} kept`);
       assert.equal(await copied("e2"), false, "e2 went first");
       assert.equal(storage.stats().bytes, 4000);
       // A copy whose file vanished behind its back: read from the bucket, and no longer taken for a copy.
       await storage.settled();
       await rm(join(root, "e5"));
-      assert.deepEqual(await readAll(await storage.get("e5")), bytesOf(1000, 5));
-      assert.equal(storage.stats().bytes, 3000);
+      const again = await storage.get("e5");
+      assert.equal(storage.stats().bytes, 3000, "the vanished copy forgotten");
+      assert.deepEqual(await readAll(again), bytesOf(1000, 5));
       await storage.settled();
+      assert.equal(storage.stats().bytes, 4000, "and read through into a new copy");
       await storage.put("large", Readable.from([bytesOf(2001, 9)]));
-      await readAll(await storage.get("large"));
+      assert.deepEqual(await readAll(await storage.get("large")), bytesOf(2001, 9), "served whole");
       await storage.settled();
       assert.equal(await copied("large"), false, "over half the limit: never copied");
+      assert.ok(await storage.presignGet("large", 60), "and redirected to the bucket from then on");
+      assert.deepEqual(await readAll(await storage.get("large")), bytesOf(2001, 9));
+      assert.equal(storage.stats().bytes, 4000);
       await rm(root, { recursive: true, force: true });
     });
   });
