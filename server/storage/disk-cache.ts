@@ -20,8 +20,9 @@
 // before the end of a put or delete of its key is not kept (the bytes may be the older ones). nixstash never rewrites a key (s3.ts), so a
 // copy can only go stale if something else rewrites the bucket's objects: do not share the prefix with it.
 //
-// Everything else (put, stat, list, peek and its memory of small objects, presigned URLs of what has no copy
-// yet) is the remote driver's. presignGet answers null for a key with a copy: "serve it from here".
+// Everything else (put, stat, list, peek and its memory of small objects, presigned URLs while a copy is
+// being made or of what is too large to copy) is the remote driver's. presignGet answers null, "serve it from
+// here", for a key with a copy and for one to read through.
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PassThrough, type Readable } from "node:stream";
