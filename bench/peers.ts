@@ -290,9 +290,10 @@ export async function putFiles(client: Client, bucket: string, dir: string, file
   );
 }
 
-/** Ceph RGW serving the static cache directly: a public-read bucket holding the file:// cache's files. */
+/** The name of the peer startRgwStatic starts (its rows in the table). */
 export const RGW_STATIC = "Ceph RGW (static files)";
 
+/** Ceph RGW serving the static cache directly: a public-read bucket holding the file:// cache's files. */
 export async function startRgwStatic(cacheDir: string): Promise<Peer> {
   const client = bucketClient();
   const bucket = await freshBucket(client, "bench-static");
