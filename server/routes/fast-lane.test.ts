@@ -1,10 +1,12 @@
 // parseHead, the fast lane's gate: what it takes it must read exactly as node:http would, and everything else
-// (left to node:http) must be refused. The lane over real sockets is tested in test/api/fast-lane.test.ts.
+// (left to node:http) must be refused; and streamedBody, how the lane writes a stream it does not hold. The
+// lane over real sockets is tested in test/api/fast-lane.test.ts.
 import assert from "node:assert/strict";
 import http from "node:http";
 import net from "node:net";
+import { Readable } from "node:stream";
 import { describe, it } from "node:test";
-import { installFastLane, parseHead } from "./fast-lane.ts";
+import { installFastLane, parseHead, streamedBody } from "./fast-lane.ts";
 
 const head = (text: string) => {
   const buffer = Buffer.from(text, "latin1");
@@ -220,4 +222,68 @@ describe("a request body handed over to node:http", () => {
       );
     });
   }
+});
+
+describe("streamedBody", () => {
+  /** A connected pair of sockets on 127.0.0.1: the lane's side and the client's. */
+  const socketPair = async (): Promise<{ lane: net.Socket; client: net.Socket; close(): void }> => {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
+    const client = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+    const lane = await accepted;
+    return {
+      lane,
+      client,
+      close: () => {
+        lane.destroy();
+        client.destroy();
+        server.close();
+      },
+    };
+  };
+  const received = (socket: net.Socket, bytes: number) =>
+    new Promise<Buffer>((resolve) => {
+      const chunks: Buffer[] = [];
+      let got = 0;
+      socket.on("data", (chunk: Buffer) => {
+        chunks.push(chunk);
+        got += chunk.length;
+        if (got >= bytes) resolve(Buffer.concat(chunks));
+      });
+    });
+
+  it("writes every byte of a stream to the socket and leaves it open", async () => {
+    const pair = await socketPair();
+    try {
+      const bytes = Buffer.alloc(3 * 1024 * 1024, 7);
+      const arrived = received(pair.client, bytes.length);
+      const chunks = Array.from({ length: 48 }, (_, i) => bytes.subarray(i * 65536, (i + 1) * 65536));
+      await streamedBody(Readable.from(chunks), bytes.length).writeTo(pair.lane);
+      assert.ok((await arrived).equals(bytes));
+      assert.equal(pair.lane.destroyed, false, "open for the next response");
+    } finally {
+      pair.close();
+    }
+  });
+
+  it("rejects a stream shorter than its size, and a connection closed first (the stream let go)", async () => {
+    const pair = await socketPair();
+    try {
+      await assert.rejects(
+        streamedBody(Readable.from([Buffer.alloc(10)]), 11).writeTo(pair.lane),
+        /had 10 bytes, not 11/,
+      );
+      // A stream that never ends: the client hangs up.
+      const endless = new Readable({ read() {} });
+      endless.push(Buffer.alloc(100));
+      const writing = streamedBody(endless, 1000).writeTo(pair.lane);
+      pair.client.destroy();
+      pair.lane.destroy();
+      await assert.rejects(writing, /closed before the body was sent/);
+      assert.equal(endless.destroyed, true);
+    } finally {
+      pair.close();
+    }
+  });
 });
