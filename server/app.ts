@@ -80,9 +80,9 @@ export function createApp(ctx: Context, options: AppOptions = {}) {
       : c.text("not found\n", 404),
   );
 
-  app.route("/", opsRoutes(ctx, lifecycle));
+  app.route("/", opsRoutes(lifecycle));
   app.route("/", dashboardRoutes());
-  app.route("/api/v1", adminRoutes(ctx));
+  app.route("/api/v1", adminRoutes());
   app.route("/api/v1", apiRoutes());
   app.route("/", nixRoutes());
   return app;

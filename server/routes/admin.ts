@@ -4,7 +4,6 @@
 import { Hono } from "hono";
 import { z } from "zod";
 import { isStorePathHash } from "../../nix/index.ts";
-import type { Context } from "../context.ts";
 import { badRequest, forbidden, unauthorized } from "../errors.ts";
 import {
   findAnyCache,
@@ -78,7 +77,7 @@ function pathHash(c: C): string {
   return hash;
 }
 
-export function adminRoutes(ctx: Context) {
+export function adminRoutes() {
   const app = new Hono<Env>();
 
   /** The caller, refusing a bad token outright (the API tells a client its token is wrong). */
@@ -105,7 +104,7 @@ export function adminRoutes(ctx: Context) {
     return found.principal;
   };
 
-  app.get("/openapi.json", (c) => c.json(openApiDocument(ctx.settings.publicUrl)));
+  app.get("/openapi.json", (c) => c.json(openApiDocument(c.var.ctx.settings.publicUrl)));
 
   app.get("/whoami", async (c) => {
     const found = await who(c);

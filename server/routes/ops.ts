@@ -4,7 +4,6 @@
 //   GET /metrics  Prometheus text format (metrics.ts)
 // A load balancer or Kubernetes uses /readyz to route traffic and /healthz to restart a wedged process.
 import { Hono } from "hono";
-import type { Context } from "../context.ts";
 import type { Lifecycle } from "../lifecycle.ts";
 import { CONTENT_TYPE } from "../metrics.ts";
 import { checkReadiness } from "../verbs/health.ts";
@@ -12,7 +11,7 @@ import type { Env } from "./http.ts";
 
 const READINESS_TIMEOUT_MS = 5_000;
 
-export function opsRoutes(ctx: Context, lifecycle: Lifecycle) {
+export function opsRoutes(lifecycle: Lifecycle) {
   const app = new Hono<Env>();
 
   app.get("/healthz", (c) => c.text("ok\n", 200, { "cache-control": "no-store" }));
@@ -26,8 +25,9 @@ export function opsRoutes(ctx: Context, lifecycle: Lifecycle) {
   });
 
   app.get("/metrics", (c) => {
-    if (!ctx.metrics) return c.text("metrics are not enabled in this server\n", 404);
-    return c.body(ctx.metrics.registry.render(), 200, {
+    const { metrics } = c.var.ctx;
+    if (!metrics) return c.text("metrics are not enabled in this server\n", 404);
+    return c.body(metrics.registry.render(), 200, {
       "content-type": CONTENT_TYPE,
       "cache-control": "no-store",
     });
