@@ -127,6 +127,21 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     if (filling.size === 0 && waiting.size === 0) for (const resolve of idle.splice(0)) resolve();
   };
 
+  /**
+   * Takes a copy just written for key (reading it began at change count `seen`) into what is served, or
+   * removes it if a put or delete of key overlapped the reading.
+   */
+  const keep = async (key: string, size: number, seen: number) => {
+    if (changes.changedSince(key, seen)) {
+      await removeFile(key);
+      return;
+    }
+    held.set(key, size);
+    heldBytes += size;
+    made++;
+    await evict();
+  };
+
   const fill = async (key: string) => {
     const seen = changes.count;
     const info = await remote.stat(key);
@@ -138,14 +153,7 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     const body = await remote.get(key);
     if (!body) return;
     await copies.put(key, body, { size: info.size });
-    if (changes.changedSince(key, seen)) {
-      await removeFile(key);
-      return;
-    }
-    held.set(key, info.size);
-    heldBytes += info.size;
-    made++;
-    await evict();
+    await keep(key, info.size, seen);
   };
 
   const pump = () => {
@@ -174,19 +182,16 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
   const readThrough = async (key: string): Promise<Readable | null> => {
     const seen = changes.count;
     filling.add(key);
-    let body: Readable | null;
+    let body: Readable | null = null;
     try {
       body = await remote.get(key);
-    } catch (error) {
-      filling.delete(key);
-      wake();
-      throw error;
+    } finally {
+      if (!body) {
+        filling.delete(key);
+        wake();
+      }
     }
-    if (!body) {
-      filling.delete(key);
-      wake();
-      return null;
-    }
+    if (!body) return null;
     const source = body;
     const toCaller = new PassThrough({ highWaterMark: TEE_BUFFER });
     const toFile = new PassThrough({ highWaterMark: TEE_BUFFER });
@@ -236,16 +241,7 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     copies
       .put(key, toFile, { signal: stopCopy.signal })
       .then(
-        async ({ size }) => {
-          if (changes.changedSince(key, seen)) {
-            await removeFile(key);
-            return;
-          }
-          held.set(key, size);
-          heldBytes += size;
-          made++;
-          await evict();
-        },
+        ({ size }) => keep(key, size, seen),
         (error: unknown) => {
           if (stopCopy.signal.aborted) return; // too large, or the bucket's read failed: the caller heard
           failed++;
