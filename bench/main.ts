@@ -135,6 +135,11 @@ function row(r: Row): Row {
   return r;
 }
 
+/** One more sample of a row that has no baseline or target of its own (CPU seconds beside a time). */
+function cpuRow(measure: string, peer: string, unit: string, value: number): void {
+  row({ measure, peer, unit, values: [], lowerIsBetter: true }).values.push(value);
+}
+
 async function sh(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
   const { stdout } = await execFileP(cmd, args, { env: env ?? process.env, maxBuffer: 1 << 28 });
   return stdout;
@@ -449,17 +454,10 @@ async function measure4(peer: Peer, workload: Workload, publicKey: string, basel
             target: { text: "≤ 1.1× nginx", ok: (_r, x) => (x ?? 99) <= 1.1 },
           }),
   }).values.push(seconds);
-  const cpuRow = (unit: string, value: number) =>
-    row({
-      measure: "4 nix substitutes the closure",
-      peer: peer.name,
-      unit,
-      values: [],
-      lowerIsBetter: true,
-    }).values.push(value);
-  cpuRow("CPU s (Nix client)", clientCpu);
-  if (serverCpu !== undefined) cpuRow("CPU s (server)", serverCpu);
-  if (servicesCpu !== undefined) cpuRow(SERVICES_CPU, servicesCpu);
+  const measure = "4 nix substitutes the closure";
+  cpuRow(measure, peer.name, "CPU s (Nix client)", clientCpu);
+  if (serverCpu !== undefined) cpuRow(measure, peer.name, "CPU s (server)", serverCpu);
+  if (servicesCpu !== undefined) cpuRow(measure, peer.name, SERVICES_CPU, servicesCpu);
 }
 
 // ---- measure 5: ingest of one big NAR
@@ -551,8 +549,8 @@ function ingestMeasure(nar: BigNar, encoding: "plain" | "zstd"): string {
 
 /** Whose CPU one ingest took: the receiving server's and the sender's, on the same two cores. */
 function ingestCpuRows(measure: string, peer: string, serverCpu: number, senderCpu: number) {
-  row({ measure, peer, unit: "CPU s (server)", values: [], lowerIsBetter: true }).values.push(serverCpu);
-  row({ measure, peer, unit: "CPU s (sender)", values: [], lowerIsBetter: true }).values.push(senderCpu);
+  cpuRow(measure, peer, "CPU s (server)", serverCpu);
+  cpuRow(measure, peer, "CPU s (sender)", senderCpu);
 }
 
 async function measure5(peer: NixstashPeer, nar: BigNar) {
@@ -893,10 +891,8 @@ async function measure6S3Floor(
     const services0 = servicesCpuSeconds();
     await putFiles(client, bucket, cacheDir, nars, 4);
     const servicesCpu = servicesCpuSeconds() - services0;
-    const cpuRow = (unit: string, value: number) =>
-      row({ measure, peer, unit, values: [], lowerIsBetter: true }).values.push(value);
-    cpuRow("CPU s (verifying: zstd decoding, SHA-256)", verifyCpu);
-    cpuRow(SERVICES_CPU, servicesCpu);
+    cpuRow(measure, peer, "CPU s (verifying: zstd decoding, SHA-256)", verifyCpu);
+    cpuRow(measure, peer, SERVICES_CPU, servicesCpu);
     row({ measure, peer, unit: "s", values: [], lowerIsBetter: true, baseline }).values.push(
       (fileCpu + verifyCpu + servicesCpu) / 2,
     );
@@ -960,11 +956,9 @@ async function measure6RelayFloor(
       throw new Error(
         `the relay floor decoded ${sent.narBytes} NAR bytes, the closure has ${workload.narBytes}`,
       );
-    const cpuRow = (unit: string, value: number) =>
-      row({ measure, peer, unit, values: [], lowerIsBetter: true }).values.push(value);
-    cpuRow("CPU s (sending the files)", sent.cpuSeconds);
-    cpuRow("CPU s (relay: receiving, verifying, storing)", relayCpu);
-    cpuRow(SERVICES_CPU, servicesCpu);
+    cpuRow(measure, peer, "CPU s (sending the files)", sent.cpuSeconds);
+    cpuRow(measure, peer, "CPU s (relay: receiving, verifying, storing)", relayCpu);
+    cpuRow(measure, peer, SERVICES_CPU, servicesCpu);
     row({ measure, peer, unit: "s", values: [], lowerIsBetter: true, baseline }).values.push(
       (fileCpu + sent.cpuSeconds + relayCpu + servicesCpu) / 2,
     );
