@@ -229,8 +229,6 @@ export async function nixstashPush(peer: NixstashPeer, paths: string[], jobs = 4
       "main",
       "--token",
       peer.token,
-      "--upstream-keys",
-      "none",
       "--jobs",
       String(jobs),
       ...paths,

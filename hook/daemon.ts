@@ -120,8 +120,8 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
   let configuredKeys: PublicKey[] | undefined;
   if (settings.upstreamKeys) configuredKeys = settings.upstreamKeys.map((key) => parsePublicKey(key));
   let serverKeys: { keys: PublicKey[]; at: number } | undefined;
-  const upstreamKeys = async (): Promise<PublicKey[]> => {
-    if (configuredKeys) return configuredKeys;
+  /** The cache's own upstream keys (its description), asked again after UPSTREAM_KEYS_TTL_MS. */
+  const cacheUpstreamKeys = async (): Promise<PublicKey[]> => {
     if (serverKeys && Date.now() - serverKeys.at < UPSTREAM_KEYS_TTL_MS) return serverKeys.keys;
     const description = await client.describe();
     const keys: PublicKey[] = [];
@@ -132,20 +132,25 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
         log.warn({ key: text, err: error }, "ignoring an upstream key of the server that does not parse");
       }
     }
-    if (!serverKeys)
+    if (!serverKeys && !configuredKeys)
       log.info({ upstreamKeys: keys.map((k) => k.name) }, "paths signed by these keys are left to upstream");
     serverKeys = { keys, at: Date.now() };
     return keys;
   };
+  const upstreamKeys = async (): Promise<PublicKey[]> => configuredKeys ?? (await cacheUpstreamKeys());
 
   const pusher = createPusher({
     client,
     concurrency: settings.concurrency,
     upstreamKeys,
+    cacheUpstreamKeys,
     zstdLevel: settings.zstdLevel,
     ...(options.store ? { store: options.store } : {}),
     signal,
     events: {
+      cached(roots) {
+        log.info({ roots: roots.length }, "already in the cache, with their closures");
+      },
       planned(plan) {
         const bytes = plan.upload.reduce((sum, p) => sum + p.narSize, 0);
         log.info(

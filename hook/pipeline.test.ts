@@ -4,9 +4,16 @@
 // batch and a server from before batches can be set up exactly.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import type { PublicKey } from "../nix/index.ts";
 import { type BatchItemResult, type Client, PushError, type PushPathInfo } from "./client.ts";
 import type { LocalPathInfo } from "./local-store.ts";
-import { createPusher, createSemaphore, criticalPathWeights, type LocalStore } from "./pipeline.ts";
+import {
+  createPusher,
+  createSemaphore,
+  criticalPathWeights,
+  type LocalStore,
+  type PushEvents,
+} from "./pipeline.ts";
 
 const MiB = 1024 * 1024;
 const info = (name: string, narSize: number, references: string[] = []): LocalPathInfo =>
@@ -16,6 +23,18 @@ const info = (name: string, narSize: number, references: string[] = []): LocalPa
     narSize,
     references: references.map((r) => `/nix/store/${r.padEnd(32, "0")}-${r}`),
   }) as LocalPathInfo;
+
+/** A local store of these infos (a closure query answers all of them), each NAR 8 bytes. */
+const storeOf = (infos: LocalPathInfo[]): LocalStore => ({
+  pathInfos: async () => infos,
+  invalidPaths: async () => [],
+  derivationOutputs: async () => ({ outputs: [], missing: [] }),
+  narSource: () =>
+    function* (scratch) {
+      yield scratch.subarray(0, 8);
+    },
+  onDisk: () => true,
+});
 
 describe("upload order", () => {
   it("weighs a path by its own NAR and the heaviest chain of uploads that refer to it", () => {
@@ -82,17 +101,6 @@ describe("upload order", () => {
 });
 
 describe("batches of small paths", () => {
-  const storeOf = (infos: LocalPathInfo[]): LocalStore => ({
-    pathInfos: async () => infos,
-    invalidPaths: async () => [],
-    derivationOutputs: async () => ({ outputs: [], missing: [] }),
-    narSource: () =>
-      function* (scratch) {
-        yield scratch.subarray(0, 8);
-      },
-    onDisk: () => true,
-  });
-
   /** A stand-in server: records each request (a batch's paths, or one path), answers with `answer`. */
   function recordingClient(
     answer: (info: PushPathInfo) => BatchItemResult = () => ({ result: { status: "stored" } as never }),
@@ -196,5 +204,136 @@ describe("batches of small paths", () => {
     assert.equal(batches, 1, "asked once");
     assert.equal(requests.length, 20);
     assertOrdered(requests, infos);
+  });
+});
+
+describe("roots the cache has", () => {
+  /** storeOf, counting the closure queries it is asked. */
+  function countingStore(infos: LocalPathInfo[]) {
+    const asked: string[][] = [];
+    const store: LocalStore = {
+      ...storeOf(infos),
+      pathInfos: async (paths) => {
+        asked.push([...paths]);
+        return infos;
+      },
+    };
+    return { store, asked };
+  }
+
+  /** A stand-in server that has `present` and says so; records every query and upload. */
+  function serverWith(present: string[]) {
+    const queries: string[][] = [];
+    const uploads: string[] = [];
+    const client = {
+      missing: async (paths: readonly string[]) => {
+        queries.push([...paths]);
+        return paths.filter((p) => !present.includes(p));
+      },
+      uploadBatch: async (items: readonly { info: PushPathInfo }[]) => {
+        for (const { info: pushed } of items) uploads.push(pushed.storePath);
+        return items.map(() => ({ result: { status: "stored" } as never }));
+      },
+    };
+    return { client: client as unknown as Client, queries, uploads };
+  }
+
+  /** A pusher with these upstream keys (ours and the cache's; none by default). */
+  const pusherOf = (
+    client: Client,
+    store: LocalStore,
+    keys: { ours?: PublicKey[]; cache?: PublicKey[] } = {},
+    events: PushEvents = {},
+  ) =>
+    createPusher({
+      client,
+      concurrency: 4,
+      upstreamKeys: async () => keys.ours ?? [],
+      cacheUpstreamKeys: async () => keys.cache ?? [],
+      store,
+      events,
+    });
+
+  it("settles a root the cache has with one query, without asking the local store for its closure", async () => {
+    const dep = info("d1", 1000);
+    const root = info("r1", 1000, ["d1"]);
+    const { store, asked } = countingStore([dep, root]);
+    const { client, queries, uploads } = serverWith([root.path, dep.path]);
+    const cached: string[][] = [];
+    const report = await pusherOf(client, store, {}, { cached: (roots) => cached.push([...roots]) }).push([
+      root.path,
+    ]);
+    assert.deepEqual(report.roots, [{ path: root.path, kind: "done", how: "present" }]);
+    assert.deepEqual(report.paths, []);
+    assert.deepEqual(asked, [], "the local store was not asked");
+    assert.deepEqual(queries, [[root.path]], "one query, for the root");
+    assert.deepEqual(uploads, []);
+    assert.deepEqual(cached, [[root.path]]);
+  });
+
+  it("expands and pushes only the roots the cache lacks", async () => {
+    const had = info("r1", 1000);
+    const dep = info("d2", 1000);
+    const lacking = info("r2", 1000, ["d2"]);
+    const { store, asked } = countingStore([dep, lacking]);
+    const { client, queries, uploads } = serverWith([had.path]);
+    const report = await pusherOf(client, store).push([had.path, lacking.path]);
+    assert.deepEqual(
+      report.roots.map((r) => [r.path, r.kind, r.how]),
+      [
+        [had.path, "done", "present"],
+        [lacking.path, "done", "stored"],
+      ],
+    );
+    assert.deepEqual(asked, [[lacking.path]], "only the lacking root's closure was asked for");
+    assert.deepEqual(queries, [
+      [had.path, lacking.path],
+      [dep.path, lacking.path],
+    ]);
+    assert.deepEqual(uploads, [dep.path, lacking.path]);
+  });
+
+  it("leaves the roots to retry, the store unasked, when the first query fails", async () => {
+    const root = info("r1", 1000);
+    const { store, asked } = countingStore([root]);
+    const client = {
+      missing: async () => {
+        throw new PushError(0, "unreachable", "cannot reach http://127.0.0.1:9: connect ECONNREFUSED");
+      },
+    } as unknown as Client;
+    const report = await pusherOf(client, store).push([root.path]);
+    assert.deepEqual(report.roots, [
+      {
+        path: root.path,
+        kind: "retry",
+        code: "unreachable",
+        reason: "cannot reach http://127.0.0.1:9: connect ECONNREFUSED",
+      },
+    ]);
+    assert.deepEqual(asked, []);
+  });
+
+  it("looks at a cached root's closure when the cache leaves to upstream what this pusher would send", async () => {
+    // The cache trusts an upstream key this pusher does not (`--upstream-keys none`): the cache may hold the
+    // root with a reference only upstream serves, which this pusher wants in the cache.
+    const upstreamKey = { name: "upstream-1", key: new Uint8Array(32).fill(7) };
+    const dep = info("d1", 1000);
+    const root = info("r1", 1000, ["d1"]);
+    const { store, asked } = countingStore([dep, root]);
+    const { client, queries, uploads } = serverWith([root.path]);
+    const report = await pusherOf(client, store, { cache: [upstreamKey] }).push([root.path]);
+    assert.deepEqual(asked, [[root.path]]);
+    assert.deepEqual(queries, [[dep.path, root.path]]);
+    assert.deepEqual(uploads, [dep.path]);
+    assert.deepEqual(report.roots, [{ path: root.path, kind: "done", how: "present" }]);
+    // With the same key on both sides, the root settles it.
+    const same = serverWith([root.path]);
+    const second = countingStore([dep, root]);
+    await pusherOf(same.client, second.store, {
+      ours: [upstreamKey],
+      cache: [{ ...upstreamKey, key: new Uint8Array(upstreamKey.key) }],
+    }).push([root.path]);
+    assert.deepEqual(second.asked, []);
+    assert.deepEqual(same.uploads, []);
   });
 });

@@ -78,6 +78,8 @@ export interface BatchReport {
 }
 
 export interface PushEvents {
+  /** These roots are in the cache already, and so their closures: nothing of theirs is looked at or sent. */
+  cached?(roots: readonly string[]): void;
   planned?(plan: BatchPlan): void;
   started?(path: string, narSize: number): void;
   /** `bytes` more of the NAR of `path` went out. */
@@ -110,6 +112,12 @@ export interface PusherOptions {
   concurrency: number;
   /** The upstream keys whose signatures mark a path as served upstream (asked for once per batch). */
   upstreamKeys: () => Promise<PublicKey[]>;
+  /**
+   * The upstream keys the cache itself accepts (its description). A root the cache has may lack references
+   * there that upstream serves under these keys; it needs nothing from this pusher only if this pusher leaves
+   * those keys' paths to upstream too. Without this, every root's closure is looked at.
+   */
+  cacheUpstreamKeys?: () => Promise<PublicKey[]>;
   zstdLevel?: number;
   store?: LocalStore;
   storeDir?: string;
@@ -288,6 +296,23 @@ export function createPusher(options: PusherOptions) {
   const running = new Map<string, Promise<PathOutcome>>();
 
   const baseName = (path: string) => path.slice(path.lastIndexOf("/") + 1);
+
+  /** Whether a root the cache has needs nothing more: every upstream key the cache accepts is one of ours. */
+  async function cachedRootsSuffice(): Promise<boolean> {
+    if (!options.cacheUpstreamKeys) return false;
+    const [ours, theirs] = await Promise.all([options.upstreamKeys(), options.cacheUpstreamKeys()]);
+    const same = (a: PublicKey, b: PublicKey) =>
+      a.name === b.name && Buffer.from(a.key).equals(Buffer.from(b.key));
+    return theirs.every((key) => ours.some((own) => same(own, key)));
+  }
+
+  /** Which of `paths` the cache lacks, `missingChunk` paths a query. */
+  async function askMissing(paths: readonly string[]): Promise<string[]> {
+    const lacking: string[] = [];
+    for (let i = 0; i < paths.length; i += missingChunk)
+      lacking.push(...(await options.client.missing(paths.slice(i, i + missingChunk))));
+    return lacking;
+  }
 
   function signedUpstream(info: LocalPathInfo, keys: readonly PublicKey[]): boolean {
     if (keys.length === 0 || !info.signatures?.length) return false;
@@ -531,21 +556,43 @@ export function createPusher(options: PusherOptions) {
       }
     }
 
+    // A root the cache has comes with its whole closure: the server takes a path only after its references
+    // (or their upstream proofs), and its garbage collection never breaks a closure. So the roots are asked
+    // about first, in one small query, and those the cache has are done without asking the local store for
+    // their closures (a Nix command, ~25 ms of start-up and the closure's size in JSON): a push of what is
+    // already there, or the daemon's batch of builds another builder pushed first, costs one request. Not
+    // when this pusher wants paths in the cache that the cache leaves to upstream (`--upstream-keys none`
+    // against a cache that trusts cache.nixos.org): then the closures are looked at, as below.
+    let lacking: string[];
+    try {
+      lacking = (await cachedRootsSuffice()) ? await askMissing(valid) : valid;
+    } catch (error) {
+      const { code, reason } = describeError(error);
+      settleAll("retry", code, reason);
+      return report();
+    }
+    const lacks = new Set(lacking);
+    const toExpand = valid.filter((root) => lacks.has(root));
+    const cached = valid.filter((root) => !lacks.has(root));
+    for (const root of cached) rootOutcomes.set(root, { path: root, kind: "done", how: "present" });
+    if (cached.length > 0) events.cached?.(cached);
+    if (toExpand.length === 0) return report();
+
     let infos: LocalPathInfo[] | undefined;
     try {
       // One Nix command in the usual case (~25 ms of Nix start-up each). The validity check comes first
       // only when a root is not on disk (`nix path-info` would try to substitute an invalid path, from
       // the network), or after path-info refused, to tell the roots that left the store from the others.
       let refused: unknown;
-      if (valid.every((root) => store.onDisk?.(root) ?? false)) {
+      if (toExpand.every((root) => store.onDisk?.(root) ?? false)) {
         try {
-          infos = await store.pathInfos(valid, { closure: true });
+          infos = await store.pathInfos(toExpand, { closure: true });
         } catch (error) {
           refused = error ?? new Error("nix path-info failed");
         }
       }
       if (infos === undefined) {
-        const invalid = new Set(await store.invalidPaths(valid));
+        const invalid = new Set(await store.invalidPaths(toExpand));
         if (refused !== undefined && invalid.size === 0) throw refused;
         for (const root of invalid)
           rootOutcomes.set(root, {
@@ -555,7 +602,7 @@ export function createPusher(options: PusherOptions) {
             reason: `${root} is not a valid path in the local store (never built here, or garbage-collected)`,
           });
         infos = await store.pathInfos(
-          valid.filter((r) => !invalid.has(r)),
+          toExpand.filter((r) => !invalid.has(r)),
           { closure: true },
         );
       }
@@ -573,10 +620,7 @@ export function createPusher(options: PusherOptions) {
       keys = await options.upstreamKeys();
       for (const info of infos) if (signedUpstream(info, keys)) upstream.add(info.path);
       const candidates = infos.filter((info) => !upstream.has(info.path)).map((info) => info.path);
-      missing = new Set();
-      for (let i = 0; i < candidates.length; i += missingChunk)
-        for (const path of await options.client.missing(candidates.slice(i, i + missingChunk)))
-          missing.add(path);
+      missing = new Set(await askMissing(candidates));
     } catch (error) {
       const { code, reason } = describeError(error);
       settleAll("retry", code, reason);

@@ -32,6 +32,19 @@ describe("push progress without a terminal", () => {
     );
   });
 
+  it("says in one line which given paths the cache had, one or many", () => {
+    const { writes, out } = recorder();
+    const progress = createProgress(out, false);
+    progress.cached([pushed(1).path]);
+    progress.cached([pushed(2).path, pushed(3).path]);
+    progress.end();
+    assert.equal(
+      writes.join(""),
+      `${pushed(1).path}: already in the cache, with its closure\n` +
+        "2 paths: already in the cache, with their closures\n",
+    );
+  });
+
   it("writes held lines within a moment without being asked, and when the caller flushes", async () => {
     const { writes, out } = recorder();
     const progress = createProgress(out, false);

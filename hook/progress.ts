@@ -6,6 +6,8 @@ import { type BatchPlan, isSuccess, type PathOutcome } from "./pipeline.ts";
 import { formatBytes, formatDuration } from "./units.ts";
 
 export interface ProgressView {
+  /** Roots the cache has already, with their closures (nothing of theirs is sent). */
+  cached(roots: readonly string[]): void;
   planned(plan: BatchPlan): void;
   progress(path: string, bytes: number): void;
   finished(outcome: PathOutcome): void;
@@ -88,6 +90,10 @@ export function createProgress(
   }
 
   return {
+    cached(roots) {
+      const what = roots.length === 1 ? roots[0]! : `${roots.length} paths`;
+      say(`${what}: already in the cache, with ${roots.length === 1 ? "its closure" : "their closures"}`);
+    },
     planned(plan) {
       totalPaths += plan.upload.length;
       totalBytes += plan.upload.reduce((sum, p) => sum + p.narSize, 0);

@@ -58,27 +58,36 @@ export async function runPush(options: PushCommandOptions): Promise<PushSummary>
   const progress = createProgress(out, tty);
   const startedAt = Date.now();
 
-  let keys: PublicKey[] | undefined = settings.upstreamKeys?.map((key) => parsePublicKey(key));
-  const upstreamKeys = async () => {
-    keys ??= (await client.describe()).upstreamKeys.flatMap((text) => {
+  let cacheKeys: PublicKey[] | undefined;
+  const cacheUpstreamKeys = async () => {
+    cacheKeys ??= (await client.describe()).upstreamKeys.flatMap((text) => {
       try {
         return [parsePublicKey(text)];
       } catch {
         return [];
       }
     });
-    return keys;
+    return cacheKeys;
   };
+  const configuredKeys = settings.upstreamKeys?.map((key) => parsePublicKey(key));
+  const upstreamKeys = async () => configuredKeys ?? (await cacheUpstreamKeys());
 
   const outcomes = new Map<string, PathOutcome>();
+  /** Roots the cache had already: their closures were not looked at (see the pipeline's first query). */
+  const cachedRoots = new Set<string>();
   const pusher = createPusher({
     client,
     concurrency: settings.concurrency,
     upstreamKeys,
+    cacheUpstreamKeys,
     zstdLevel: settings.zstdLevel,
     ...(options.store ? { store: options.store } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
     events: {
+      cached: (roots) => {
+        progress.cached(roots);
+        for (const root of roots) cachedRoots.add(root);
+      },
       planned: (plan) => progress.planned(plan),
       progress: (path, bytes) => progress.progress(path, bytes),
       finished: (outcome) => progress.finished(outcome),
@@ -133,6 +142,7 @@ export async function runPush(options: PushCommandOptions): Promise<PushSummary>
         reason: outcome.reason ?? "",
       });
   }
+  for (const root of cachedRoots) if (!outcomes.has(root)) summary.alreadyThere.push(root);
   // Roots that never reached the upload stage (not in the store, server unreachable) fail as roots.
   for (const [path, failure] of rootFailures)
     if (!outcomes.has(path) || isSuccess(outcomes.get(path)!)) summary.failed.push({ path, ...failure });
