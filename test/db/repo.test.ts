@@ -585,6 +585,27 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       );
     });
 
+    it("stores small objects put at once, each with its bytes, the same key last put winning", async (t) => {
+      if (!database) return t.skip("database unavailable");
+      // On PostgreSQL the puts that gather while one is written go in one statement (grouped-writes.ts).
+      const keys = Array.from({ length: 20 }, (_, i) => `grouped/${i}`);
+      await Promise.all([
+        ...keys.map((key) => repo.inlineObjects.put(key, Buffer.from(`bytes of ${key}`))),
+        repo.inlineObjects.put("grouped/same", Buffer.from("first")),
+        repo.inlineObjects.put("grouped/same", Buffer.from("second")),
+      ]);
+      for (const key of keys) {
+        const row = await repo.inlineObjects.get(key);
+        assert.equal(row?.bytes.toString(), `bytes of ${key}`, key);
+      }
+      assert.equal((await repo.inlineObjects.get("grouped/same"))?.bytes.toString(), "second");
+      // Put over, at once again: replaced.
+      await Promise.all(keys.map((key) => repo.inlineObjects.put(key, Buffer.from(`new ${key}`))));
+      for (const key of keys)
+        assert.equal((await repo.inlineObjects.get(key))?.bytes.toString(), `new ${key}`);
+      assert.deepEqual(await repo.inlineObjects.present([...keys, "grouped/none"]), new Set(keys));
+    });
+
     it("rolls a failed transaction back entirely", async (t) => {
       if (!database) return t.skip("database unavailable");
       await assert.rejects(
