@@ -12,11 +12,11 @@
 // it sees every commit made before it was asked for (a push through another replica included). Reads of
 // the same key in one group share the row.
 //
-// One query in flight holds the next group back only briefly. On a busy machine the database's backend
-// process can be descheduled for milliseconds, and a connection can hang until the driver notices it is
-// lost; every read waiting behind such a query would wait as long. A query out longer than `stallMs` (a few
-// idle round trips) stops counting, and the next group goes out beside it on another pooled connection, so
-// grouping adds at most that much to any read.
+// One query in flight holds the next group back only briefly: a query out longer than `stallMs` (a few idle
+// round trips) stops counting, and the next group goes out beside it on another pooled connection
+// (one-group-at-a-time.ts), so grouping adds at most that much to any read.
+
+import { oneGroupAtATime } from "./one-group-at-a-time.ts";
 
 export interface GroupedReadsOptions<Row> {
   /** The rows of one scope (a cache) among `keys`, each under its key; absent keys are left out. */
@@ -46,12 +46,10 @@ export function groupedReads<Row>(options: GroupedReadsOptions<Row>): GroupedRea
   const stallMs = options.stallMs ?? DEFAULT_STALL_MS;
   /** Reads not sent yet, by scope, then key, in the order their scopes were first asked for. */
   const waiting = new Map<number, Map<string, Waiter<Row>[]>>();
-  let busy = false;
 
-  const send = () => {
-    if (busy) return;
+  const send = oneGroupAtATime(stallMs, () => {
     const first = waiting.entries().next();
-    if (first.done) return;
+    if (first.done) return undefined;
     const [scope, byKey] = first.value;
     const keys: string[] = [];
     const group = new Map<string, Waiter<Row>[]>();
@@ -64,34 +62,17 @@ export function groupedReads<Row>(options: GroupedReadsOptions<Row>): GroupedRea
     // A scope with reads left over goes behind the others, so no scope starves another.
     waiting.delete(scope);
     if (byKey.size > 0) waiting.set(scope, byKey);
-    busy = true;
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      clearTimeout(stall);
-      busy = false;
-      send();
+    return async () => {
+      let rows: Map<string, Row>;
+      try {
+        rows = await options.read(scope, keys);
+      } catch (error) {
+        for (const waiters of group.values()) for (const w of waiters) w.reject(error);
+        return;
+      }
+      for (const [key, waiters] of group) for (const w of waiters) w.resolve(rows.get(key));
     };
-    const stall = setTimeout(release, stallMs);
-    stall.unref?.();
-    let query: PromiseLike<Map<string, Row>>;
-    try {
-      query = options.read(scope, keys);
-    } catch (error) {
-      query = Promise.reject(error);
-    }
-    Promise.resolve(query)
-      .then(
-        (rows) => {
-          for (const [key, waiters] of group) for (const w of waiters) w.resolve(rows.get(key));
-        },
-        (error: unknown) => {
-          for (const waiters of group.values()) for (const w of waiters) w.reject(error);
-        },
-      )
-      .finally(release);
-  };
+  });
 
   return {
     get(scope, key) {

@@ -11,8 +11,9 @@
 // flight goes at once.
 //
 // Writes of the same key in one group: the one asked for last is written, and both settle with it (a group
-// holds writes that overlapped in time, whose order no caller could rely on). A statement out longer than
-// `stallMs` stops holding the next group back, which then goes beside it on another pooled connection.
+// holds writes that overlapped in time, whose order no caller could rely on). One statement at a time, as
+// one-group-at-a-time.ts sends them.
+import { oneGroupAtATime } from "./one-group-at-a-time.ts";
 
 export interface GroupedWritesOptions<Item> {
   /** Writes these items (distinct keys) in one statement; resolves once it has committed. */
@@ -38,10 +39,9 @@ export function groupedWrites<Item>(options: GroupedWritesOptions<Item>): (item:
   const stallMs = options.stallMs ?? DEFAULT_STALL_MS;
   /** Writes not sent yet, by key, in the order their keys were first asked for. */
   const waiting = new Map<string, { item: Item; waiters: Waiter[] }>();
-  let busy = false;
 
-  const send = () => {
-    if (busy || waiting.size === 0) return;
+  const send = oneGroupAtATime(stallMs, () => {
+    if (waiting.size === 0) return undefined;
     const items: Item[] = [];
     const waiters: Waiter[] = [];
     for (const [key, entry] of waiting) {
@@ -50,34 +50,16 @@ export function groupedWrites<Item>(options: GroupedWritesOptions<Item>): (item:
       waiters.push(...entry.waiters);
       waiting.delete(key);
     }
-    busy = true;
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      clearTimeout(stall);
-      busy = false;
-      send();
+    return async () => {
+      try {
+        await options.write(items);
+      } catch (error) {
+        for (const w of waiters) w.reject(error);
+        return;
+      }
+      for (const w of waiters) w.resolve();
     };
-    const stall = setTimeout(release, stallMs);
-    stall.unref?.();
-    let statement: PromiseLike<unknown>;
-    try {
-      statement = options.write(items);
-    } catch (error) {
-      statement = Promise.reject(error);
-    }
-    Promise.resolve(statement)
-      .then(
-        () => {
-          for (const w of waiters) w.resolve();
-        },
-        (error: unknown) => {
-          for (const w of waiters) w.reject(error);
-        },
-      )
-      .finally(release);
-  };
+  });
 
   return (item) =>
     new Promise<void>((resolve, reject) => {
