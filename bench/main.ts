@@ -519,8 +519,10 @@ async function makeBigNar(bytes: number): Promise<BigNar> {
   return { plain, zstd, narHash: formatHash(hash.digest()), narSize: bytes };
 }
 
-function resetPeakRss(pid: number) {
+/** Resets the high-water mark to the RSS the process has now, and returns that (MiB): a peak includes it. */
+function resetPeakRss(pid: number): number {
   writeFileSync(`/proc/${pid}/clear_refs`, "5");
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
 }
 function peakRssMiB(pid: number): number {
   const kb = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
@@ -561,7 +563,8 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
     const hash = encodeNix32(randomBytes(20)).slice(0, 32);
     const storePath = `/nix/store/${hash}-bench-ingest-${randomBytes(3).toString("hex")}`;
     const info = { storePath, narHash: nar.narHash, narSize: nar.narSize, references: [] };
-    resetPeakRss(peer.pid!);
+    const before = resetPeakRss(peer.pid!);
+    log(`${peer.name}: ${((before * 2 ** 20) / MB).toFixed(1)} MB RSS before the ${encoding} ingest`);
     const onS3 = peer.name.endsWith("postgres+s3");
     const server0 = processCpuSeconds(peer.pid!);
     const services0 = onS3 ? servicesCpuSeconds() : 0;
