@@ -101,6 +101,47 @@ describe("groupedWrites", () => {
     await Promise.all(all);
   });
 
+  it("puts at most maxBytes in a statement, and an item larger than that alone", async () => {
+    const { statements, write } = manualWrites();
+    const put = groupedWrites<Row>({
+      write,
+      key: (r) => r.key,
+      bytes: (r) => r.value.length,
+      maxBytes: 10,
+    });
+    const all = [row("a"), row("b", "12345"), row("c", "123456"), row("d", "12345678901"), row("e", "1")].map(
+      (r) => put(r),
+    );
+    for (const expected of [["a"], ["b"], ["c"], ["d"], ["e"]]) {
+      await tick();
+      assert.deepEqual(
+        statements.at(-1)?.rows.map((r) => r.key),
+        expected,
+      );
+      statements.at(-1)!.commit();
+    }
+    await Promise.all(all);
+    const { statements: grouped, write: write2 } = manualWrites();
+    const put2 = groupedWrites<Row>({
+      write: write2,
+      key: (r) => r.key,
+      bytes: (r) => r.value.length,
+      maxBytes: 10,
+    });
+    const more = [row("a"), row("b", "1234"), row("c", "12345"), row("d", "12")].map((r) => put2(r));
+    grouped[0]!.commit();
+    await tick();
+    assert.deepEqual(
+      grouped[1]?.rows.map((r) => r.key),
+      ["b", "c"],
+      "4 + 5 bytes fit in 10; d waits",
+    );
+    grouped[1]!.commit();
+    await tick();
+    grouped[2]!.commit();
+    await Promise.all(more);
+  });
+
   it("sends the next group beside a statement that stalls", async () => {
     const { statements, write } = manualWrites();
     const put = groupedWrites<Row>({ write, key: (r) => r.key, stallMs: 20 });

@@ -21,6 +21,9 @@ export interface GroupedWritesOptions<Item> {
   key(item: Item): string;
   /** Items per statement at most; the rest wait for the next one. */
   maxItems?: number;
+  /** An item's bytes, and the bytes a statement carries at most (its first item goes whatever its size). */
+  bytes?(item: Item): number;
+  maxBytes?: number;
   /** After this long, a statement in flight no longer holds back the next group. */
   stallMs?: number;
 }
@@ -31,11 +34,14 @@ interface Waiter {
 }
 
 const DEFAULT_MAX_ITEMS = 100;
+/** A statement's parameters are one message to the database, built in memory. */
+const DEFAULT_MAX_BYTES = 8 * 1024 * 1024;
 /** Longer than a commit takes here when the machine is busy (a few ms), short against a hung connection. */
 const DEFAULT_STALL_MS = 50;
 
 export function groupedWrites<Item>(options: GroupedWritesOptions<Item>): (item: Item) => Promise<void> {
   const maxItems = options.maxItems ?? DEFAULT_MAX_ITEMS;
+  const maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
   const stallMs = options.stallMs ?? DEFAULT_STALL_MS;
   /** Writes not sent yet, by key, in the order their keys were first asked for. */
   const waiting = new Map<string, { item: Item; waiters: Waiter[] }>();
@@ -44,8 +50,11 @@ export function groupedWrites<Item>(options: GroupedWritesOptions<Item>): (item:
     if (waiting.size === 0) return undefined;
     const items: Item[] = [];
     const waiters: Waiter[] = [];
+    let bytes = 0;
     for (const [key, entry] of waiting) {
       if (items.length === maxItems) break;
+      bytes += options.bytes?.(entry.item) ?? 0;
+      if (items.length > 0 && bytes > maxBytes) break;
       items.push(entry.item);
       waiters.push(...entry.waiters);
       waiting.delete(key);

@@ -809,6 +809,7 @@ export function createRepo(database: Database) {
     }
     return groupedWrites<InlineRow>({
       key: (row) => row.key,
+      bytes: (row) => row.size,
       write: (rows) =>
         rows.length === 1
           ? database.single(async (q) => writes.putInline(q, rows[0]!))
