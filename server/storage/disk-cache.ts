@@ -257,9 +257,9 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
     return toCaller;
   };
 
-  /** Asks for a copy of key (once: a key held, waiting or being copied is not asked again). */
+  /** Asks for a copy of key (once: a key held, waiting or being copied, or known too large, is not asked). */
   const want = (key: string) => {
-    if (held.has(key) || waiting.has(key) || filling.has(key)) return;
+    if (held.has(key) || waiting.has(key) || filling.has(key) || oversized.has(key)) return;
     waiting.add(key);
     pump();
   };
@@ -300,7 +300,7 @@ export async function withDiskCache(remote: Storage, options: DiskCacheOptions):
         return readThrough(key);
       }
       const body = await remote.get(key, range);
-      if (body && !oversized.has(key)) want(key);
+      if (body) want(key);
       return body;
     },
     peek: (key) => remote.peek(key),
