@@ -519,15 +519,17 @@ async function makeBigNar(bytes: number): Promise<BigNar> {
   return { plain, zstd, narHash: formatHash(hash.digest()), narSize: bytes };
 }
 
+/** A memory line of /proc/PID/status (kB there), in MiB. */
+function statusMiB(pid: number, field: "VmRSS" | "VmHWM"): number {
+  const line = new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return Number(line?.[1] ?? 0) / 1024;
+}
 /** Resets the high-water mark to the RSS the process has now, and returns that (MiB): a peak includes it. */
 function resetPeakRss(pid: number): number {
   writeFileSync(`/proc/${pid}/clear_refs`, "5");
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+  return statusMiB(pid, "VmRSS");
 }
-function peakRssMiB(pid: number): number {
-  const kb = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
-  return kb / 1024;
-}
+const peakRssMiB = (pid: number) => statusMiB(pid, "VmHWM");
 
 /** One PUT of `file`, sent by bench/put-file.mjs from a process of its own: its answer, time and CPU. */
 async function putFile(
