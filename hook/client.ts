@@ -4,6 +4,7 @@
 import http from "node:http";
 import https from "node:https";
 import type { Readable } from "node:stream";
+import { type PublicKey, parsePublicKey } from "../nix/index.ts";
 import { type CompressedBody, createCompressorPool, type PieceSource } from "./zstd-compress.ts";
 
 // A big NAR is compressed by zstd's own threads (ZSTD_c_nbWorkers), so the event loop only reads files and
@@ -98,10 +99,26 @@ export function createClient(options: ClientOptions) {
     throw errorOf(status, text);
   }
 
+  /** The cache's description: its public keys (for nix.conf) and the upstream keys it accepts as proof. */
+  const describe = () => call<CacheDescription>("GET", base);
+
   return {
-    /** The cache's description: its public keys (for nix.conf) and the upstream keys it accepts as proof. */
-    async describe(): Promise<CacheDescription> {
-      return call<CacheDescription>("GET", base);
+    describe,
+
+    /**
+     * The upstream keys the cache accepts as proof (its description), parsed; a key that does not parse is
+     * left out and told to `ignored`.
+     */
+    async upstreamKeys(ignored?: (text: string, error: unknown) => void): Promise<PublicKey[]> {
+      const keys: PublicKey[] = [];
+      for (const text of (await describe()).upstreamKeys) {
+        try {
+          keys.push(parsePublicKey(text));
+        } catch (error) {
+          ignored?.(text, error);
+        }
+      }
+      return keys;
     },
 
     /** The given paths (as given) that the cache lacks. */

@@ -123,15 +123,9 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
   /** The cache's own upstream keys (its description), asked again after UPSTREAM_KEYS_TTL_MS. */
   const cacheUpstreamKeys = async (): Promise<PublicKey[]> => {
     if (serverKeys && Date.now() - serverKeys.at < UPSTREAM_KEYS_TTL_MS) return serverKeys.keys;
-    const description = await client.describe();
-    const keys: PublicKey[] = [];
-    for (const text of description.upstreamKeys) {
-      try {
-        keys.push(parsePublicKey(text));
-      } catch (error) {
-        log.warn({ key: text, err: error }, "ignoring an upstream key of the server that does not parse");
-      }
-    }
+    const keys = await client.upstreamKeys((text, error) =>
+      log.warn({ key: text, err: error }, "ignoring an upstream key of the server that does not parse"),
+    );
     if (!serverKeys && !configuredKeys)
       log.info({ upstreamKeys: keys.map((k) => k.name) }, "paths signed by these keys are left to upstream");
     serverKeys = { keys, at: Date.now() };

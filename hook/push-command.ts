@@ -60,13 +60,7 @@ export async function runPush(options: PushCommandOptions): Promise<PushSummary>
 
   let cacheKeys: PublicKey[] | undefined;
   const cacheUpstreamKeys = async () => {
-    cacheKeys ??= (await client.describe()).upstreamKeys.flatMap((text) => {
-      try {
-        return [parsePublicKey(text)];
-      } catch {
-        return [];
-      }
-    });
+    cacheKeys ??= await client.upstreamKeys();
     return cacheKeys;
   };
   const configuredKeys = settings.upstreamKeys?.map((key) => parsePublicKey(key));
