@@ -1,5 +1,5 @@
 # nixstash server image. Node 20 runs the esbuild bundle of server/main.ts, as `npm start` does.
-# Native modules (better-sqlite3, lzma-native, zstd-napi, and our own sendfile addon in server/native, built by
+# Native modules (better-sqlite3, lzma-native, zstd-napi, and our own addons in server/native, built by
 # package.json's install script) are compiled in the first stage, so the runtime stage needs no compiler.
 #   docker build -t nixstash .
 #   docker run -p 8080:8080 -v nixstash-data:/var/lib/nixstash nixstash     # SQLite + local storage
@@ -30,7 +30,7 @@ COPY nix ./nix
 COPY schema ./schema
 COPY server ./server
 COPY --from=deps /opt/nixstash/server/dist ./server/dist
-COPY --from=deps /opt/nixstash/server/native/build/Release/sendfile.node ./server/native/build/Release/
+COPY --from=deps /opt/nixstash/server/native/build/Release/sendfile.node /opt/nixstash/server/native/build/Release/memory.node ./server/native/build/Release/
 RUN mkdir -p /var/lib/nixstash && chown node:node /var/lib/nixstash
 USER node
 VOLUME /var/lib/nixstash

@@ -11,6 +11,8 @@ export interface Lifecycle {
   readonly draining: boolean;
   /** Requests being handled now. */
   readonly active: number;
+  /** Requests begun since the process started (a change means activity: trim-when-quiet.ts). */
+  readonly begun: number;
   /** Counts one request; call the returned function (once; later calls do nothing) when it is done. */
   begin(): () => void;
   startDraining(): void;
@@ -21,6 +23,7 @@ export interface Lifecycle {
 export function createLifecycle(): Lifecycle {
   let draining = false;
   let active = 0;
+  let begun = 0;
   const waiters = new Set<() => void>();
   const wake = () => {
     if (active !== 0) return;
@@ -34,8 +37,12 @@ export function createLifecycle(): Lifecycle {
     get active() {
       return active;
     },
+    get begun() {
+      return begun;
+    },
     begin() {
       active++;
+      begun++;
       let done = false;
       return () => {
         if (done) return;

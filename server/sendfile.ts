@@ -2,7 +2,7 @@
 // by the kernel, from the page cache, without passing through this process. FileBody uses it for NAR
 // downloads from local storage when it can (a plain TCP socket Node has nothing queued on); without the addon
 // (installed with --ignore-scripts, or a platform without sendfile) it copies through buffers, as before.
-import { createRequire } from "node:module";
+import { loadAddon } from "./native-addon.ts";
 
 interface Addon {
   start(
@@ -15,24 +15,7 @@ interface Addon {
   cancel(handle: object): void;
 }
 
-/** Where the build puts the addon, from the sources (server/) and from the bundle (server/dist/). */
-const CANDIDATES = ["./native/build/Release/sendfile.node", "../native/build/Release/sendfile.node"];
-
-function load(): { addon: Addon | undefined; error: string | undefined } {
-  if (process.platform !== "linux") return { addon: undefined, error: `not on Linux (${process.platform})` };
-  const require = createRequire(import.meta.url);
-  const errors: string[] = [];
-  for (const path of CANDIDATES) {
-    try {
-      return { addon: require(path) as Addon, error: undefined };
-    } catch (error) {
-      errors.push(`${path}: ${(error as Error).message.split("\n")[0]}`);
-    }
-  }
-  return { addon: undefined, error: errors.join("; ") };
-}
-
-const loaded = load();
+const loaded = loadAddon<Addon>("sendfile");
 /** Why the addon is not there (start.ts logs it once), or undefined when it is. */
 export const sendfileUnavailable = loaded.error;
 

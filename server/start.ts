@@ -25,6 +25,7 @@ import { type InlineRows, withInlineObjects } from "./storage/inline.ts";
 import { createLocalStorage } from "./storage/local.ts";
 import { createS3Storage } from "./storage/s3.ts";
 import type { Storage } from "./storage/storage.ts";
+import { memoryTrimUnavailable, quietTrimmer } from "./trim-when-quiet.ts";
 import { startBackgroundJobs } from "./verbs/background.ts";
 import { type BootstrapResult, bootstrap } from "./verbs/bootstrap.ts";
 import { removeAbandonedUploads } from "./verbs/cleanup.ts";
@@ -91,6 +92,11 @@ export async function startServer(config: Config): Promise<RunningServer> {
       { reason: sendfileUnavailable },
       "sendfile addon not loaded: NARs are copied through the process",
     );
+  if (memoryTrimUnavailable)
+    log.info(
+      { reason: memoryTrimUnavailable },
+      "memory addon not loaded: memory freed after a burst stays with the process until reused",
+    );
   const secrets = createSecretBox(loadServerSecret(config.secret, config.dataDir));
   const ctx: Context = {
     database,
@@ -148,6 +154,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       resolve();
     });
   });
+  const stopTrimming = quietTrimmer(lifecycle, { log })?.start();
   const address = httpServer.address() as AddressInfo;
   const wildcard = address.address === "0.0.0.0" || address.address === "::";
   const host = wildcard ? "127.0.0.1" : address.family === "IPv6" ? `[${address.address}]` : address.address;
@@ -159,6 +166,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     bootstrap: first,
     close: async () => {
       clearInterval(cleanupTimer);
+      stopTrimming?.();
       lifecycle.startDraining();
       log.info({ inFlight: lifecycle.active, timeoutMs: config.shutdownTimeoutMs }, "draining");
       const closed = new Promise<void>((resolve) => httpServer.close(() => resolve()));

@@ -196,14 +196,19 @@ describe("docker-compose.yml and Dockerfile", () => {
     assert.ok(
       dockerfile.includes(`COPY --from=deps /opt/nixstash/${dirname(outfile)} ./${dirname(outfile)}`),
     );
-    // The sendfile addon (server/native) is built by the install script that npm ci runs in the first stage,
-    // which needs its sources then, and the runtime stage takes the built module from there.
+    // Our addons (server/native) are built by the install script that npm ci runs in the first stage, which
+    // needs their sources then, and the runtime stage takes every built module from there.
     assert.match(pkg.scripts.install ?? "", /node-gyp rebuild --directory=server\/native\b/);
     assert.match(dockerfile, /^COPY server\/native \.\/server\/native\nRUN npm ci/m);
-    assert.ok(
-      dockerfile.includes(
-        "COPY --from=deps /opt/nixstash/server/native/build/Release/sendfile.node ./server/native/build/Release/",
-      ),
+    const gyp = JSON.parse(readFileSync(join(root, "server/native/binding.gyp"), "utf8")) as {
+      targets: { target_name: string }[];
+    };
+    const addonCopy = /^COPY --from=deps (.+) \.\/server\/native\/build\/Release\/$/m.exec(dockerfile);
+    assert.ok(addonCopy, "the runtime stage copies the built addons");
+    assert.deepEqual(
+      addonCopy[1]!.split(" ").sort(),
+      gyp.targets.map((t) => `/opt/nixstash/server/native/build/Release/${t.target_name}.node`).sort(),
+      "every addon binding.gyp builds, and nothing else",
     );
     const cmd = /^CMD (\["node",.*\])$/m.exec(dockerfile);
     assert.ok(cmd, "the Dockerfile has a CMD that runs node");
