@@ -557,6 +557,9 @@ function ingestCpuRows(measure: string, peer: string, serverCpu: number, senderC
   cpuRow(measure, peer, "CPU s (sender)", senderCpu);
 }
 
+/** How long the server idles before each ingest of measure 5 (see there). */
+const IDLE_BEFORE_INGEST_MS = 2500;
+
 async function measure5(peer: NixstashPeer, nar: BigNar) {
   for (const [encoding, file] of [
     ["plain", nar.plain],
@@ -565,6 +568,9 @@ async function measure5(peer: NixstashPeer, nar: BigNar) {
     const hash = encodeNix32(randomBytes(20)).slice(0, 32);
     const storePath = `/nix/store/${hash}-bench-ingest-${randomBytes(3).toString("hex")}`;
     const info = { storePath, narHash: nar.narHash, narSize: nar.narSize, references: [] };
+    // The ingest begins on a server idle for a while, as one between pushes is: it has given back what the
+    // previous measure's burst freed (server/trim-when-quiet.ts, about a second after the last request).
+    await new Promise((r) => setTimeout(r, IDLE_BEFORE_INGEST_MS));
     const before = resetPeakRss(peer.pid!);
     log(`${peer.name}: ${((before * 2 ** 20) / MB).toFixed(1)} MB RSS before the ${encoding} ingest`);
     const onS3 = peer.name.endsWith("postgres+s3");
