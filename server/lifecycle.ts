@@ -11,10 +11,15 @@ export interface Lifecycle {
   readonly draining: boolean;
   /** Requests being handled now. */
   readonly active: number;
-  /** Requests begun since the process started (a change means activity: trim-when-quiet.ts). */
+  /**
+   * Requests begun since the process started, those answered at once included (a change means activity:
+   * trim-when-quiet.ts).
+   */
   readonly begun: number;
   /** Counts one request; call the returned function (once; later calls do nothing) when it is done. */
   begin(): () => void;
+  /** Counts a request answered before it could be seen in flight (the fast lane's hot reads): activity only. */
+  answeredAtOnce(): void;
   startDraining(): void;
   /** Resolves true when no request is in flight, or false when `timeoutMs` passes first. */
   waitIdle(timeoutMs: number): Promise<boolean>;
@@ -50,6 +55,9 @@ export function createLifecycle(): Lifecycle {
         active--;
         wake();
       };
+    },
+    answeredAtOnce() {
+      begun++;
     },
     startDraining() {
       draining = true;

@@ -25,12 +25,13 @@ describe("quietTrimmer", () => {
     assert.equal(trims, 1);
   });
 
-  it("never trims while requests keep coming, and trims once they stop", () => {
+  it("never trims while requests keep coming (those answered at once too), and trims once they stop", () => {
     const lifecycle = createLifecycle();
     let trims = 0;
     const trimmer = quietTrimmer(lifecycle, { trim: () => ++trims > 0 })!;
     for (let i = 0; i < 10; i++) {
-      lifecycle.begin()();
+      if (i % 2 === 0) lifecycle.begin()();
+      else lifecycle.answeredAtOnce();
       assert.equal(trimmer.tick(), false, `tick ${i}: a request began since the last`);
     }
     const long = lifecycle.begin();

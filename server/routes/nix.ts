@@ -389,7 +389,8 @@ export function nixFastReads(
       ? undefined
       : readNarNow(ctx, { cacheName: match[1]!, file: match[2]! });
     // Answered before this call returns, as a remembered narinfo is (below): not counted in flight.
-    if (now)
+    if (now) {
+      deps.lifecycle.answeredAtOnce();
       return answered(
         request,
         {
@@ -404,6 +405,7 @@ export function nixFastReads(
         started,
         NOTHING,
       );
+    }
     const end = inFlight();
     return readNarFast(ctx, {
       cacheName: match[1]!,
@@ -460,9 +462,12 @@ export function nixFastReads(
     const started = performance.now();
     const authorization = request.authorization;
     // Answered before this call returns (the lane writes it at once): nothing can see it in flight, so
-    // neither the lifecycle nor the in-flight gauge counts it.
+    // neither the lifecycle's in-flight count nor the gauge counts it; it is activity all the same.
     const now = authorization ? undefined : readHotNow(ctx, { cacheName, hash });
-    if (now) return answer(request, hash, now, started, NOTHING);
+    if (now) {
+      deps.lifecycle.answeredAtOnce();
+      return answer(request, hash, now, started, NOTHING);
+    }
     const end = inFlight();
     return readHot(ctx, { cacheName, hash, caller: callerOf(authorization) }).then(
       (read) => answer(request, hash, read, started, end),

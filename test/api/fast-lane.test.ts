@@ -488,7 +488,8 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
       assert.equal((await c.read()).status, 200);
       const sent = await c.read();
       assert.equal(sent.status, 200);
-      const answer = nixFastReads(server.ctx, { lifecycle: createLifecycle(), recorder: () => {} });
+      const lifecycle = createLifecycle();
+      const answer = nixFastReads(server.ctx, { lifecycle, recorder: () => {} });
       const request: FastRequest = {
         method: "GET",
         target: narUrl,
@@ -501,6 +502,14 @@ describe("fast lane (narinfo and nix-cache-info straight from the socket)", () =
       const now = answer(request);
       assert.ok(now && !(now instanceof Promise), "answered before the call returns");
       assert.equal(now.status, 200);
+      assert.deepEqual(
+        { active: lifecycle.active, begun: lifecycle.begun },
+        { active: 0, begun: 1 },
+        "never in flight, but activity (trim-when-quiet.ts waits for a quiet second)",
+      );
+      const narinfoNow = answer({ ...request, target: narinfoPath });
+      assert.ok(narinfoNow && !(narinfoNow instanceof Promise), "a remembered narinfo, at once too");
+      assert.deepEqual({ active: lifecycle.active, begun: lifecycle.begun }, { active: 0, begun: 2 });
       assert.ok(Buffer.isBuffer(now.body) && now.body.equals(sent.bytes), "the bytes the socket got");
       assert.equal(now.headers?.["cache-control"], sent.headers.get("cache-control"));
       // A caller with credentials is identified first (a promise), as is a cache that is not public.
