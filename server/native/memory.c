@@ -6,8 +6,9 @@
  *
  * Why: Node allocates Buffer contents, zstd contexts and socket buffers with malloc. After a burst of uploads
  * glibc keeps the freed pages of its arenas mapped for reuse, and gives back only what lies at the top of the
- * main heap: the process keeps the burst's resident size while it idles (measured here: a server that took a
- * closure of ~600 MB held 27 MB of such pages on S3, 13 MB on local storage; BENCHMARKS.md, issue 7).
+ * main heap: the process keeps the burst's resident size while it idles (measured here: after the benchmark
+ * closure, 530 MiB of NAR, was pushed, 13-33 MiB of such pages went back from a server on PostgreSQL + S3,
+ * 13-21 MiB from one on SQLite; BENCHMARKS.md, session 25).
  * malloc_trim(0) also releases whole free pages inside every arena (madvise MADV_DONTNEED), which the next
  * allocations take back from the kernel as needed.
  */
