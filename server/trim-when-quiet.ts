@@ -1,23 +1,27 @@
-// Giving a burst's memory back to the system once the server goes quiet: a full collection first, so the
-// Buffers the burst left dead are freed (V8 counts them as external memory until a major collection sweeps
-// them: 40-55 MB after a closure pushed into S3, against 18 MB of live ones in a heap snapshot), then glibc's
-// malloc_trim(0) (server/native/memory.c; its header says why glibc keeps freed pages).
+// Giving a burst's memory back to the system once the server goes quiet (server/native/memory.cc): V8's
+// low-memory notification first, the full collections V8's memory reducer would run on its own some seconds
+// to a minute later (after a push into S3 an ordinary full collection left 40-75 MB of ArrayBuffers alive that
+// these free), then glibc's malloc_trim(0), which hands the pages freed back to the kernel (glibc keeps them).
 //
 // When: at the first tick (every second) that finds no request in flight and none begun since the tick
-// before, if requests came since the last trim. So a burst of uploads or downloads is followed by one trim
-// about a second after its last request, an idle server trims nothing, and a busy one is never interrupted
-// (collection and trim block the event loop for some milliseconds). Pages given back are taken
-// again from the kernel as the next burst needs them. Without the addon (not glibc, not built) nothing runs.
+// before, if requests came since the last trim and left the process at least 16 MiB larger than that trim
+// did. So a push or an ingest is followed by one trim about a second after its last request; an idle server,
+// or one that answered a few reads, trims nothing; and a busy one is never interrupted. It blocks the event
+// loop for 75-140 ms (after the benchmark closure's push; the collections are most of it), so a request that
+// arrives just then waits that long, once per burst. Pages given back are taken again from the kernel as the
+// next burst needs them. Without the addon (not built) nothing runs; on a C library other than glibc only the
+// collections do.
 import type { Logger } from "pino";
 import type { Lifecycle } from "./lifecycle.ts";
 import { loadAddon } from "./native-addon.ts";
-import { exposedGc } from "./young-garbage.ts";
 
-const loaded = loadAddon<{ trim(): boolean }>("memory");
+const loaded = loadAddon<{ reduce(): void; trim(): boolean }>("memory");
 /** Why the memory addon is not there (start.ts logs it once), or undefined when it is. */
 export const memoryTrimUnavailable = loaded.error;
 
 export const QUIET_TICK_MS = 1000;
+/** How much larger than after the last trim a burst must leave the process for the next one. */
+export const TRIM_AFTER_GROWTH_BYTES = 16 * 1024 * 1024;
 
 export interface QuietTrimmer {
   /** One tick: trims if the server has been quiet since the last tick after some activity; true if it did. */
@@ -27,33 +31,44 @@ export interface QuietTrimmer {
 }
 
 /**
- * A trimmer on `lifecycle`'s request counts; `trim` and `collect` stand in for the addon's and node's major
- * collection (tests; without --expose-gc there is no collection). Undefined without a trim.
+ * A trimmer on `lifecycle`'s request counts; `trim` and `collect` stand in for the addon's, and `rss` for the
+ * process's resident size (tests).
  */
 export function quietTrimmer(
   lifecycle: Pick<Lifecycle, "active" | "begun">,
-  options: { trim?: () => boolean; collect?: () => void; log?: Logger } = {},
+  options: {
+    trim?: () => boolean;
+    collect?: () => void;
+    rss?: () => number;
+    growthBytes?: number;
+    log?: Logger;
+  } = {},
 ): QuietTrimmer | undefined {
-  const trim = options.trim ?? (loaded.addon ? () => loaded.addon.trim() : undefined);
+  const addon = loaded.addon;
+  const trim = options.trim ?? (addon ? () => addon.trim() : undefined);
+  const collect = options.collect ?? (addon ? () => addon.reduce() : undefined);
   if (!trim) return undefined;
-  const gc = exposedGc();
-  const collect = options.collect ?? (gc ? () => gc({ type: "major" }) : undefined);
+  const rssNow = options.rss ?? (() => process.memoryUsage.rss());
+  const growth = options.growthBytes ?? TRIM_AFTER_GROWTH_BYTES;
   let begunAtTick = lifecycle.begun;
   let begunAtTrim = lifecycle.begun;
+  let rssAfterTrim = rssNow();
   const tick = () => {
     const begun = lifecycle.begun;
     const quiet = lifecycle.active === 0 && begun === begunAtTick;
     begunAtTick = begun;
     if (!quiet || begun === begunAtTrim) return false;
     begunAtTrim = begun;
-    const rss = process.memoryUsage.rss();
+    const rss = rssNow();
+    if (rss - rssAfterTrim < growth) return false;
     const t0 = performance.now();
     collect?.();
     const released = trim();
+    rssAfterTrim = rssNow();
     options.log?.debug(
       {
         released,
-        returnedMiB: Math.round((rss - process.memoryUsage.rss()) / 1024 / 102.4) / 10,
+        returnedMiB: Math.round((rss - rssAfterTrim) / 1024 / 102.4) / 10,
         ms: Math.round((performance.now() - t0) * 10) / 10,
       },
       "quiet: freed memory returned to the system",

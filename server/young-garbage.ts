@@ -13,9 +13,6 @@
 /** The collection function node exposes with --expose-gc (V8's: it takes the kind of collection). */
 type ExposedGc = (options: { type: "minor" | "major"; execution?: "sync" | "async" }) => void;
 
-/** Node's `gc` when the process runs with --expose-gc, else undefined. */
-export const exposedGc = (): ExposedGc | undefined => (globalThis as { gc?: ExposedGc }).gc;
-
 /** What the ingest calls with the body bytes it has taken in. */
 export type BodyBytesSeen = (bytes: number) => void;
 
@@ -29,7 +26,7 @@ export const COLLECT_EVERY_BYTES = 8 * 1024 * 1024;
 export function youngGarbageCollector(
   options: { everyBytes?: number; collect?: () => void } = {},
 ): BodyBytesSeen | undefined {
-  const exposed = exposedGc();
+  const exposed = (globalThis as { gc?: ExposedGc }).gc;
   const collect = options.collect ?? (exposed ? () => exposed({ type: "minor" }) : undefined);
   if (!collect) return undefined;
   const every = options.everyBytes ?? COLLECT_EVERY_BYTES;

@@ -7,8 +7,8 @@
     },
     {
       "target_name": "memory",
-      "sources": ["memory.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
+      "sources": ["memory.cc"],
+      "cflags_cc": ["-O2", "-Wall", "-Wextra", "-Werror"]
     }
   ]
 }
