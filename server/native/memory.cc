@@ -12,10 +12,10 @@
  * Why trim: Node allocates Buffer contents, zstd contexts and socket buffers with malloc. After a burst of
  * uploads glibc keeps the freed pages of its arenas mapped for reuse, and gives back only what lies at the top
  * of the main heap: the process keeps the burst's resident size while it idles (measured here: after the
- * benchmark closure, 530 MiB of NAR, was pushed, 13-33 MiB of such pages went back from a server on
- * PostgreSQL + S3, 13-21 MiB from one on SQLite; BENCHMARKS.md, session 25). malloc_trim(0) also releases
- * whole free pages inside every arena (madvise MADV_DONTNEED), which the next allocations take back from the
- * kernel as needed.
+ * benchmark closure, 530 MiB of NAR, was pushed, an ordinary full collection and this trim gave back 13-33 MiB
+ * from a server on PostgreSQL + S3, 13-21 MiB from one on SQLite; with reduce() first, 31-71 MiB and 32-38 MiB;
+ * BENCHMARKS.md, session 25). malloc_trim(0) also releases whole free pages inside every arena (madvise
+ * MADV_DONTNEED), which the next allocations take back from the kernel as needed.
  *
  * N-API for the module; V8's own API for the notification (N-API has none), so this addon is built against
  * the Node that runs it, as `npm ci` builds it.
