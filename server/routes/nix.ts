@@ -315,6 +315,15 @@ export function nixFastReads(
       finish();
     };
   };
+  /**
+   * A lane request answered before the lane's call returns: nothing can see it in flight, so neither the
+   * lifecycle's in-flight count nor the gauge counts it, and its `end` does nothing; it is activity all the
+   * same (trim-when-quiet.ts).
+   */
+  const atOnce = () => {
+    deps.lifecycle.answeredAtOnce();
+    return NOTHING;
+  };
   const callerOf = (authorization: string | undefined) => async () =>
     authorization ? identify({ ctx, input: { authorization } }) : NOBODY;
   /**
@@ -388,9 +397,8 @@ export function nixFastReads(
     const now = request.authorization
       ? undefined
       : readNarNow(ctx, { cacheName: match[1]!, file: match[2]! });
-    // Answered before this call returns, as a remembered narinfo is (below): not counted in flight.
-    if (now) {
-      deps.lifecycle.answeredAtOnce();
+    // Answered before this call returns, as a remembered narinfo is (below).
+    if (now)
       return answered(
         request,
         {
@@ -403,9 +411,8 @@ export function nixFastReads(
           size: now.body.length,
         },
         started,
-        NOTHING,
+        atOnce(),
       );
-    }
     const end = inFlight();
     return readNarFast(ctx, {
       cacheName: match[1]!,
@@ -461,13 +468,9 @@ export function nixFastReads(
     const hash = match[2];
     const started = performance.now();
     const authorization = request.authorization;
-    // Answered before this call returns (the lane writes it at once): nothing can see it in flight, so
-    // neither the lifecycle's in-flight count nor the gauge counts it; it is activity all the same.
+    // Answered before this call returns when the narinfo is remembered (the lane writes it at once).
     const now = authorization ? undefined : readHotNow(ctx, { cacheName, hash });
-    if (now) {
-      deps.lifecycle.answeredAtOnce();
-      return answer(request, hash, now, started, NOTHING);
-    }
+    if (now) return answer(request, hash, now, started, atOnce());
     const end = inFlight();
     return readHot(ctx, { cacheName, hash, caller: callerOf(authorization) }).then(
       (read) => answer(request, hash, read, started, end),
