@@ -51,14 +51,15 @@ export function quietTrimmer(
   const rssNow = options.rss ?? (() => process.memoryUsage.rss());
   const growth = options.growthBytes ?? TRIM_AFTER_GROWTH_BYTES;
   let begunAtTick = lifecycle.begun;
-  let begunAtTrim = lifecycle.begun;
+  /** The requests begun when a quiet tick last looked at the process (trimmed it or found it too small). */
+  let begunWhenLooked = lifecycle.begun;
   let rssAfterTrim = rssNow();
   const tick = () => {
     const begun = lifecycle.begun;
     const quiet = lifecycle.active === 0 && begun === begunAtTick;
     begunAtTick = begun;
-    if (!quiet || begun === begunAtTrim) return false;
-    begunAtTrim = begun;
+    if (!quiet || begun === begunWhenLooked) return false;
+    begunWhenLooked = begun;
     const rss = rssNow();
     if (rss - rssAfterTrim < growth) return false;
     const t0 = performance.now();
