@@ -12,7 +12,7 @@
 // two cores the server needs, and it differs from one peer's turn to the next.
 //   node bench/http-client.mjs JOB.json
 // JOB: {"kind":"sequential","base":URL,"paths":[...],"passes":N,"warmupSeconds"?:S}
-//    | {"kind":"download","base":URL,"files":[...],"connections":N}
+//    | {"kind":"download","base":URL,"files":[...],"connections":N,"warmup"?:true}
 // Prints one JSON line: the seconds timed, and the statuses seen and this client's CPU seconds (sequential) or
 // the bytes received (download). Plain JavaScript, so it starts without the TypeScript loader and stays small.
 
@@ -127,6 +127,11 @@ if (job.kind === "sequential") {
   const cpu = process.cpuUsage(cpu0);
   result = { seconds, statuses, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
 } else if (job.kind === "download") {
+  // One unmeasured download of every file first, as measure 1's passes and measure 2's wrk pass warm their
+  // servers: a server's first downloads after the other peers' turns run cold (code not yet optimized, memo
+  // and disk copies not yet made), and the measure is a warm cache's. On nixstash the NAR path was still
+  // being optimized after ~800 requests (`--trace-opt`, BENCHMARKS.md session 26).
+  if (job.warmup) await downloadAll(job.base, job.files, job.connections, dirname(jobFile));
   result = await downloadAll(job.base, job.files, job.connections, dirname(jobFile));
 } else throw new Error(`unknown job kind ${job.kind}`);
 process.stdout.write(`${JSON.stringify(result)}\n`);

@@ -214,7 +214,7 @@ async function getText(url: string): Promise<{ status: number; text: string }> {
 
 type ClientJob =
   | { kind: "sequential"; base: string; paths: string[]; passes: number; warmupSeconds?: number }
-  | { kind: "download"; base: string; files: string[]; connections: number };
+  | { kind: "download"; base: string; files: string[]; connections: number; warmup?: boolean };
 /** Runs one load of measure 1 or 3 from bench/http-client.mjs, a process of its own: what it timed. */
 async function httpClient(
   job: ClientJob,
@@ -367,7 +367,13 @@ async function measure3(
   baseline: string,
   s3Baseline?: string,
 ) {
-  const { seconds, bytes = 0 } = await httpClient({ kind: "download", base: peer.base, files, connections });
+  const { seconds, bytes = 0 } = await httpClient({
+    kind: "download",
+    base: peer.base,
+    files,
+    connections,
+    warmup: true,
+  });
   const measure = `3 all NARs, ${connections} conn${connections > 1 ? "s" : ""}`;
   const isBase = peer.name === baseline || peer.name === s3Baseline;
   const floor = peer.name === NODE_FLOOR || peer.name === NODE_RAW;
