@@ -134,8 +134,8 @@ if (job.kind === "sequential") {
   // being optimized after ~800 requests (`--trace-opt`, BENCHMARKS.md session 26).
   if (job.warmup) await downloadAll(job.base, job.files, job.connections, dirname(jobFile));
   // Several timed downloads back to back, each a sample of its own: one download of the closure takes
-  // 0.13-0.25 s here, and three of them (one per run) moved a median by up to 30% between two runs of the
-  // bench (BENCHMARKS.md, session 26).
+  // 0.13-0.25 s here, and with one per run nixstash's ratio on 16 connections went from 1.07x to 1.33x
+  // between two runs of the bench with nothing on its path changed (BENCHMARKS.md, session 26).
   const samples = [];
   for (let i = 0; i < (job.passes ?? 1); i++)
     samples.push(await downloadAll(job.base, job.files, job.connections, dirname(jobFile)));

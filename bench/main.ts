@@ -212,23 +212,27 @@ async function getText(url: string): Promise<{ status: number; text: string }> {
   return { status: res.status, text: await res.text() };
 }
 
-type ClientJob =
-  | { kind: "sequential"; base: string; paths: string[]; passes: number; warmupSeconds?: number }
-  | {
-      kind: "download";
-      base: string;
-      files: string[];
-      connections: number;
-      warmup?: boolean;
-      passes?: number;
-    };
+type SequentialJob = {
+  kind: "sequential";
+  base: string;
+  paths: string[];
+  passes: number;
+  warmupSeconds?: number;
+};
+type DownloadJob = {
+  kind: "download";
+  base: string;
+  files: string[];
+  connections: number;
+  warmup?: boolean;
+  passes?: number;
+};
 /** Runs one load of measure 1 or 3 from bench/http-client.mjs, a process of its own: what it timed. */
-async function httpClient(job: ClientJob): Promise<{
-  seconds: number;
-  statuses?: Record<string, number>;
-  cpuSeconds?: number;
-  samples?: { seconds: number; bytes: number }[];
-}> {
+async function httpClient(
+  job: SequentialJob,
+): Promise<{ seconds: number; statuses: Record<string, number>; cpuSeconds: number }>;
+async function httpClient(job: DownloadJob): Promise<{ samples: { seconds: number; bytes: number }[] }>;
+async function httpClient(job: SequentialJob | DownloadJob): Promise<unknown> {
   const file = join(TMP, "http-client-job.json");
   writeFileSync(file, JSON.stringify(job));
   const { stdout } = await execFileP(process.execPath, [join(ROOT, "bench/http-client.mjs"), file]);
@@ -278,7 +282,7 @@ async function measure1(peer: Peer, workload: Workload, baseline: string) {
     warmupSeconds: opts.warmupSeconds,
   });
   const ms = (r.seconds * 1000) / passes;
-  if (r.statuses?.["200"] !== paths.length * passes)
+  if (r.statuses["200"] !== paths.length * passes)
     throw new Error(`${peer.name}: narinfo statuses ${JSON.stringify(r.statuses)}`);
   row({
     measure: `1 narinfos sequential, 1 conn (${paths.length} per pass)`,
@@ -380,7 +384,7 @@ async function measure3(
   baseline: string,
   s3Baseline?: string,
 ) {
-  const { samples = [] } = await httpClient({
+  const { samples } = await httpClient({
     kind: "download",
     base: peer.base,
     files,
@@ -388,6 +392,8 @@ async function measure3(
     warmup: true,
     passes: DOWNLOADS_PER_RUN,
   });
+  if (samples?.length !== DOWNLOADS_PER_RUN)
+    throw new Error(`${peer.name}: ${samples?.length} timed downloads, not ${DOWNLOADS_PER_RUN}`);
   const measure = `3 all NARs, ${connections} conn${connections > 1 ? "s" : ""}`;
   const isBase = peer.name === baseline || peer.name === s3Baseline;
   const floor = peer.name === NODE_FLOOR || peer.name === NODE_RAW;
