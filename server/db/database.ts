@@ -26,6 +26,7 @@ import { migrate as migratePg } from "drizzle-orm/node-postgres/migrator";
 import pg from "pg";
 import * as pgSchema from "../../schema/pg.ts";
 import * as sqliteSchema from "../../schema/sqlite.ts";
+import { othersFinished, parseSnapshot, type Snapshot } from "./pg-snapshot.ts";
 
 export type Tables = typeof sqliteSchema;
 export type Db = BetterSQLite3Database<Tables>;
@@ -53,8 +54,8 @@ export interface Database {
    * and once the writer connection has seen a commit it did not make (another process: `PRAGMA data_version`
    * changes exactly then; asked at most once per DATA_VERSION_EVERY_MS). On PostgreSQL: after every
    * transaction this process commits (but those that keep it), when another replica's commit notification
-   * arrives, and every REVISION_MAX_AGE_MS (a change made by hand notifies nobody); undefined while this
-   * process is not listening (see listenForCommits).
+   * arrives, and within REVISION_MAX_AGE_MS of any other writer's commit (a change made by hand notifies
+   * nobody); undefined while this process is not listening (see listenForCommits).
    */
   revision(): number | undefined;
   /** Throws when the database cannot answer. */
@@ -65,7 +66,7 @@ export interface Database {
 const migrationsRoot = join(dirname(fileURLToPath(import.meta.url)), "../../schema/migrations");
 
 export interface DatabaseOptions {
-  /** PostgreSQL: how often the revision turns without a notification (tests shorten it). */
+  /** PostgreSQL: how often it looks for commits it was not told about (tests shorten it). */
   revisionMaxAgeMs?: number;
 }
 
@@ -171,7 +172,10 @@ function openSqlite(file: string): Database {
 
 /** Every transaction that may change what reads return notifies this channel when it commits. */
 const COMMIT_CHANNEL = "nixstash_commit";
-/** PostgreSQL revisions turn at least this often: a change no replica made (psql) is seen within it. */
+/**
+ * PostgreSQL: how often this process looks for writers it was not told about (a change made by hand with
+ * psql, a replica's commit not heard): such a change is seen within it.
+ */
 const REVISION_MAX_AGE_MS = 10_000;
 /** A commit listener that lost its connection connects again after this long. */
 const LISTEN_RETRY_MS = 1_000;
@@ -179,14 +183,22 @@ const LISTEN_RETRY_MS = 1_000;
 /**
  * PostgreSQL's revision: one connection outside the pool LISTENs on COMMIT_CHANNEL, and every notification
  * of another replica's commit turns the revision, as do this process's own commits (`turn`, at once; its
- * own notifications, which carry its id, are not counted again) and a timer. The listener connecting, or
- * losing its connection, turns it too: nothing heard while not listening can be trusted, and revision() is
- * undefined meanwhile (the repository then keeps rows for their second only and remembers no absent ones,
- * as it does without a revision). A notification takes a round trip to arrive: a replica may answer from
- * what it read for that long after another's commit. Behind a pooler in transaction mode LISTEN hears
- * nothing; the timer bounds what is missed to REVISION_MAX_AGE_MS there too.
+ * own notifications, which carry its id, are not counted again). The listener connecting, or losing its
+ * connection, turns it too: nothing heard while not listening can be trusted, and revision() is undefined
+ * meanwhile (the repository then keeps rows for their second only and remembers no absent ones, as it does
+ * without a revision). A notification takes a round trip to arrive: a replica may answer from what it read
+ * for that long after another's commit.
+ *
+ * What nobody announces (psql; every commit, behind a pooler in transaction mode, where LISTEN hears
+ * nothing) is looked for every maxAgeMs: the server's snapshot (`txid_current_snapshot()`, one query) says
+ * which writing transactions finished since the previous look, and unless all of them were this process's
+ * own commits that keep the revision (their ids come back with their COMMIT: `own`), the revision turns
+ * (pg-snapshot.ts); a look that fails turns it too. It used to turn on every look, and the repository read
+ * every row again 10 s after it last had: a substitution more than 10 s after the previous one cost the
+ * server 0.25-0.48 CPU s and PostgreSQL 0.10-0.17, against 0.20-0.27 and 0.00-0.05 within 10 s
+ * (BENCHMARKS.md, session 26).
  */
-function listenForCommits(url: string, maxAgeMs: number) {
+function listenForCommits(url: string, maxAgeMs: number, snapshot: () => Promise<string>) {
   /** The payload of this process's notifications: it turned the revision at its commits already. */
   const self = randomUUID();
   let revision = 0;
@@ -194,7 +206,26 @@ function listenForCommits(url: string, maxAgeMs: number) {
   let closed = false;
   let client: pg.Client | undefined;
   let retry: NodeJS.Timeout | undefined;
-  const tick = setInterval(() => revision++, maxAgeMs);
+  /** Ids of this process's commits that keep the revision, not yet seen finished by a look. */
+  const own = new Set<bigint>();
+  let last: Snapshot | undefined;
+  let looking = false;
+  const look = async () => {
+    if (looking) return;
+    looking = true;
+    try {
+      const now = parseSnapshot(await snapshot());
+      if (!last || othersFinished(last, now, own)) revision++;
+      last = now;
+    } catch {
+      last = undefined;
+      own.clear();
+      revision++;
+    } finally {
+      looking = false;
+    }
+  };
+  const tick = setInterval(() => void look(), maxAgeMs);
   tick.unref();
   const lost = (from: pg.Client) => {
     if (client !== from) return;
@@ -236,6 +267,10 @@ function listenForCommits(url: string, maxAgeMs: number) {
     turn: () => {
       revision++;
     },
+    /** This process committed transaction `id` and kept the revision (it changed nothing remembered). */
+    kept: (id: string) => {
+      own.add(BigInt(id));
+    },
     close: async () => {
       closed = true;
       clearInterval(tick);
@@ -265,7 +300,11 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
     await client.query("SELECT pg_advisory_unlock(727274)").catch(() => {});
     client.release();
   }
-  const commits = listenForCommits(url, options.revisionMaxAgeMs ?? REVISION_MAX_AGE_MS);
+  const commits = listenForCommits(
+    url,
+    options.revisionMaxAgeMs ?? REVISION_MAX_AGE_MS,
+    async () => (await pool.query<{ s: string }>("SELECT txid_current_snapshot()::text AS s")).rows[0]!.s,
+  );
   await commits.connect();
   const asDb = db as unknown as Db;
   const handles = new WeakMap<pg.PoolClient, Db>();
@@ -291,9 +330,17 @@ async function openPostgres(url: string, options: DatabaseOptions): Promise<Data
       }
       try {
         const result = await fn(handle);
-        // One round trip: the notification goes out with the commit, or not at all.
-        await client.query(options?.keepRevision ? "COMMIT" : `${commits.notify}; COMMIT`);
-        if (!options?.keepRevision) commits.turn();
+        // One round trip: the notification goes out with the commit, or not at all; a commit that keeps
+        // the revision brings back its transaction id instead, for the next look at the server's snapshot.
+        if (options?.keepRevision) {
+          const [id] = (await client.query(
+            "SELECT txid_current()::text AS id; COMMIT",
+          )) as unknown as pg.QueryResult<{ id: string }>[];
+          commits.kept(id!.rows[0]!.id);
+        } else {
+          await client.query(`${commits.notify}; COMMIT`);
+          commits.turn();
+        }
         return result;
       } catch (error) {
         await client.query("ROLLBACK").catch((rollbackError: Error) => {
