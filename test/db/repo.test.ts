@@ -251,6 +251,17 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       );
     });
 
+    /** A statement run as psql would run it: its own connection, no notification. */
+    const byHand = async (text: string, values: unknown[]) => {
+      const client = new pg.Client({ connectionString: databaseUrl });
+      await client.connect();
+      try {
+        await client.query(text, values);
+      } finally {
+        await client.end();
+      }
+    };
+
     // SQLite sees such a change at once (the test above: another connection to the file).
     if (dialect === "postgres")
       it("sees a change made by hand within the revision's longest age", async (t) => {
@@ -261,18 +272,11 @@ for (const dialect of ["sqlite", "postgres"] as const) {
           const absent = pathRow("by-hand");
           assert.equal(await reader.path(cache.id, absent.hash), undefined);
           assert.equal(reader.peekPath(cache.id, absent.hash), null, "known absent");
-          // Written as psql would: no notification.
-          const client = new pg.Client({ connectionString: databaseUrl });
-          await client.connect();
-          try {
-            await client.query(
-              `INSERT INTO paths (cache_id, hash, store_path, nar_id, "references", sigs)
+          await byHand(
+            `INSERT INTO paths (cache_id, hash, store_path, nar_id, "references", sigs)
              SELECT $1, $2, $3, id, '', 'main-1:sig' FROM nars LIMIT 1`,
-              [cache.id, absent.hash, absent.storePath],
-            );
-          } finally {
-            await client.end();
-          }
+            [cache.id, absent.hash, absent.storePath],
+          );
           await new Promise((r) => setTimeout(r, 700));
           assert.equal((await reader.path(cache.id, absent.hash))?.storePath, absent.storePath, "seen");
         } finally {
@@ -315,13 +319,7 @@ for (const dialect of ["sqlite", "postgres"] as const) {
           assert.ok(held.includes(true), `turned in every window: ${held.join(", ")}`);
           // Someone else's commit (by hand, as psql: no notification) turns it at the next look.
           const revision = db.revision();
-          const client = new pg.Client({ connectionString: databaseUrl });
-          await client.connect();
-          try {
-            await client.query("UPDATE paths SET sigs = 'main-1:hand' WHERE hash = $1", [path.hash]);
-          } finally {
-            await client.end();
-          }
+          await byHand("UPDATE paths SET sigs = 'main-1:hand' WHERE hash = $1", [path.hash]);
           await new Promise((r) => setTimeout(r, 400));
           assert.notEqual(db.revision(), revision, "another writer's commit turned it");
         } finally {
