@@ -262,13 +262,21 @@ for (const dialect of ["sqlite", "postgres"] as const) {
       }
     };
 
+    /** Runs fn on a database of its own that looks for unannounced writers every `ms`, then closes it. */
+    const withLooksEvery = async (ms: number, fn: (db: Database, reader: Repo) => Promise<void>) => {
+      const db = await openDatabase(databaseUrl, { revisionMaxAgeMs: ms });
+      try {
+        await fn(db, createRepo(db));
+      } finally {
+        await db.close();
+      }
+    };
+
     // SQLite sees such a change at once (the test above: another connection to the file).
     if (dialect === "postgres")
       it("sees a change made by hand within the revision's longest age", async (t) => {
         if (!database) return t.skip("database unavailable");
-        const db = await openDatabase(databaseUrl, { revisionMaxAgeMs: 500 });
-        try {
-          const reader = createRepo(db);
+        await withLooksEvery(500, async (_db, reader) => {
           const absent = pathRow("by-hand");
           assert.equal(await reader.path(cache.id, absent.hash), undefined);
           assert.equal(reader.peekPath(cache.id, absent.hash), null, "known absent");
@@ -279,9 +287,7 @@ for (const dialect of ["sqlite", "postgres"] as const) {
           );
           await new Promise((r) => setTimeout(r, 700));
           assert.equal((await reader.path(cache.id, absent.hash))?.storePath, absent.storePath, "seen");
-        } finally {
-          await db.close();
-        }
+        });
       });
 
     // The looks for unannounced writers (every revisionMaxAgeMs) turn the revision only when someone else
@@ -289,9 +295,7 @@ for (const dialect of ["sqlite", "postgres"] as const) {
     if (dialect === "postgres")
       it("keeps its revision across looks when only its own last-access flushes committed", async (t) => {
         if (!database) return t.skip("database unavailable");
-        const db = await openDatabase(databaseUrl, { revisionMaxAgeMs: 150 });
-        try {
-          const reader = createRepo(db);
+        await withLooksEvery(150, async (db, reader) => {
           const path = pathRow("quiet");
           assert.equal((await repo.commitPath(path, narRow())).kind, "committed");
           const flush = () =>
@@ -322,9 +326,7 @@ for (const dialect of ["sqlite", "postgres"] as const) {
           await byHand("UPDATE paths SET sigs = 'main-1:hand' WHERE hash = $1", [path.hash]);
           await new Promise((r) => setTimeout(r, 400));
           assert.notEqual(db.revision(), revision, "another writer's commit turned it");
-        } finally {
-          await db.close();
-        }
+        });
       });
 
     it("reads of many paths at once (grouped on PostgreSQL) each get their own row, or none", async (t) => {
