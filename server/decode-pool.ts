@@ -25,8 +25,13 @@ import { NarCheck, NarTooLong, type VerifiedNar } from "./nar-check.ts";
 import { STAGE_BUFFER } from "./streams.ts";
 import { zstdBinding } from "./zstd-binding.ts";
 
-/** Encoded input goes to a worker in buffers of this size, at most INPUT_BUFFERS of them at a time. */
-const INPUT_BUFFER_SIZE = 256 * 1024;
+/**
+ * Encoded input goes to a worker in buffers of this size, at most INPUT_BUFFERS of them at a time. Each
+ * buffer costs two messages (its data, its ack), each a structured clone and a wake-up of the other thread:
+ * 1 MiB buffers instead of 256 KiB took a 1 GiB zstd ingest from ~3.8 to ~3.2 server CPU s (BENCHMARKS.md,
+ * session 27), for 3 MiB more per worker.
+ */
+const INPUT_BUFFER_SIZE = 1024 * 1024;
 const INPUT_BUFFERS = 4;
 /** In-thread decoder contexts kept for reuse: about the uploads that run at once beside the workers. */
 const KEEP_CONTEXTS = 8;
@@ -81,7 +86,16 @@ interface Slot {
   allocated: number;
 }
 
-export function createDecoderPool({ size, log }: { size: number; log: Logger }): DecoderPool {
+export function createDecoderPool({
+  size,
+  log,
+  inputBufferSize = INPUT_BUFFER_SIZE,
+}: {
+  size: number;
+  log: Logger;
+  /** Bytes per input buffer (tests make them small, to have an upload wait for the worker's acks). */
+  inputBufferSize?: number;
+}): DecoderPool {
   const bundled = import.meta.url.endsWith(".mjs");
   const script = new URL(bundled ? "./decode-worker.mjs" : "./decode-worker.ts", import.meta.url);
   const slots: Slot[] = [];
@@ -143,7 +157,7 @@ export function createDecoderPool({ size, log }: { size: number; log: Logger }):
           const buffer = slot.inputs.pop();
           if (buffer || slot.allocated >= INPUT_BUFFERS) return buffer;
           slot.allocated++;
-          return new ArrayBuffer(INPUT_BUFFER_SIZE);
+          return new ArrayBuffer(inputBufferSize);
         },
         release: (unused, reset) => {
           if (unused) slot.inputs.push(unused);

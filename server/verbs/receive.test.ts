@@ -68,7 +68,8 @@ describe("receiveNar: zstd decoded on a worker thread or in-thread", () => {
   before(async () => {
     dir = mkdtempSync(join(testTmp(), "receive-"));
     storage = createLocalStorage({ root: join(dir, "storage") });
-    pool = createDecoderPool({ size: 1, log: pino({ level: "silent" }) });
+    // Input buffers of 256 KiB: the uploads below fill all of a worker's and wait for one back.
+    pool = createDecoderPool({ size: 1, log: pino({ level: "silent" }), inputBufferSize: 256 * 1024 });
     const counted: DecoderPool = {
       acquire(options) {
         const decoder = pool.acquire(options);
