@@ -1,6 +1,7 @@
 // The verifying both of measure 6's floors do (bench/verify-floor.mjs, bench/relay-floor.mjs): decode a zstd
 // NAR with zstd-napi's binding (the one the server's decoder drives) into one block, and SHA-256 what comes
-// out, nothing else. A hasher keeps its decoding context and block for every NAR it is started on.
+// out, nothing else. A hasher keeps its decoding context and block for every NAR it is started on. Its
+// decoding loop, `decodeInto`, also decodes the streaming floor's NARs into memory (relay-floor.mjs push).
 // Plain JavaScript, as the scripts that use it.
 import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
@@ -22,18 +23,28 @@ export function createNarHasher() {
     },
     /** Decodes and hashes one piece of the compressed NAR. */
     update(compressed) {
-      let rest = compressed;
-      for (;;) {
-        const [, produced, consumed] = dctx.decompressStream(block, rest);
-        rest = rest.subarray(consumed);
-        if (produced > 0) hash.update(block.subarray(0, produced));
-        this.narBytes += produced;
-        if (rest.length === 0 && produced < block.length) break;
-      }
+      decodeInto(dctx, block, compressed, (decoded) => {
+        hash.update(decoded);
+        this.narBytes += decoded.length;
+      });
     },
     /** The NAR's SHA-256. */
     digest() {
       return hash.digest();
     },
   };
+}
+
+/**
+ * Decodes one piece of zstd input on `dctx` through `block`, handing each decoded stretch to `sink` (valid
+ * until the sink returns), until the input is used up and zstd has nothing more to give for it.
+ */
+export function decodeInto(dctx, block, compressed, sink) {
+  let rest = compressed;
+  for (;;) {
+    const [, produced, consumed] = dctx.decompressStream(block, rest);
+    rest = rest.subarray(consumed);
+    if (produced > 0) sink(block.subarray(0, produced));
+    if (rest.length === 0 && produced < block.length) break;
+  }
 }

@@ -29,7 +29,7 @@ import { relative } from "node:path";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { Client } from "minio";
 import pg from "pg";
-import { createNarHasher } from "./nar-hasher.mjs";
+import { createNarHasher, decodeInto } from "./nar-hasher.mjs";
 
 /** Bodies up to this many bytes become rows, as nixstash's default NIXSTASH_S3_INLINE_KB=64 keeps them. */
 const INLINE_BYTES = 64 * 1024;
@@ -241,16 +241,10 @@ async function push(base, dir, atOnce, files) {
 
 /** A whole zstd file decoded into one Buffer. */
 function decodeWhole(zstd, compressed) {
-  const dctx = new zstd.DCtx();
-  const block = Buffer.allocUnsafe(zstd.dStreamOutSize());
   const pieces = [];
-  let rest = compressed;
-  for (;;) {
-    const [, produced, consumed] = dctx.decompressStream(block, rest);
-    rest = rest.subarray(consumed);
-    if (produced > 0) pieces.push(Buffer.from(block.subarray(0, produced)));
-    if (rest.length === 0 && produced < block.length) break;
-  }
+  decodeInto(new zstd.DCtx(), Buffer.allocUnsafe(zstd.dStreamOutSize()), compressed, (decoded) =>
+    pieces.push(Buffer.from(decoded)),
+  );
   return Buffer.concat(pieces);
 }
 
