@@ -135,6 +135,13 @@ function row(r: Row): Row {
   return r;
 }
 
+/** One more sample of a row, with its baseline's sample timed next to it (see Row.pairs). */
+function pairedSample(r: Omit<Row, "values" | "pairs">, value: number, pair: number): void {
+  const target = row({ ...r, values: [], pairs: [] });
+  target.values.push(value);
+  target.pairs?.push(pair);
+}
+
 /** One more sample of a row that has no baseline or target of its own (CPU seconds beside a time). */
 function cpuRow(measure: string, peer: string, unit: string, value: number): void {
   row({ measure, peer, unit, values: [], lowerIsBetter: true }).values.push(value);
@@ -805,30 +812,43 @@ async function measure6Of(
           ),
         }
       : {};
-  rmSync(dir, { recursive: true, force: true });
   const env = nixEnvIn(join(TMP, "nix-push"));
   // CPU seconds beside wall time: on 2 cores the pushes are CPU-bound, and this shows whose CPU it is.
   const cpuUnit = "CPU s (client + server)";
-  let t0 = now();
-  let cpu0 = childrenCpuSeconds();
-  await sh("nix", ["copy", "--to", `file://${dir}?compression=zstd`, workload.top], env);
-  row({ measure, peer: baseline, unit: "s", values: [], lowerIsBetter: true, isBaseline: true }).values.push(
-    (now() - t0) / 1000,
-  );
-  const fileCpu = childrenCpuSeconds() - cpu0;
-  row({
-    measure,
-    peer: baseline,
-    unit: cpuUnit,
-    values: [],
-    lowerIsBetter: true,
-    isBaseline: true,
-  }).values.push(fileCpu);
+  /**
+   * One timed `nix copy --to file://` of the workload into `dir`: a sample of the baseline. Every push is
+   * compared with the copy timed seconds before it (Row.pairs): here the yardstick took 3.0 s and 4.3 s a
+   * minute apart, and pushes measured minutes after a single copy swung their ratios with it.
+   */
+  const copyToFile = async () => {
+    rmSync(dir, { recursive: true, force: true });
+    const t0 = now();
+    const cpu0 = childrenCpuSeconds();
+    await sh("nix", ["copy", "--to", `file://${dir}?compression=zstd`, workload.top], env);
+    const copy = { seconds: (now() - t0) / 1000, cpu: childrenCpuSeconds() - cpu0 };
+    // Nix skips what it believes the cache has: a copy that wrote less would be no yardstick.
+    const narinfos = readdirSync(dir).filter((f) => f.endsWith(".narinfo")).length;
+    if (narinfos !== workload.paths.length)
+      throw new Error(
+        `nix copy --to file:// wrote ${narinfos} narinfos, the closure has ${workload.paths.length}`,
+      );
+    for (const [unit, value] of [
+      ["s", copy.seconds],
+      [cpuUnit, copy.cpu],
+    ] as const) {
+      row({ measure, peer: baseline, unit, values: [], lowerIsBetter: true, isBaseline: true }).values.push(
+        value,
+      );
+    }
+    return copy;
+  };
+  const first = await copyToFile();
   if (stacks.includes("postgres+s3")) {
     const nars = filesUnder(join(dir, "nar"));
-    await measure6S3Floor(measure, workload, dir, nars, fileCpu, baseline);
-    await measure6RelayFloor(measure, workload, dir, nars, fileCpu, baseline);
-    await measure6StreamingFloor(measure, workload, dir, nars, baseline);
+    // The timed floor first, next to the copy it is compared with; the counted ones use that copy's CPU.
+    await measure6StreamingFloor(measure, workload, dir, nars, baseline, first.seconds);
+    await measure6S3Floor(measure, workload, dir, nars, first, baseline);
+    await measure6RelayFloor(measure, workload, dir, nars, first, baseline);
   }
   rmSync(dir, { recursive: true, force: true });
   for (const stack of stacks) {
@@ -845,10 +865,15 @@ async function measure6Of(
           if (how === "nixstash push") await nixstashPush(peer, [top]);
           else await sh("nix", ["copy", "--to", `${peer.base}?compression=zstd`, top], pushEnv);
         };
+        // The yardstick's pair, timed just before the warm-up push rather than after it: the push follows
+        // the warm-up at once, as before pairing. A server left idle for seconds has given memory back
+        // (server/trim-when-quiet.ts) and spent ~15% more CPU on the next push taking it again (ad-hoc).
+        const yardstick = await copyToFile();
+        rmSync(dir, { recursive: true, force: true });
         if (warmUp) await push(warmUp.top);
         const services0 = stack === "postgres+s3" ? servicesCpuSeconds() : 0;
-        t0 = now();
-        cpu0 = childrenCpuSeconds();
+        const t0 = now();
+        const cpu0 = childrenCpuSeconds();
         const server0 = processCpuSeconds(peer.pid!);
         await push(workload.top);
         const seconds = (now() - t0) / 1000;
@@ -857,23 +882,13 @@ async function measure6Of(
         const servicesCpu = stack === "postgres+s3" ? servicesCpuSeconds() - services0 : undefined;
         const check = await getText(`${peer.base}/${hashOf(workload.top)}.narinfo`);
         if (check.status !== 200) throw new Error(`${how} to ${peer.name}: top not in the cache afterwards`);
-        row({
-          measure,
-          peer: `${how} → ${peer.name}`,
-          unit: "s",
-          values: [],
-          lowerIsBetter: true,
-          baseline,
-          ...(how === "nixstash push" && withTarget ? { target } : {}),
-        }).values.push(seconds);
-        row({
-          measure,
-          peer: `${how} → ${peer.name}`,
-          unit: cpuUnit,
-          values: [],
-          lowerIsBetter: true,
-          baseline,
-        }).values.push(clientCpu + serverCpu);
+        const pushed = { measure, peer: `${how} → ${peer.name}`, lowerIsBetter: true, baseline };
+        pairedSample(
+          { ...pushed, unit: "s", ...(how === "nixstash push" && withTarget ? { target } : {}) },
+          seconds,
+          yardstick.seconds,
+        );
+        pairedSample({ ...pushed, unit: cpuUnit }, clientCpu + serverCpu, yardstick.cpu);
         if (servicesCpu !== undefined) {
           row({
             measure,
@@ -912,9 +927,11 @@ async function measure6S3Floor(
   cacheDir: string,
   /** The NAR files file:// wrote under cacheDir. */
   nars: string[],
-  fileCpu: number,
+  /** The `nix copy --to file://` that wrote them: its CPU is part of the floor, its time the pair. */
+  copy: { seconds: number; cpu: number },
   baseline: string,
 ) {
+  const fileCpu = copy.cpu;
   const peer = "S3 floor: file://, verifying, RGW storing; their CPU / 2 cores";
   const { stdout } = await execFileP(process.execPath, [join(ROOT, "bench/verify-floor.mjs"), ...nars]);
   const verified = JSON.parse(stdout) as { narBytes: number; cpuSeconds: number };
@@ -931,8 +948,10 @@ async function measure6S3Floor(
     const servicesCpu = servicesCpuSeconds() - services0;
     cpuRow(measure, peer, "CPU s (verifying: zstd decoding, SHA-256)", verifyCpu);
     cpuRow(measure, peer, SERVICES_CPU, servicesCpu);
-    row({ measure, peer, unit: "s", values: [], lowerIsBetter: true, baseline }).values.push(
+    pairedSample(
+      { measure, peer, unit: "s", lowerIsBetter: true, baseline },
       (fileCpu + verifyCpu + servicesCpu) / 2,
+      copy.seconds,
     );
     log(
       `${peer}: file:// ${fileCpu.toFixed(2)} + verifying ${verifyCpu.toFixed(2)} + RGW ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
@@ -959,16 +978,20 @@ async function measure6RelayFloor(
   cacheDir: string,
   /** The NAR files file:// wrote under cacheDir. */
   nars: string[],
-  fileCpu: number,
+  /** The `nix copy --to file://` that wrote them: its CPU is part of the floor, its time the pair. */
+  copy: { seconds: number; cpu: number },
   baseline: string,
 ) {
+  const fileCpu = copy.cpu;
   const peer = "S3 relay floor: file://, sending, a minimal Node relay, RGW + PostgreSQL; CPU / 2 cores";
   const { out: sent, relayCpu, servicesCpu } = await throughRelay("send", workload, cacheDir, nars);
   cpuRow(measure, peer, "CPU s (sending the files)", sent.cpuSeconds);
   cpuRow(measure, peer, "CPU s (relay: receiving, verifying, storing)", relayCpu);
   cpuRow(measure, peer, SERVICES_CPU, servicesCpu);
-  row({ measure, peer, unit: "s", values: [], lowerIsBetter: true, baseline }).values.push(
+  pairedSample(
+    { measure, peer, unit: "s", lowerIsBetter: true, baseline },
     (fileCpu + sent.cpuSeconds + relayCpu + servicesCpu) / 2,
+    copy.seconds,
   );
   log(
     `${peer}: file:// ${fileCpu.toFixed(2)} + sending ${sent.cpuSeconds.toFixed(2)} + relay ${relayCpu.toFixed(2)} + RGW and PostgreSQL ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
@@ -994,6 +1017,8 @@ async function measure6StreamingFloor(
   /** The NAR files file:// wrote under cacheDir. */
   nars: string[],
   baseline: string,
+  /** The time of the `nix copy --to file://` just before (the pair of this floor's time). */
+  pair: number,
 ) {
   const peer =
     "S3 streaming floor: NARs in memory, zstd -3 as sent, a minimal Node relay, RGW + PostgreSQL; timed";
@@ -1003,7 +1028,7 @@ async function measure6StreamingFloor(
   cpuRow(measure, peer, "CPU s (pusher: compressing, sending)", pushed.cpuSeconds);
   cpuRow(measure, peer, "CPU s (relay: receiving, verifying, storing)", relayCpu);
   cpuRow(measure, peer, SERVICES_CPU, servicesCpu);
-  row({ measure, peer, unit: "s", values: [], lowerIsBetter: true, baseline }).values.push(seconds);
+  pairedSample({ measure, peer, unit: "s", lowerIsBetter: true, baseline }, seconds, pair);
   log(
     `${peer}: ${seconds.toFixed(2)} s; pusher ${pushed.cpuSeconds.toFixed(2)} + relay ${relayCpu.toFixed(2)} + RGW and PostgreSQL ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
   );

@@ -1,6 +1,7 @@
 // Statistics and the results table: each cell is the median of the runs with [min–max], and the ratio to
-// the baseline peer's median from the same run; written into BENCHMARKS.md between two markers (the rest of
-// the file, the human analysis, is left as it is).
+// the baseline peer's median from the same run (or, for a row whose every sample has the baseline timed
+// next to it, the median of those paired ratios); written into BENCHMARKS.md between two markers (the rest
+// of the file, the human analysis, is left as it is).
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 
 export interface Row {
@@ -16,6 +17,13 @@ export interface Row {
   baseline2?: string;
   /** This row is the baseline others compare with. */
   isBaseline?: boolean;
+  /**
+   * The baseline's own sample taken next to each of `values` (same index, same unit). When every value has
+   * one, the ratio to `baseline` is the median of the paired ratios: the machine's speed drifts from minute
+   * to minute (the yardstick of measure 6 took 3.0 s or 4.3 s in one run), and a ratio of two medians taken
+   * minutes apart measures that drift as much as the peer.
+   */
+  pairs?: number[];
   target?: { text: string; ok: (row: Row, ratio: number | undefined, ratio2: number | undefined) => boolean };
   note?: string;
 }
@@ -40,11 +48,19 @@ function fmt(n: number): string {
 /** Time-like ratio: peer / baseline for lower-is-better, baseline / peer for rates (so >1 is always slower). */
 export function ratioOf(rows: Row[], row: Row, baselinePeer: string | undefined): number | undefined {
   if (!baselinePeer || row.values.length === 0) return undefined;
+  if (isPaired(row, baselinePeer)) {
+    return median(row.values.map((v, i) => (row.lowerIsBetter ? v / row.pairs![i]! : row.pairs![i]! / v)));
+  }
   const base = rows.find((r) => r.measure === row.measure && r.peer === baselinePeer && r.unit === row.unit);
   if (!base || base.values.length === 0) return undefined;
   const b = median(base.values);
   const v = median(row.values);
   return row.lowerIsBetter ? v / b : b / v;
+}
+
+/** Whether the ratio to baselinePeer is the median of paired ratios (the row's own baseline only). */
+function isPaired(row: Row, baselinePeer: string): boolean {
+  return baselinePeer === row.baseline && row.pairs !== undefined && row.pairs.length === row.values.length;
 }
 
 export function renderTable(unsorted: Row[]): string {
@@ -65,7 +81,7 @@ export function renderTable(unsorted: Row[]): string {
     const max = Math.max(...row.values);
     const vs = [
       ratio !== undefined
-        ? `${ratio.toFixed(2)}× ${shortName(row.baseline!)}`
+        ? `${ratio.toFixed(2)}× ${shortName(row.baseline!)}${isPaired(row, row.baseline!) ? " (paired)" : ""}`
         : row.isBaseline
           ? "baseline"
           : "",

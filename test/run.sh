@@ -38,7 +38,7 @@ done
 if [ ${#files[@]} -eq 0 ]; then
   echo "== type-check"; npx tsc --noEmit
   echo "== lint"; npx biome check .
-  mapfile -t files < <(find nix schema server hook test -name '*.test.ts' -not -path '*/node_modules/*' | sort)
+  mapfile -t files < <(find nix schema server hook test bench -name '*.test.ts' -not -path '*/node_modules/*' | sort)
 fi
 
 # Server processes in the suites run the bundle `npm start` runs.

@@ -1,0 +1,55 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { type Row, ratioOf, renderTable } from "./report.ts";
+
+const base: Row = {
+  measure: "6 push",
+  peer: "nix copy --to file:// (zstd)",
+  unit: "s",
+  values: [3, 4, 3],
+  lowerIsBetter: true,
+  isBaseline: true,
+};
+
+/** A peer's row compared with the baseline above. */
+const peerRow = (over: Partial<Row>): Row => ({
+  ...base,
+  peer: "push",
+  isBaseline: false,
+  baseline: base.peer,
+  ...over,
+});
+
+describe("ratioOf", () => {
+  it("divides the medians when the row's samples have no pairs", () => {
+    const peer = peerRow({ values: [4, 6, 5] });
+    assert.equal(ratioOf([base, peer], peer, base.peer), 5 / 3);
+  });
+
+  it("takes the median of the paired ratios when every sample has its baseline timed next to it", () => {
+    // Each push took 1.25x the copy just before it; the copies drifted from 3 to 4 s.
+    const peer = peerRow({ values: [3.75, 5, 3.75], pairs: [3, 4, 3] });
+    assert.equal(ratioOf([base, peer], peer, base.peer), 1.25);
+    // Rates invert, so that a ratio over 1 is always the slower one.
+    const rate = peerRow({ lowerIsBetter: false, values: [2, 2, 2], pairs: [4, 5, 6] });
+    assert.equal(ratioOf([base, rate], rate, base.peer), 2.5);
+  });
+
+  it("falls back to the medians when some sample has no pair", () => {
+    const peer = peerRow({ values: [4, 6, 5], pairs: [3] });
+    assert.equal(ratioOf([base, peer], peer, base.peer), 5 / 3);
+  });
+});
+
+describe("renderTable", () => {
+  it("says which ratios are paired, and judges the target on the paired ratio", () => {
+    const target = { text: "≤ 1.2× file://", ok: (_r: Row, x: number | undefined) => (x ?? 99) <= 1.2 };
+    // By medians this row would be 3.3 / 3 = 1.10 as well; the 4.4 s sample is 1.10x its own copy too.
+    const paired = peerRow({ values: [3.3, 4.4, 3.3], pairs: [3, 4, 3], target });
+    const table = renderTable([base, paired]);
+    const line = table.split("\n").find((l) => l.startsWith("| 6 push | push |"));
+    assert.ok(line, table);
+    assert.match(line, /1\.10× file:\/\/ \(paired\)/);
+    assert.match(line, /\| yes \|$/);
+  });
+});
