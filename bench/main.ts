@@ -832,6 +832,7 @@ async function measure6Of(
       throw new Error(
         `nix copy --to file:// wrote ${narinfos} narinfos, the closure has ${workload.paths.length}`,
       );
+    log(`${baseline}: ${copy.seconds.toFixed(2)} s, ${copy.cpu.toFixed(2)} CPU s`);
     for (const [unit, value] of [
       ["s", copy.seconds],
       [cpuUnit, copy.cpu],
@@ -867,7 +868,7 @@ async function measure6Of(
         };
         // The yardstick's pair, timed just before the warm-up push rather than after it: the push follows
         // the warm-up at once, as before pairing. A server left idle for seconds has given memory back
-        // (server/trim-when-quiet.ts) and spent ~15% more CPU on the next push taking it again (ad-hoc).
+        // (server/trim-when-quiet.ts) and spent ~10% more CPU on the next push taking it again (ad-hoc).
         const yardstick = await copyToFile();
         rmSync(dir, { recursive: true, force: true });
         if (warmUp) await push(warmUp.top);
