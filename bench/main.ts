@@ -847,7 +847,7 @@ async function measure6Of(
   if (stacks.includes("postgres+s3")) {
     const nars = filesUnder(join(dir, "nar"));
     // The timed floor first, next to the copy it is compared with; the counted ones use that copy's CPU.
-    await measure6StreamingFloor(measure, workload, dir, nars, baseline, first.seconds);
+    await measure6StreamingFloor(measure, workload, dir, nars, first, baseline);
     await measure6S3Floor(measure, workload, dir, nars, first, baseline);
     await measure6RelayFloor(measure, workload, dir, nars, first, baseline);
   }
@@ -932,7 +932,6 @@ async function measure6S3Floor(
   copy: { seconds: number; cpu: number },
   baseline: string,
 ) {
-  const fileCpu = copy.cpu;
   const peer = "S3 floor: file://, verifying, RGW storing; their CPU / 2 cores";
   const { stdout } = await execFileP(process.execPath, [join(ROOT, "bench/verify-floor.mjs"), ...nars]);
   const verified = JSON.parse(stdout) as { narBytes: number; cpuSeconds: number };
@@ -951,11 +950,11 @@ async function measure6S3Floor(
     cpuRow(measure, peer, SERVICES_CPU, servicesCpu);
     pairedSample(
       { measure, peer, unit: "s", lowerIsBetter: true, baseline },
-      (fileCpu + verifyCpu + servicesCpu) / 2,
+      (copy.cpu + verifyCpu + servicesCpu) / 2,
       copy.seconds,
     );
     log(
-      `${peer}: file:// ${fileCpu.toFixed(2)} + verifying ${verifyCpu.toFixed(2)} + RGW ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
+      `${peer}: file:// ${copy.cpu.toFixed(2)} + verifying ${verifyCpu.toFixed(2)} + RGW ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
     );
   } finally {
     await removeFilesAndBucket(client, bucket, cacheDir, nars);
@@ -983,7 +982,6 @@ async function measure6RelayFloor(
   copy: { seconds: number; cpu: number },
   baseline: string,
 ) {
-  const fileCpu = copy.cpu;
   const peer = "S3 relay floor: file://, sending, a minimal Node relay, RGW + PostgreSQL; CPU / 2 cores";
   const { out: sent, relayCpu, servicesCpu } = await throughRelay("send", workload, cacheDir, nars);
   cpuRow(measure, peer, "CPU s (sending the files)", sent.cpuSeconds);
@@ -991,11 +989,11 @@ async function measure6RelayFloor(
   cpuRow(measure, peer, SERVICES_CPU, servicesCpu);
   pairedSample(
     { measure, peer, unit: "s", lowerIsBetter: true, baseline },
-    (fileCpu + sent.cpuSeconds + relayCpu + servicesCpu) / 2,
+    (copy.cpu + sent.cpuSeconds + relayCpu + servicesCpu) / 2,
     copy.seconds,
   );
   log(
-    `${peer}: file:// ${fileCpu.toFixed(2)} + sending ${sent.cpuSeconds.toFixed(2)} + relay ${relayCpu.toFixed(2)} + RGW and PostgreSQL ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
+    `${peer}: file:// ${copy.cpu.toFixed(2)} + sending ${sent.cpuSeconds.toFixed(2)} + relay ${relayCpu.toFixed(2)} + RGW and PostgreSQL ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
   );
 }
 
@@ -1017,9 +1015,9 @@ async function measure6StreamingFloor(
   cacheDir: string,
   /** The NAR files file:// wrote under cacheDir. */
   nars: string[],
+  /** The `nix copy --to file://` that wrote them, just before: its time is the pair of this floor's. */
+  copy: { seconds: number; cpu: number },
   baseline: string,
-  /** The time of the `nix copy --to file://` just before (the pair of this floor's time). */
-  pair: number,
 ) {
   const peer =
     "S3 streaming floor: NARs in memory, zstd -3 as sent, a minimal Node relay, RGW + PostgreSQL; timed";
@@ -1029,7 +1027,7 @@ async function measure6StreamingFloor(
   cpuRow(measure, peer, "CPU s (pusher: compressing, sending)", pushed.cpuSeconds);
   cpuRow(measure, peer, "CPU s (relay: receiving, verifying, storing)", relayCpu);
   cpuRow(measure, peer, SERVICES_CPU, servicesCpu);
-  pairedSample({ measure, peer, unit: "s", lowerIsBetter: true, baseline }, seconds, pair);
+  pairedSample({ measure, peer, unit: "s", lowerIsBetter: true, baseline }, seconds, copy.seconds);
   log(
     `${peer}: ${seconds.toFixed(2)} s; pusher ${pushed.cpuSeconds.toFixed(2)} + relay ${relayCpu.toFixed(2)} + RGW and PostgreSQL ${servicesCpu.toFixed(2)} CPU s, ${nars.length} NARs`,
   );
