@@ -55,7 +55,14 @@ import {
   startNodeStatic,
   startRgwStatic,
 } from "./peers.ts";
-import { median, percentile, type Row, renderTable, writeGeneratedSection } from "./report.ts";
+import {
+  median,
+  pairByPosition,
+  percentile,
+  type Row,
+  renderTable,
+  writeGeneratedSection,
+} from "./report.ts";
 import { buildWorkload, nixEnvIn, seeded, type Workload } from "./workload.ts";
 
 const execFileP = promisify(execFile);
@@ -1256,6 +1263,10 @@ async function main() {
           for (const peer of pass)
             if (peer.name !== NODE_RAW) await measure4(peer, workload, keyOf(peer), baseline);
     }
+    // Measures 1-4 take every peer's samples seconds after nginx's, in the same order every run: each ratio is
+    // the median of the runs' own ratios, so a run on a slower minute counts against nginx's sample of that
+    // minute, not against nginx's median from another.
+    pairByPosition(rows, (measure) => /^[1-4] /.test(measure));
     if (opts.only.has(5)) {
       log(`ingest: making a ${opts.ingestMiB} MiB NAR`);
       const nar = await makeBigNar(opts.ingestMiB * 2 ** 20);
@@ -1317,7 +1328,7 @@ async function main() {
   facts.push(
     `- run: \`npm run bench -- ${process.argv.slice(2).join(" ")}\` — ${opts.reps} reps, wrk ${opts.wrkSeconds} s, ${opts.hookRuns} hook runs, ${opts.warmPush ? "pushes into servers that took a warm-up closure first" : "pushes into fresh servers (--cold-push)"}, ${new Date().toISOString().slice(0, 16)}Z, took ${minutes.toFixed(1)} min`,
   );
-  const section = `${facts.join("\n")}\n\n${renderTable(rows)}\n\nRatios are medians against the baseline's median of the same run; for rates the ratio is baseline/peer, so above 1 is always slower than the baseline.`;
+  const section = `${facts.join("\n")}\n\n${renderTable(rows)}\n\nA ratio marked (paired) is the median of the sample-by-sample ratios to the baseline's sample taken next to it (measures 1-4: in the same run; measure 6: the copy timed just before); the others are a median against the baseline's median of the same run. For rates the ratio is baseline/peer, so above 1 is always slower than the baseline.`;
   process.stdout.write(`\n${section}\n`);
   writeFileSync(join(TMP, "results.json"), JSON.stringify({ facts, rows }, null, 2));
   if (opts.write) {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Row, ratioOf, renderTable } from "./report.ts";
+import { pairByPosition, type Row, ratioOf, renderTable } from "./report.ts";
 
 const base: Row = {
   measure: "6 push",
@@ -51,5 +51,28 @@ describe("renderTable", () => {
     assert.ok(line, table);
     assert.match(line, /1\.10× file:\/\/ \(paired\)/);
     assert.match(line, /\| yes \|$/);
+  });
+});
+
+describe("pairByPosition", () => {
+  it("pairs the rows of the chosen measures with their baseline's samples of the same position", () => {
+    // Run 2 was slow for both: by medians 5 / 3 = 1.67, by runs 4/3, 6/4, 5/3 → median 1.5.
+    const peer = peerRow({ values: [4, 6, 5] });
+    const other = peerRow({ measure: "1 narinfos", values: [4, 6, 5] });
+    const baseOther = { ...base, measure: "1 narinfos" };
+    const rows = [base, peer, baseOther, other];
+    pairByPosition(rows, (m) => m.startsWith("6"));
+    assert.deepEqual(peer.pairs, [3, 4, 3]);
+    assert.equal(ratioOf(rows, peer, base.peer), 1.5);
+    assert.equal(other.pairs, undefined);
+    assert.equal(ratioOf(rows, other, base.peer), 5 / 3);
+  });
+
+  it("leaves a row whose samples do not line up with its baseline's, and one already paired", () => {
+    const short = peerRow({ values: [4, 6] });
+    const paired = peerRow({ peer: "paired", values: [4, 4, 4], pairs: [2, 2, 2] });
+    pairByPosition([base, short, paired], () => true);
+    assert.equal(short.pairs, undefined);
+    assert.deepEqual(paired.pairs, [2, 2, 2]);
   });
 });

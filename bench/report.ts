@@ -58,6 +58,23 @@ export function ratioOf(rows: Row[], row: Row, baselinePeer: string | undefined)
   return row.lowerIsBetter ? v / b : b / v;
 }
 
+/**
+ * Pairs each row of the given measures with its baseline's samples by position: for measures that take, in
+ * every run, each peer's samples in the same order and seconds after the baseline's, sample i of a peer and
+ * sample i of the baseline come from the same run (and the same pass within it). A row gets pairs only when
+ * it has as many samples as its baseline and none yet; others keep the ratio of medians.
+ */
+export function pairByPosition(rows: Row[], measures: (measure: string) => boolean): void {
+  for (const row of rows) {
+    if (!row.baseline || row.pairs || !measures(row.measure)) continue;
+    const base = rows.find(
+      (r) => r.measure === row.measure && r.peer === row.baseline && r.unit === row.unit,
+    );
+    if (base && base.values.length === row.values.length && row.values.length > 0)
+      row.pairs = [...base.values];
+  }
+}
+
 /** Whether the ratio to baselinePeer is the median of paired ratios (the row's own baseline only). */
 function isPaired(row: Row, baselinePeer: string): boolean {
   return baselinePeer === row.baseline && row.pairs !== undefined && row.pairs.length === row.values.length;
