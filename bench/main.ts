@@ -77,8 +77,8 @@ interface Options {
   wrkSeconds: number;
   /** Measure 1's unmeasured passes, per peer and rep, last at least this long (one pass at least). */
   warmupSeconds: number;
-  /** Measure 6: push a warm-up closure into each fresh server before the timed push (a running server). */
-  warmPush: boolean;
+  /** Measure 6: warm-up closures pushed into each fresh server before the timed push (a running server). */
+  warmUps: number;
   hookRuns: number;
   ingestMiB: number;
   write: boolean;
@@ -93,7 +93,7 @@ function parseOptions(argv: string[]): Options {
     seed: 7,
     wrkSeconds: 10,
     warmupSeconds: 2,
-    warmPush: true,
+    warmUps: 4,
     hookRuns: 300,
     ingestMiB: 1024,
     write: true,
@@ -112,7 +112,8 @@ function parseOptions(argv: string[]): Options {
     else if (a === "--seed") o.seed = Number(value());
     else if (a === "--wrk-seconds") o.wrkSeconds = Number(value());
     else if (a === "--warmup-seconds") o.warmupSeconds = Number(value());
-    else if (a === "--cold-push") o.warmPush = false;
+    else if (a === "--cold-push") o.warmUps = 0;
+    else if (a === "--warm-ups") o.warmUps = Number(value());
     else if (a === "--hook-runs") o.hookRuns = Number(value());
     else if (a === "--ingest-mib") o.ingestMiB = Number(value());
     else if (a === "--no-write") o.write = false;
@@ -787,21 +788,16 @@ function statFields(pid: string): string[] {
  * The workload's closure (with the target), and beside it the same pushes of a closure of small paths only:
  * in the whole closure one 300 MiB NAR sets the pace, which hides what each small path costs.
  */
-async function measure6(
-  workload: Workload,
-  smallOnly: Workload,
-  warmUp: Workload | undefined,
-  stacks: Stack[],
-) {
-  await measure6Of("6 push the closure", workload, warmUp, stacks, true);
-  await measure6Of(`6 push ${smallOnly.paths.length} small paths alone`, smallOnly, warmUp, stacks, false);
+async function measure6(workload: Workload, smallOnly: Workload, warmUps: Workload[], stacks: Stack[]) {
+  await measure6Of("6 push the closure", workload, warmUps, stacks, true);
+  await measure6Of(`6 push ${smallOnly.paths.length} small paths alone`, smallOnly, warmUps, stacks, false);
 }
 
 async function measure6Of(
   measure: string,
   workload: Workload,
-  /** Pushed into each fresh server first, the same way, unmeasured (see the call in main). */
-  warmUp: Workload | undefined,
+  /** Pushed into each fresh server first, one after another, the same way, unmeasured (see main). */
+  warmUps: Workload[],
   stacks: Stack[],
   withTarget: boolean,
 ) {
@@ -873,12 +869,12 @@ async function measure6Of(
           if (how === "nixstash push") await nixstashPush(peer, [top]);
           else await sh("nix", ["copy", "--to", `${peer.base}?compression=zstd`, top], pushEnv);
         };
-        // The yardstick's pair, timed just before the warm-up push rather than after it: the push follows
-        // the warm-up at once, as before pairing. A server left idle for seconds has given memory back
+        // The yardstick's pair, timed just before the warm-up pushes rather than after them: the push follows
+        // the warm-ups at once, as before pairing. A server left idle for seconds has given memory back
         // (server/trim-when-quiet.ts) and spent ~10% more CPU on the next push taking it again (ad-hoc).
         const yardstick = await copyToFile();
         rmSync(dir, { recursive: true, force: true });
-        if (warmUp) await push(warmUp.top);
+        for (const warmUp of warmUps) await push(warmUp.top);
         const services0 = stack === "postgres+s3" ? servicesCpuSeconds() : 0;
         const t0 = now();
         const cpu0 = childrenCpuSeconds();
@@ -1296,23 +1292,28 @@ async function main() {
     });
     // A cache server runs for days: a push meets a server that has compiled its code (V8's optimizing
     // compiler took 30% of a fresh server's CPU for the small paths' push, BENCHMARKS.md session 21) and
-    // filled its pools. Each fresh server first takes this closure, of other paths, the same way, unmeasured.
-    // --cold-push leaves it out.
-    let warmUp: Workload | undefined;
-    if (opts.warmPush) {
-      log("building the warm-up closure for pushes (seed 13)");
-      warmUp = await buildWorkload({
-        seed: 13,
-        dir: join(TMP, "workload-warm-up"),
-        small: 150,
-        medium: 5,
-        large: 1,
-        hugeBytes: 0,
-      });
+    // filled its pools. Each fresh server first takes these closures, of other paths, the same way,
+    // unmeasured. Four, not one: after one, V8 still optimised ~70 functions during the timed push (10% of
+    // the server's CPU for the closure, 20-26% for the small paths), and the server's CPU for the closure
+    // kept falling with every closure before it (BENCHMARKS.md, session 29). --cold-push leaves them out.
+    const warmUps: Workload[] = [];
+    for (let i = 0; i < opts.warmUps; i++) {
+      const seed = 13 + 100 * i;
+      log(`building warm-up closure ${i + 1}/${opts.warmUps} for pushes (seed ${seed})`);
+      warmUps.push(
+        await buildWorkload({
+          seed,
+          dir: join(TMP, `workload-warm-up-${seed}`),
+          small: 150,
+          medium: 5,
+          large: 1,
+          hugeBytes: 0,
+        }),
+      );
     }
     for (let rep = 0; rep < Math.min(opts.reps, 3); rep++) {
       log(`push run ${rep + 1}`);
-      await measure6(workload, smallOnly, warmUp, stacks);
+      await measure6(workload, smallOnly, warmUps, stacks);
     }
   }
   const minutes = (now() - started) / 60000;
@@ -1326,7 +1327,7 @@ async function main() {
     `- workload: seed ${workload.seed}, ${workload.paths.length} paths, ${(workload.narBytes / 2 ** 20).toFixed(1)} MiB of NAR (largest ${(Math.max(...workload.paths.map((p) => p.narSize)) / 2 ** 20).toFixed(1)} MiB); static cache ${(Number((await sh("du", ["-sb", fileCache])).split("\t")[0]) / 2 ** 20).toFixed(1)} MiB (zstd)`,
   );
   facts.push(
-    `- run: \`npm run bench -- ${process.argv.slice(2).join(" ")}\` — ${opts.reps} reps, wrk ${opts.wrkSeconds} s, ${opts.hookRuns} hook runs, ${opts.warmPush ? "pushes into servers that took a warm-up closure first" : "pushes into fresh servers (--cold-push)"}, ${new Date().toISOString().slice(0, 16)}Z, took ${minutes.toFixed(1)} min`,
+    `- run: \`npm run bench -- ${process.argv.slice(2).join(" ")}\` — ${opts.reps} reps, wrk ${opts.wrkSeconds} s, ${opts.hookRuns} hook runs, ${opts.warmUps > 0 ? `pushes into servers that took ${opts.warmUps} warm-up closure${opts.warmUps > 1 ? "s" : ""} first` : "pushes into fresh servers (--cold-push)"}, ${new Date().toISOString().slice(0, 16)}Z, took ${minutes.toFixed(1)} min`,
   );
   const section = `${facts.join("\n")}\n\n${renderTable(rows)}\n\nA ratio marked (paired) is the median of the sample-by-sample ratios to the baseline's sample taken next to it (measures 1-4: in the same run; measure 6: the copy timed just before); the others are a median against the baseline's median of the same run. For rates the ratio is baseline/peer, so above 1 is always slower than the baseline.`;
   process.stdout.write(`\n${section}\n`);
