@@ -1172,7 +1172,7 @@ async function measure7(workload: Workload, server: NixstashPeer | undefined) {
     if (daemon) await new Promise((r) => setTimeout(r, 1500));
     // Nix's builds come one after another, each a few tens of ms; the small process paces its calls
     // HOOK_PACE_MS apart. Either way builds finish apart, not back to back, and the daemon (which takes
-    // records in batches, at most a second apart) works during the loop rather than after it.
+    // records in batches, at most 5 s apart) works during the loop rather than after it.
     const env = { NIXSTASH_STATE_DIR: stateDir };
     const peer = state === "no daemon" ? "no daemon (hook alone)" : `daemon running, ${state}`;
     const nixMs = await hookCallsUnderNix(hook, opts.hookRuns, join(stateDir, "nix"), env);

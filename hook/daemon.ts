@@ -9,17 +9,17 @@
 //
 // Staying out of the builds' way (the hook runs inside Nix's build loop, and the daemon shares the builder's
 // CPUs): the daemon lowers its own CPU priority (`--nice`, inherited by the Nix commands it runs), and does
-// not wake per spool record. A change in the spool starts a short settle timer (SETTLE_MS of quiet, at most
-// MAX_SETTLE_MS after the first record), then every record is read at once, queued in one transaction, and
-// pushed as one batch: one `nix path-info` and one `missing` query for a burst of builds instead of one per
-// build. While the server is unreachable, new roots wait with the others for one probe of the server
+// not wake per spool record. The first change in the spool starts a short settle (SETTLE_MS without a record
+// created or removed, at most MAX_SETTLE_MS), during which the spool is not watched; then every record is
+// read at once, queued in one transaction, and pushed as one batch: one `nix path-info` and one `missing`
+// query for a burst of builds instead of one per build. While the server is unreachable, new roots wait with the others for one probe of the server
 // (backoff, no local store query, no wake per record) instead of each trying on its own.
 //
 // Crash safety: a path is marked done only after the server answered success. On start, whatever was
 // "uploading" goes back to waiting; the server discards a cut upload, and the next attempt asks the server
 // what it lacks first, so nothing is lost and nothing already there is sent again. SIGTERM/SIGINT cut the
 // running uploads the same way and exit 0. One daemon per state directory (a claim in the queue database).
-import { mkdirSync, readdirSync, watch } from "node:fs";
+import { mkdirSync, readdirSync, statSync, watch } from "node:fs";
 import { getPriority, setPriority } from "node:os";
 import { basename, join } from "node:path";
 import { type PublicKey, parsePublicKey } from "../nix/index.ts";
@@ -359,29 +359,60 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
   const maxSettleMs = options.maxSettleMs ?? MAX_SETTLE_MS;
   let settling: ReturnType<typeof setTimeout> | undefined;
   let settleStarted = 0;
+  let settleMtime = 0;
+  /** The spool directory's modification time: it moves whenever a record is created or removed. */
+  const spoolMtime = () => {
+    try {
+      return statSync(settings.spoolDir).mtimeMs;
+    } catch {
+      return 0;
+    }
+  };
+  // The watcher is armed only while the spool is quiet. Each event it delivers wakes this process, and
+  // every wake-up costs the hook that caused it, inside Nix's build loop: a niced process that only watched
+  // the spool (a timer reset per event) raised the hook's p50 from ~6.2 to ~6.7 ms and its p99 from ~8.5 to
+  // ~9.5 ms, 300 calls ~31 ms apart, six alternated rounds (BENCHMARKS.md, session 29). So the first event
+  // closes it, and the spool's modification time is looked at every settleMs until it stays still for one
+  // (or maxSettleMs have passed); then the watcher is armed again, before the spool is read, so that a record
+  // written meanwhile is either read now or announced by the next event. A burst of builds wakes the daemon
+  // a few times a second, not several times a record.
+  let watcher: ReturnType<typeof watch> | undefined;
+  const arm = (): boolean => {
+    if (watcher) return true;
+    try {
+      watcher = watch(settings.spoolDir, spoolChanged);
+      watcher.on("error", () => {});
+      return true;
+    } catch (error) {
+      log.warn({ err: error }, `cannot watch the spool; polling every ${settings.pollMs / 1000}s`);
+      return false;
+    }
+  };
+  const settle = () => {
+    const mtime = spoolMtime();
+    const waited = Date.now() - settleStarted;
+    if (mtime !== settleMtime && waited < maxSettleMs) {
+      settleMtime = mtime;
+      settling = setTimeout(settle, Math.min(settleMs, maxSettleMs - waited));
+      return;
+    }
+    settling = undefined;
+    arm();
+    poke();
+  };
   /** A record arrived: wait for a quiet moment (or at most maxSettleMs), then read the spool once. */
-  const spoolChanged = (_event: string, name: string | Buffer | null) => {
+  function spoolChanged(_event: string, name: string | Buffer | null) {
     const file = name?.toString();
     // Writers' temporary files, and the records we removed ourselves, are no news.
     if (file !== undefined && (file.startsWith(".") || removed.delete(file))) return;
-    const now = Date.now();
-    if (settling === undefined) settleStarted = now;
-    else clearTimeout(settling);
-    settling = setTimeout(
-      () => {
-        settling = undefined;
-        poke();
-      },
-      Math.max(0, Math.min(settleMs, settleStarted + maxSettleMs - now)),
-    );
-  };
-  let watcher: ReturnType<typeof watch> | undefined;
-  try {
-    watcher = watch(settings.spoolDir, spoolChanged);
-    watcher.on("error", () => {});
-  } catch (error) {
-    log.warn({ err: error }, `cannot watch the spool; polling every ${settings.pollMs / 1000}s`);
+    if (settling !== undefined) return;
+    watcher?.close();
+    watcher = undefined;
+    settleStarted = Date.now();
+    settleMtime = spoolMtime();
+    settling = setTimeout(settle, Math.min(settleMs, maxSettleMs));
   }
+  arm();
 
   log.info(
     {
