@@ -12,8 +12,9 @@
 // not wake per spool record. The first change in the spool starts a short settle (SETTLE_MS without a record
 // created or removed, at most MAX_SETTLE_MS), during which the spool is not watched; then every record is
 // read at once, queued in one transaction, and pushed as one batch: one `nix path-info` and one `missing`
-// query for a burst of builds instead of one per build. While the server is unreachable, new roots wait with the others for one probe of the server
-// (backoff, no local store query, no wake per record) instead of each trying on its own.
+// query for a burst of builds instead of one per build. While the server is unreachable, new roots wait
+// with the others for one probe of the server (backoff, no local store query, no wake per record) instead of
+// each trying on its own.
 //
 // Crash safety: a path is marked done only after the server answered success. On start, whatever was
 // "uploading" goes back to waiting; the server discards a cut upload, and the next attempt asks the server
