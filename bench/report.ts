@@ -51,7 +51,7 @@ export function ratioOf(rows: Row[], row: Row, baselinePeer: string | undefined)
   if (isPaired(row, baselinePeer)) {
     return median(row.values.map((v, i) => (row.lowerIsBetter ? v / row.pairs![i]! : row.pairs![i]! / v)));
   }
-  const base = rows.find((r) => r.measure === row.measure && r.peer === baselinePeer && r.unit === row.unit);
+  const base = baselineRow(rows, row, baselinePeer);
   if (!base || base.values.length === 0) return undefined;
   const b = median(base.values);
   const v = median(row.values);
@@ -67,12 +67,15 @@ export function ratioOf(rows: Row[], row: Row, baselinePeer: string | undefined)
 export function pairByPosition(rows: Row[], measures: (measure: string) => boolean): void {
   for (const row of rows) {
     if (!row.baseline || row.pairs || !measures(row.measure)) continue;
-    const base = rows.find(
-      (r) => r.measure === row.measure && r.peer === row.baseline && r.unit === row.unit,
-    );
+    const base = baselineRow(rows, row, row.baseline);
     if (base && base.values.length === row.values.length && row.values.length > 0)
       row.pairs = [...base.values];
   }
+}
+
+/** The row of baselinePeer that `row` is compared with: the same measure and unit. */
+function baselineRow(rows: Row[], row: Row, baselinePeer: string): Row | undefined {
+  return rows.find((r) => r.measure === row.measure && r.peer === baselinePeer && r.unit === row.unit);
 }
 
 /** Whether the ratio to baselinePeer is the median of paired ratios (the row's own baseline only). */

@@ -378,15 +378,13 @@ async function loop(options: DaemonOptions, queue: Queue, batchSize: number, max
   // written meanwhile is either read now or announced by the next event. A burst of builds wakes the daemon
   // a few times a second, not several times a record.
   let watcher: ReturnType<typeof watch> | undefined;
-  const arm = (): boolean => {
-    if (watcher) return true;
+  const arm = () => {
+    if (watcher) return;
     try {
       watcher = watch(settings.spoolDir, spoolChanged);
       watcher.on("error", () => {});
-      return true;
     } catch (error) {
       log.warn({ err: error }, `cannot watch the spool; polling every ${settings.pollMs / 1000}s`);
-      return false;
     }
   };
   const settle = () => {
