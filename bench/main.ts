@@ -1117,6 +1117,7 @@ const spoolLeft = (stateDir: string) =>
 
 // Waits until the daemon has taken every record out of the spool (into its queue, whether or not the server is
 // up: proof that it was working while the hook ran) and, server up, uploaded or settled every path it queued.
+// Server up, a path the daemon gave up on is a fault of the set-up, not a hook latency: it stops the run.
 async function untilDaemonIdle(state: string, stateDir: string) {
   const started = now();
   const deadline = Date.now() + 120_000;
@@ -1132,6 +1133,10 @@ async function untilDaemonIdle(state: string, stateDir: string) {
     const counts = (
       JSON.parse(stdout) as { counts: Record<"waiting" | "uploading" | "done" | "failed", number> }
     ).counts;
+    if (state === "server up" && counts.failed > 0)
+      throw new Error(
+        `7 (${state}): the daemon failed to push ${counts.failed} paths (nixstash queue status)`,
+      );
     const busy = spoolLeft(stateDir) + (state === "server up" ? counts.waiting + counts.uploading : 0);
     if (busy === 0) {
       log(
