@@ -27,6 +27,7 @@ import {
 import os from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { listSpool } from "../hook/spool.ts";
 import { encodeNix32, formatHash } from "../nix/index.ts";
 import { freshPostgres } from "../test/support/harness.ts";
 import { hookCallsUnderNix } from "./hook-under-nix.ts";
@@ -1112,8 +1113,8 @@ function hookRows(measure: string, peer: string, ms: number[], withTarget: boole
   }).values.push(percentile(ms, 99));
 }
 
-const spoolLeft = (stateDir: string) =>
-  readdirSync(join(stateDir, "spool")).filter((f) => !f.startsWith(".")).length;
+/** Records still in the daemon's spool, as the daemon itself lists them. */
+const spoolLeft = (stateDir: string) => listSpool(join(stateDir, "spool")).length;
 
 // Waits until the daemon has taken every record out of the spool (into its queue, whether or not the server is
 // up: proof that it was working while the hook ran) and, server up, uploaded or settled every path it queued.
