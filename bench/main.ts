@@ -889,7 +889,13 @@ async function measure6Of(
         if (check.status !== 200) throw new Error(`${how} to ${peer.name}: top not in the cache afterwards`);
         const pushed = { measure, peer: `${how} → ${peer.name}`, lowerIsBetter: true, baseline };
         pairedSample(
-          { ...pushed, unit: "s", ...(how === "nixstash push" && withTarget ? { target } : {}) },
+          {
+            ...pushed,
+            unit: "s",
+            ...(how === "nixstash push" && withTarget ? { target } : {}),
+            // On S3, also how far from the least push the same two cores gave in this run.
+            ...(stack === "postgres+s3" ? { baseline2: STREAMING_FLOOR } : {}),
+          },
           seconds,
           yardstick.seconds,
         );
@@ -1013,6 +1019,9 @@ async function measure6RelayFloor(
  * file://, a push through a Node server that checks what it stores into this RGW cannot meet the target
  * on this machine.
  */
+const STREAMING_FLOOR =
+  "S3 streaming floor: NARs in memory, zstd -3 as sent, a minimal Node relay, RGW + PostgreSQL; timed";
+
 async function measure6StreamingFloor(
   measure: string,
   workload: Workload,
@@ -1023,8 +1032,7 @@ async function measure6StreamingFloor(
   copy: { seconds: number; cpu: number },
   baseline: string,
 ) {
-  const peer =
-    "S3 streaming floor: NARs in memory, zstd -3 as sent, a minimal Node relay, RGW + PostgreSQL; timed";
+  const peer = STREAMING_FLOOR;
   const { out: pushed, relayCpu, servicesCpu } = await throughRelay("push", workload, cacheDir, nars);
   const seconds = pushed.seconds;
   if (seconds === undefined) throw new Error("relay-floor.mjs push printed no time");

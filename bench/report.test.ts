@@ -52,6 +52,21 @@ describe("renderTable", () => {
     assert.match(line, /1\.10× file:\/\/ \(paired\)/);
     assert.match(line, /\| yes \|$/);
   });
+
+  it("adds the ratio to a second peer of the same measure, the S3 streaming floor by its short name", () => {
+    const floor: Row = {
+      ...base,
+      peer: "S3 streaming floor: NARs in memory, zstd -3 as sent, a minimal Node relay, RGW + PostgreSQL; timed",
+      isBaseline: false,
+      values: [3.6, 4, 4.4],
+    };
+    const push = peerRow({ values: [4.8, 4.8, 4.8], pairs: [3, 4, 3], baseline2: floor.peer });
+    const line = renderTable([base, floor, push])
+      .split("\n")
+      .find((l) => l.startsWith("| 6 push | push |"));
+    assert.ok(line);
+    assert.match(line, /1\.60× file:\/\/ \(paired\); 1\.20× S3 streaming floor \|/);
+  });
 });
 
 describe("pairByPosition", () => {

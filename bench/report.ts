@@ -123,6 +123,7 @@ function shortName(peer: string): string {
   if (peer.startsWith("node:http")) return "node floor";
   if (peer.startsWith("node raw")) return "node raw floor";
   if (peer.startsWith("nix copy --to file://")) return "file://";
+  if (peer.startsWith("S3 streaming floor")) return "S3 streaming floor";
   return peer;
 }
 
