@@ -1007,6 +1007,10 @@ async function measure6RelayFloor(
   );
 }
 
+/** The streaming floor's peer name (its rows, and the second ratio of the pushes into S3). */
+const STREAMING_FLOOR =
+  "S3 streaming floor: NARs in memory, zstd -3 as sent, a minimal Node relay, RGW + PostgreSQL; timed";
+
 /**
  * The floors above add CPU seconds and divide them by two cores, as if every process could use both from
  * the first millisecond to the last. This one is timed: the least push that compresses as it sends, run
@@ -1019,9 +1023,6 @@ async function measure6RelayFloor(
  * file://, a push through a Node server that checks what it stores into this RGW cannot meet the target
  * on this machine.
  */
-const STREAMING_FLOOR =
-  "S3 streaming floor: NARs in memory, zstd -3 as sent, a minimal Node relay, RGW + PostgreSQL; timed";
-
 async function measure6StreamingFloor(
   measure: string,
   workload: Workload,
