@@ -64,7 +64,7 @@ import {
   renderTable,
   writeGeneratedSection,
 } from "./report.ts";
-import { buildWorkload, nixEnvIn, seeded, type Workload } from "./workload.ts";
+import { buildWarmUps, buildWorkload, nixEnvIn, seeded, type Workload } from "./workload.ts";
 
 const execFileP = promisify(execFile);
 const PROFILER = `--import ${join(import.meta.dirname, "cpu-profile.mjs")}`;
@@ -1343,21 +1343,9 @@ async function main() {
     // unmeasured. Four, not one: after one, V8 still optimised ~70 functions during the timed push (10% of
     // the server's CPU for the closure, 20-26% for the small paths), and the server's CPU for the closure
     // kept falling with every closure before it (BENCHMARKS.md, session 29). --cold-push leaves them out.
-    const warmUps: Workload[] = [];
-    for (let i = 0; i < opts.warmUps; i++) {
-      const seed = 13 + 100 * i;
-      log(`building warm-up closure ${i + 1}/${opts.warmUps} for pushes (seed ${seed})`);
-      warmUps.push(
-        await buildWorkload({
-          seed,
-          dir: join(TMP, `workload-warm-up-${seed}`),
-          small: 150,
-          medium: 5,
-          large: 1,
-          hugeBytes: 0,
-        }),
-      );
-    }
+    const warmUps = await buildWarmUps(TMP, opts.warmUps, (i, seed) =>
+      log(`building warm-up closure ${i + 1}/${opts.warmUps} for pushes (seed ${seed})`),
+    );
     for (let rep = 0; rep < Math.min(opts.reps, 3); rep++) {
       log(`push run ${rep + 1}`);
       await measure6(workload, smallOnly, warmUps, stacks);

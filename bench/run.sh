@@ -3,6 +3,7 @@
 # Starts PostgreSQL and Ceph RGW (test/services/up.sh) unless --no-s3, runs bench/main.ts, stops them on exit.
 # Options (passed to bench/main.ts): --reps N, --only 1,3,5, --quick, --no-s3, --wrk-seconds S,
 # --hook-runs N, --ingest-mib N, --seed N, --profile (node --cpu-prof of the servers), --no-write.
+# `npm run bench -- push-profile [--stack S] [--reps N] [--warm-ups N] [--perf]` runs bench/push-profile.ts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for bin in nix nix-store nginx wrk zstd curl; do
@@ -29,4 +30,10 @@ if [ "$with_services" = 1 ]; then
 fi
 # nixstash runs as `npm start` runs it: the esbuild bundle of server/main.ts.
 npm run build --silent
-node --import tsx bench/main.ts "$@"
+# `npm run bench -- push-profile [...]`: where one push's CPU goes (bench/push-profile.ts), instead of the table.
+script=bench/main.ts
+if [ "${1:-}" = push-profile ]; then
+  script=bench/push-profile.ts
+  shift
+fi
+node --import tsx "$script" "$@"

@@ -225,6 +225,34 @@ export async function buildWorkload(options: WorkloadOptions): Promise<Workload>
   };
 }
 
+/**
+ * The closures a fresh server takes, unmeasured, before measure 6's timed push (see bench/main.ts): `count`
+ * closures of other paths than the measured one (seeds 13, 113, 213, ...), each ~150 small paths, 5 of a few
+ * MB and one of tens of MB.
+ */
+export async function buildWarmUps(
+  tmp: string,
+  count: number,
+  onBuild: (i: number, seed: number) => void = () => {},
+): Promise<Workload[]> {
+  const warmUps: Workload[] = [];
+  for (let i = 0; i < count; i++) {
+    const seed = 13 + 100 * i;
+    onBuild(i, seed);
+    warmUps.push(
+      await buildWorkload({
+        seed,
+        dir: join(tmp, `workload-warm-up-${seed}`),
+        small: 150,
+        medium: 5,
+        large: 1,
+        hugeBytes: 0,
+      }),
+    );
+  }
+  return warmUps;
+}
+
 if (process.argv[1]?.endsWith("workload.ts")) {
   const arg = (name: string) => {
     const i = process.argv.indexOf(name);
