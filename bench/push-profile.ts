@@ -7,7 +7,7 @@
 // -a -g` samples the whole machine during the push (the server started with --perf-basic-prof-only-functions
 // so its JavaScript frames have names), and a summary by process and library is printed; the data file is
 // kept for `perf report -i FILE`. Nothing is written to BENCHMARKS.md.
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -35,6 +35,8 @@ if (stack !== "postgres+s3" && stack !== "sqlite+local")
 const reps = Number(option("--reps") ?? 3);
 const warmUpCount = Number(option("--warm-ups") ?? 4);
 const withPerf = args.includes("--perf");
+if (withPerf && spawnSync("perf", ["--version"]).status !== 0)
+  throw new Error("push-profile --perf needs perf (apt-get install -y linux-perf)");
 for (const [name, n] of [
   ["--reps", reps],
   ["--warm-ups", warmUpCount],
