@@ -17,7 +17,6 @@ import {
   createReadStream,
   mkdirSync,
   openSync,
-  readdirSync,
   readFileSync,
   rmSync,
   statSync,
@@ -56,6 +55,7 @@ import {
   startNodeStatic,
   startRgwStatic,
 } from "./peers.ts";
+import { childrenCpuSeconds, processCpuSeconds, serverCpuSeconds, servicesCpuSeconds } from "./proc-cpu.ts";
 import {
   median,
   pairByPosition,
@@ -64,7 +64,7 @@ import {
   renderTable,
   writeGeneratedSection,
 } from "./report.ts";
-import { buildWarmUps, buildWorkload, nixEnvIn, seeded, type Workload } from "./workload.ts";
+import { buildWarmUps, buildWorkload, copyToFileTimed, nixEnvIn, seeded, type Workload } from "./workload.ts";
 
 const execFileP = promisify(execFile);
 const PROFILER = `--import ${join(import.meta.dirname, "cpu-profile.mjs")}`;
@@ -738,51 +738,8 @@ async function measure5Floors(nar: BigNar) {
   }
 }
 
-// CPU time from /proc (clock ticks of 1/100 s): of this process's finished children, and of a running process.
-function childrenCpuSeconds(): number {
-  const fields = statFields("self");
-  return (Number(fields[13]) + Number(fields[14])) / 100; // cutime, cstime
-}
-function processCpuSeconds(pid: number): number {
-  const fields = statFields(String(pid));
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime
-}
-/** CPU seconds of a process and its direct children (nginx's workers), from /proc. */
-function serverCpuSeconds(pid: number): number {
-  let seconds = processCpuSeconds(pid);
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (Number(statFields(entry)[1]) === pid) seconds += processCpuSeconds(Number(entry));
-    } catch {} // gone since the listing
-  }
-  return seconds;
-}
-/**
- * CPU seconds used so far by the services the postgres+s3 stack stores into (Ceph RGW, its OSD and monitor,
- * PostgreSQL). On this machine they share the two cores with client and server, so a push to that stack
- * pays for their work too. Every process of those names on the machine counts (the bench's own services
- * are the only ones here), with its own time and that of the children it has reaped (PostgreSQL's backends
- * exit with their connections).
- */
+/** The unit of the services' CPU rows (bench/proc-cpu.ts, servicesCpuSeconds). */
 const SERVICES_CPU = "CPU s (RGW, OSD, PostgreSQL)";
-function servicesCpuSeconds(): number {
-  let seconds = 0;
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const comm = readFileSync(`/proc/${entry}/comm`, "utf8").trim();
-      if (!/^(radosgw|ceph-osd|ceph-mon|postgres)$/.test(comm)) continue;
-      const fields = statFields(entry);
-      seconds += (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100;
-    } catch {} // gone since the listing
-  }
-  return seconds;
-}
-function statFields(pid: string): string[] {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  return stat.slice(stat.lastIndexOf(")") + 2).split(" "); // from field 3 (state) on
-}
 
 // ---- measure 6: pushing the closure
 /**
@@ -825,17 +782,7 @@ async function measure6Of(
    * minute apart, and pushes measured minutes after a single copy swung their ratios with it.
    */
   const copyToFile = async () => {
-    rmSync(dir, { recursive: true, force: true });
-    const t0 = now();
-    const cpu0 = childrenCpuSeconds();
-    await sh("nix", ["copy", "--to", `file://${dir}?compression=zstd`, workload.top], env);
-    const copy = { seconds: (now() - t0) / 1000, cpu: childrenCpuSeconds() - cpu0 };
-    // Nix skips what it believes the cache has: a copy that wrote less would be no yardstick.
-    const narinfos = readdirSync(dir).filter((f) => f.endsWith(".narinfo")).length;
-    if (narinfos !== workload.paths.length)
-      throw new Error(
-        `nix copy --to file:// wrote ${narinfos} narinfos, the closure has ${workload.paths.length}`,
-      );
+    const copy = await copyToFileTimed(workload, dir, env);
     log(`${baseline}: ${copy.seconds.toFixed(2)} s, ${copy.cpu.toFixed(2)} CPU s`);
     for (const [unit, value] of [
       ["s", copy.seconds],

@@ -8,12 +8,13 @@
 // so its JavaScript frames have names), and a summary by process and library is printed; the data file is
 // kept for `perf report -i FILE`. Nothing is written to BENCHMARKS.md.
 import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process";
-import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { nixstashPush, type Stack, startNixstash } from "./peers.ts";
-import { buildWarmUps, buildWorkload, nixEnvIn } from "./workload.ts";
+import { childrenCpuSeconds, processCpuSeconds, servicesCpuByName } from "./proc-cpu.ts";
+import { buildWarmUps, buildWorkload, copyToFileTimed, nixEnvIn } from "./workload.ts";
 
 const execFileP = promisify(execFile);
 const TMP = process.env.NIXSTASH_BENCH_TMP ?? join(os.tmpdir(), `nixstash-push-profile-${process.pid}`);
@@ -47,34 +48,6 @@ for (const [name, n] of [
 const log = (line: string) =>
   process.stderr.write(`[push-profile ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
 
-/** Fields of /proc/PID/stat from the third (state) on. */
-function statFields(pid: string): string[] {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-}
-
-/** CPU seconds of every live process, summed by command name (radosgw, ceph-osd, postgres, ...). */
-function cpuByCommand(): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const comm = readFileSync(`/proc/${entry}/comm`, "utf8").trim();
-      const f = statFields(entry);
-      out.set(comm, (out.get(comm) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
-    } catch {} // gone since the listing
-  }
-  return out;
-}
-
-const processCpu = (pid: number) => {
-  const f = statFields(String(pid));
-  return (Number(f[11]) + Number(f[12])) / 100;
-};
-const childrenCpu = () => {
-  const f = statFields("self");
-  return (Number(f[13]) + Number(f[14])) / 100;
-};
 /** Idle CPU seconds of the whole machine (all cores), from /proc/stat. */
 const idleCpu = () => {
   const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]!.split(/\s+/);
@@ -92,20 +65,7 @@ const copyEnv = nixEnvIn(join(TMP, "nix-push"));
 const copyDir = join(TMP, "push-profile-file");
 
 for (let rep = 1; rep <= reps; rep++) {
-  rmSync(copyDir, { recursive: true, force: true });
-  const c0 = childrenCpu();
-  const t = performance.now();
-  await execFileP("nix", ["copy", "--to", `file://${copyDir}?compression=zstd`, workload.top], {
-    env: copyEnv,
-    maxBuffer: 1 << 26,
-  });
-  const copy = { seconds: (performance.now() - t) / 1000, cpu: childrenCpu() - c0 };
-  // Nix skips what it believes the cache has: a copy that wrote less would be no yardstick (bench/main.ts).
-  const narinfos = readdirSync(copyDir).filter((f) => f.endsWith(".narinfo")).length;
-  if (narinfos !== workload.paths.length)
-    throw new Error(
-      `nix copy --to file:// wrote ${narinfos} narinfos, the closure has ${workload.paths.length}`,
-    );
+  const copy = await copyToFileTimed(workload, copyDir, copyEnv);
   rmSync(copyDir, { recursive: true, force: true });
   const peer = await startNixstash(
     stack,
@@ -120,17 +80,17 @@ for (let rep = 1; rep <= reps; rep++) {
       perf = spawn("perf", ["record", "-a", "-g", "-F", "999", "-o", perfData], { stdio: "ignore" });
       await new Promise((resolve) => setTimeout(resolve, 500)); // perf is sampling before the push starts
     }
-    const before = cpuByCommand();
-    const [client0, server0, idle0] = [childrenCpu(), processCpu(peer.pid!), idleCpu()];
+    const before = servicesCpuByName();
+    const [client0, server0, idle0] = [childrenCpuSeconds(), processCpuSeconds(peer.pid!), idleCpu()];
     const t0 = performance.now();
     await nixstashPush(peer, [workload.top]);
     const seconds = (performance.now() - t0) / 1000;
     const [client, server, idle] = [
-      childrenCpu() - client0,
-      processCpu(peer.pid!) - server0,
+      childrenCpuSeconds() - client0,
+      processCpuSeconds(peer.pid!) - server0,
       idleCpu() - idle0,
     ];
-    const after = cpuByCommand();
+    const after = servicesCpuByName();
     if (perf) {
       perf.kill("SIGINT");
       await new Promise((resolve) => perf!.once("exit", resolve));

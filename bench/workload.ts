@@ -9,9 +9,10 @@
 //
 //   node --import tsx bench/workload.ts [--seed N] [--dir DIR]     builds it and prints the top path
 import { execFile } from "node:child_process";
-import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { childrenCpuSeconds } from "./proc-cpu.ts";
 
 const execFileP = promisify(execFile);
 
@@ -223,6 +224,32 @@ export async function buildWorkload(options: WorkloadOptions): Promise<Workload>
     seed: options.seed,
     expression,
   };
+}
+
+/**
+ * One `nix copy --to file://DIR?compression=zstd` of the workload into an emptied `dir`, timed: wall and CPU
+ * seconds (the copy is a child process of this one). Throws if the copy wrote fewer narinfos than the closure
+ * has: Nix skips what it believes the cache has, and a copy that wrote less would be no yardstick.
+ */
+export async function copyToFileTimed(
+  workload: Workload,
+  dir: string,
+  env: NodeJS.ProcessEnv,
+): Promise<{ seconds: number; cpu: number }> {
+  rmSync(dir, { recursive: true, force: true });
+  const t0 = performance.now();
+  const cpu0 = childrenCpuSeconds();
+  await execFileP("nix", ["copy", "--to", `file://${dir}?compression=zstd`, workload.top], {
+    env,
+    maxBuffer: 1 << 28,
+  });
+  const copy = { seconds: (performance.now() - t0) / 1000, cpu: childrenCpuSeconds() - cpu0 };
+  const narinfos = readdirSync(dir).filter((f) => f.endsWith(".narinfo")).length;
+  if (narinfos !== workload.paths.length)
+    throw new Error(
+      `nix copy --to file:// wrote ${narinfos} narinfos, the closure has ${workload.paths.length}`,
+    );
+  return copy;
 }
 
 /**
